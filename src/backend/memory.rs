@@ -1,0 +1,352 @@
+//! The in-memory backend: a sharded map of per-key states, exact under
+//! concurrency, that reclaims expired keys by itself and never grows past a
+//! configurable number of keys.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::{BackendFuture, BoxFuture, ThrottleBackend};
+use crate::clock::{Clock, SystemClock};
+use crate::strategy::State;
+use crate::{Decision, Error, Quota};
+
+/// Default cap on live keys.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+const DEFAULT_SHARDS: usize = 64;
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counters in this process's memory.
+///
+/// * `new()` instances are independent; clones share state.
+/// * Exact under concurrency: each decision runs under the lock of one of 64
+///   shards (no lock is held across an `.await`; a decision takes well under a
+///   microsecond).
+/// * Keys are stored as 64-bit SipHash-1-3 digests under a random secret per
+///   backend, so a key costs the same few bytes whatever its length. Two of a
+///   million live keys share a digest with a probability below 1 in 30
+///   million, and a client cannot aim for a collision without the secret.
+/// * Expired keys are reclaimed by the backend itself: each shard sweeps its
+///   expired keys at most once per sweep interval (default 1 s), during a hit,
+///   and before refusing a new key at the cap.
+/// * At most `max_keys` live keys (default 1,000,000). A hit on a *new* key
+///   when the cap is reached fails with [`Error::Backend`], which follows the
+///   throttle's [`FailureMode`](crate::FailureMode) (`Open`: the hit is let
+///   through uncounted, with a warning); existing keys keep being counted.
+/// * `persistent(false)` (default): [`initialize`](InMemoryBackend::initialize)
+///   and [`close`](InMemoryBackend::close) clear every key.
+///
+/// ```
+/// use traffik::backend::InMemoryBackend;
+///
+/// let memory = InMemoryBackend::new();
+/// let custom = InMemoryBackend::builder().prefix("myapp").max_keys(10_000).build();
+/// assert_eq!(custom.prefix(), "myapp");
+/// # let _ = memory;
+/// ```
+#[derive(Clone)]
+pub struct InMemoryBackend {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    prefix: String,
+    persistent: bool,
+    clock: Arc<dyn Clock>,
+    hasher: RandomState,
+    shards: Box<[Shard]>,
+    shard_mask: usize,
+    live_keys: AtomicUsize,
+    max_keys: usize,
+    sweep_interval: u64,
+}
+
+#[repr(align(128))]
+struct Shard {
+    map: Mutex<ShardMap>,
+}
+
+struct ShardMap {
+    slots: HashMap<u64, Slot, BuildHasherDefault<DigestHasher>>,
+    next_sweep: u64,
+}
+
+struct Slot {
+    state: State,
+    expires: u64,
+}
+
+/// The map keys are already uniform digests: hash them as they are.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Default for InMemoryBackend {
+    fn default() -> Self {
+        InMemoryBackend::new()
+    }
+}
+
+impl std::fmt::Debug for InMemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryBackend")
+            .field("prefix", &self.inner.prefix)
+            .field("persistent", &self.inner.persistent)
+            .field("keys", &self.len())
+            .field("max_keys", &self.inner.max_keys)
+            .finish()
+    }
+}
+
+impl InMemoryBackend {
+    /// A backend with prefix `"traffik"`, not persistent, the system clock.
+    pub fn new() -> Self {
+        InMemoryBackend::builder().build()
+    }
+
+    /// Configures a backend.
+    pub fn builder() -> InMemoryBackendBuilder {
+        InMemoryBackendBuilder::default()
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Keys stored right now, including expired keys not yet reclaimed.
+    pub fn len(&self) -> usize {
+        self.inner.live_keys.load(Ordering::Relaxed)
+    }
+
+    /// `true` when no key is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes expired keys from every shard now. This also happens by itself
+    /// as the backend is used.
+    pub fn purge_expired(&self) {
+        let now = self.inner.now();
+        for shard in self.inner.shards.iter() {
+            let mut map = lock(&shard.map);
+            self.inner.sweep(&mut map, now);
+        }
+    }
+
+    /// Clears the keys when not persistent.
+    pub async fn initialize(&self) -> Result<(), Error> {
+        if !self.inner.persistent {
+            self.inner.clear();
+        }
+        Ok(())
+    }
+
+    /// Removes every key.
+    pub async fn reset(&self) -> Result<(), Error> {
+        self.inner.clear();
+        Ok(())
+    }
+
+    /// Clears the keys when not persistent.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.initialize().await
+    }
+
+    /// Decides synchronously (the in-memory backend never waits).
+    pub fn decide(&self, key: &str, quota: &Quota, cost: u64) -> Result<Decision, Error> {
+        self.inner.decide(key, quota, cost, true)
+    }
+}
+
+fn lock(map: &Mutex<ShardMap>) -> MutexGuard<'_, ShardMap> {
+    map.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    #[inline]
+    fn now(&self) -> u64 {
+        self.clock.now().as_micros() as u64
+    }
+
+    fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut map = lock(&shard.map);
+            let removed = map.slots.len();
+            map.slots.clear();
+            self.live_keys.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+
+    fn sweep(&self, map: &mut ShardMap, now: u64) {
+        let before = map.slots.len();
+        map.slots.retain(|_, slot| slot.expires > now);
+        self.live_keys
+            .fetch_sub(before - map.slots.len(), Ordering::Relaxed);
+        map.next_sweep = now.saturating_add(self.sweep_interval);
+    }
+
+    #[inline]
+    fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> Result<Decision, Error> {
+        let digest = self.hasher.hash_one(key);
+        let shard = &self.shards[(digest >> 32) as usize & self.shard_mask];
+        let now = self.now();
+        let mut map = lock(&shard.map);
+        if now >= map.next_sweep {
+            self.sweep(&mut map, now);
+        }
+        if let Some(slot) = map.slots.get_mut(&digest) {
+            if record {
+                let (decision, expires) = quota.decide_micros(&mut slot.state, now, cost);
+                slot.expires = expires;
+                return Ok(decision);
+            }
+            let mut state = slot.state.clone();
+            return Ok(quota.decide_micros(&mut state, now, cost).0);
+        }
+        let mut state = State::new();
+        let (decision, expires) = quota.decide_micros(&mut state, now, cost);
+        if !record || expires <= now {
+            return Ok(decision);
+        }
+        if self.live_keys.load(Ordering::Relaxed) >= self.max_keys {
+            self.sweep(&mut map, now);
+            if self.live_keys.load(Ordering::Relaxed) >= self.max_keys {
+                return Err(Error::backend(format!(
+                    "the in-memory backend {:?} is full ({} live keys, the max_keys cap); \
+                     raise InMemoryBackend::builder().max_keys(..) or shorten the periods",
+                    self.prefix, self.max_keys
+                )));
+            }
+        }
+        self.live_keys.fetch_add(1, Ordering::Relaxed);
+        map.slots.insert(digest, Slot { state, expires });
+        Ok(decision)
+    }
+}
+
+impl ThrottleBackend for InMemoryBackend {
+    fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    #[inline]
+    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        BackendFuture::ready(self.inner.decide(key, quota, cost, true))
+    }
+
+    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        BackendFuture::ready(self.inner.decide(key, quota, cost, false))
+    }
+
+    fn reset(&self) -> BoxFuture<Result<(), Error>> {
+        self.inner.clear();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn persistent(&self) -> bool {
+        self.inner.persistent
+    }
+}
+
+/// Builder for [`InMemoryBackend`].
+pub struct InMemoryBackendBuilder {
+    prefix: String,
+    persistent: bool,
+    clock: Arc<dyn Clock>,
+    max_keys: usize,
+    shards: usize,
+    sweep_interval: Duration,
+}
+
+impl Default for InMemoryBackendBuilder {
+    fn default() -> Self {
+        InMemoryBackendBuilder {
+            prefix: "traffik".to_owned(),
+            persistent: false,
+            clock: Arc::new(SystemClock::new()),
+            max_keys: DEFAULT_MAX_KEYS,
+            shards: DEFAULT_SHARDS,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+        }
+    }
+}
+
+impl InMemoryBackendBuilder {
+    /// The key prefix (default `"traffik"`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Keep keys across `initialize()`/`close()` (default `false`).
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    /// The time source (default [`SystemClock`]); pass a
+    /// [`ManualClock`](crate::clock::ManualClock) in tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The most live keys held at once (default 1,000,000; at least 1).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// Number of lock shards, rounded up to a power of two (default 64).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards.clamp(1, 4096).next_power_of_two();
+        self
+    }
+
+    /// How often each shard sweeps its expired keys (default 1 s).
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Builds the backend.
+    pub fn build(self) -> InMemoryBackend {
+        let shards = (0..self.shards)
+            .map(|_| Shard {
+                map: Mutex::new(ShardMap {
+                    slots: HashMap::default(),
+                    next_sweep: 0,
+                }),
+            })
+            .collect();
+        InMemoryBackend {
+            inner: Arc::new(Shared {
+                prefix: self.prefix,
+                persistent: self.persistent,
+                clock: self.clock,
+                hasher: RandomState::new(),
+                shards,
+                shard_mask: self.shards - 1,
+                live_keys: AtomicUsize::new(0),
+                max_keys: self.max_keys,
+                sweep_interval: self.sweep_interval.as_micros() as u64,
+            }),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Redis backend (feature `redis`). Work in progress.

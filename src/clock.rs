@@ -1,0 +1,101 @@
+//! Time sources: the [`Clock`] trait, the monotonic [`SystemClock`] and the
+//! [`ManualClock`] for tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A monotonic time source for the in-memory backend.
+///
+/// `now()` is the time elapsed since the clock's own origin; only differences
+/// and multiples of a period matter to the strategies. Windows of
+/// [`Strategy::SlidingWindowCounter`](crate::Strategy::SlidingWindowCounter)
+/// are aligned to multiples of the period since that origin.
+pub trait Clock: Send + Sync + 'static {
+    /// Time since the clock's origin. Must never go backwards.
+    fn now(&self) -> Duration;
+}
+
+/// The default clock: [`Instant`] since the clock was created.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that only moves when told to: for tests that check limits without
+/// sleeping. Clones share the same time.
+///
+/// ```
+/// use std::time::Duration;
+/// use traffik::clock::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// assert_eq!(clock.now(), Duration::ZERO);
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(clock.now(), Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    micros: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at time zero.
+    pub fn new() -> Self {
+        ManualClock::default()
+    }
+
+    /// A clock at `start`.
+    pub fn starting_at(start: Duration) -> Self {
+        let clock = ManualClock::new();
+        clock.set(start);
+        clock
+    }
+
+    /// Moves the clock forward by `by` (microsecond resolution).
+    pub fn advance(&self, by: Duration) {
+        self.micros
+            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `to`; a time before the current one is ignored, so
+    /// the clock never goes backwards.
+    pub fn set(&self, to: Duration) {
+        self.micros
+            .fetch_max(to.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::SeqCst))
+    }
+}
+
+impl<C: Clock> Clock for Arc<C> {
+    fn now(&self) -> Duration {
+        (**self).now()
+    }
+}

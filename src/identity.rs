@@ -1,0 +1,364 @@
+//! Who a request comes from: [`Identity`], client address resolution and
+//! [`TrustedProxies`].
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use http::request::Parts;
+use http::{Extensions, HeaderMap};
+use ipnet::IpNet;
+
+use crate::Error;
+
+/// What an identifier returns for a request.
+///
+/// ```
+/// use traffik::Identity;
+/// let user = Identity::key("user-42");
+/// assert_eq!(user.as_key(), Some("user-42"));
+/// assert!(Identity::Unlimited.is_unlimited());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// Counted under this key (a client address, a user id, an API key...).
+    Key(String),
+    /// Exempt: the request is not throttled and touches no storage (Traffik's
+    /// `UNLIMITED`).
+    Unlimited,
+}
+
+impl Identity {
+    /// An identity counted under `key`.
+    pub fn key(key: impl Into<String>) -> Identity {
+        Identity::Key(key.into())
+    }
+
+    /// `true` for [`Identity::Unlimited`].
+    pub fn is_unlimited(&self) -> bool {
+        matches!(self, Identity::Unlimited)
+    }
+
+    /// The key, unless unlimited.
+    pub fn as_key(&self) -> Option<&str> {
+        match self {
+            Identity::Key(key) => Some(key),
+            Identity::Unlimited => None,
+        }
+    }
+}
+
+impl From<String> for Identity {
+    fn from(key: String) -> Self {
+        Identity::Key(key)
+    }
+}
+
+impl From<&str> for Identity {
+    fn from(key: &str) -> Self {
+        Identity::Key(key.to_owned())
+    }
+}
+
+impl From<IpAddr> for Identity {
+    fn from(ip: IpAddr) -> Self {
+        Identity::Key(ip.to_string())
+    }
+}
+
+/// Proxies whose forwarding headers (`Forwarded`, `X-Forwarded-For`,
+/// `X-Real-IP`) are believed.
+///
+/// Without trusted proxies (the default) forwarding headers are ignored: any
+/// client can write them. With them, a request whose peer is a trusted proxy is
+/// attributed to the right-most address of the forwarding chain that is not
+/// itself a trusted proxy.
+///
+/// ```
+/// use traffik::TrustedProxies;
+/// let proxies = TrustedProxies::new(["10.0.0.0/8", "::1/128", "192.168.1.7"]).unwrap();
+/// assert!(proxies.contains("10.1.2.3".parse().unwrap()));
+/// let err = TrustedProxies::new(["10.0.0.0/33"]).unwrap_err();
+/// assert!(err.to_string().contains("10.0.0.0/33"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    networks: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Parses CIDR networks (`"10.0.0.0/8"`) or single addresses (`"::1"`).
+    pub fn new<I, S>(networks: I) -> Result<TrustedProxies, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut parsed = Vec::new();
+        for network in networks {
+            let text = network.as_ref().trim();
+            let net = match text.parse::<IpNet>() {
+                Ok(net) => net,
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => {
+                        return Err(Error::configuration(format!(
+                            "invalid trusted proxy {text:?}: expected a CIDR network like \"10.0.0.0/8\" or an address like \"::1\""
+                        )))
+                    }
+                },
+            };
+            parsed.push(net.trunc());
+        }
+        Ok(TrustedProxies { networks: parsed })
+    }
+
+    /// No trusted proxy: forwarding headers are ignored (the default).
+    pub fn none() -> TrustedProxies {
+        TrustedProxies::default()
+    }
+
+    /// Whether `ip` belongs to a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.networks.iter().any(|net| net.contains(&ip))
+    }
+
+    /// `true` when no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+
+    /// The client address of a request whose peer is `peer`.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if self.networks.is_empty() || !self.contains(peer) {
+            return peer;
+        }
+        let chain = forwarded_chain(headers);
+        let mut client = peer;
+        for hop in chain.iter().rev() {
+            match hop {
+                Some(ip) => {
+                    client = canonical(*ip);
+                    if !self.contains(client) {
+                        return client;
+                    }
+                }
+                // An entry we cannot read: stop at the last address we trust.
+                None => return client,
+            }
+        }
+        client
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The forwarding chain, left (client) to right (nearest proxy): from
+/// `Forwarded`, else `X-Forwarded-For`, else `X-Real-IP`. `None` marks an
+/// entry that is not an address (`unknown`, an obfuscated name, garbage).
+fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let forwarded: Vec<Option<IpAddr>> = headers
+        .get_all(http::header::FORWARDED)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_node(value.trim().trim_matches('"')))
+            })
+        })
+        .collect();
+    if !forwarded.is_empty() {
+        return forwarded;
+    }
+    let xff: Vec<Option<IpAddr>> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|entry| parse_node(entry.trim()))
+        .collect();
+    if !xff.is_empty() {
+        return xff;
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|value| value.to_str().ok())
+        .map(|value| vec![parse_node(value.trim())])
+        .unwrap_or_default()
+}
+
+/// Parses `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80`, `2001:db8::1`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    let inner = node.strip_prefix('[')?;
+    let end = inner.find(']')?;
+    inner[..end].parse().ok()
+}
+
+/// The peer address of a request: axum's `ConnectInfo<SocketAddr>`, or a
+/// plain `SocketAddr` extension (for Hyper services that insert one).
+pub fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0);
+    }
+    extensions.get::<SocketAddr>().copied()
+}
+
+/// How the default identifier turns a client address into a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AddressIdentity {
+    pub(crate) proxies: TrustedProxies,
+    pub(crate) ipv6_prefix: u8,
+}
+
+impl Default for AddressIdentity {
+    fn default() -> Self {
+        AddressIdentity {
+            proxies: TrustedProxies::none(),
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+impl AddressIdentity {
+    /// The client address of a request, masked.
+    pub(crate) fn client(
+        &self,
+        extensions: &Extensions,
+        headers: &HeaderMap,
+    ) -> Result<IpAddr, Error> {
+        let peer = peer_addr(extensions).ok_or(Error::AnonymousConnection)?;
+        let ip = self.proxies.client_ip(peer.ip(), headers);
+        Ok(self.mask(ip))
+    }
+
+    fn mask(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) if self.ipv6_prefix < 128 => {
+                let bits = u128::from(v6);
+                let mask = if self.ipv6_prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.ipv6_prefix))
+                };
+                IpAddr::V6((bits & mask).into())
+            }
+            other => other,
+        }
+    }
+
+    /// Writes the identity of a client address into a key buffer
+    /// (`2001:db8:1:2::/64` for masked IPv6).
+    pub(crate) fn write(&self, ip: IpAddr, out: &mut String) {
+        let _ = write!(out, "{ip}");
+        if ip.is_ipv6() && self.ipv6_prefix < 128 {
+            let _ = write!(out, "/{}", self.ipv6_prefix);
+        }
+    }
+
+    /// The identity string of a request's client.
+    pub(crate) fn identity_of(&self, parts: &Parts) -> Result<String, Error> {
+        let ip = self.client(&parts.extensions, &parts.headers)?;
+        let mut out = String::with_capacity(24);
+        self.write(ip, &mut out);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_are_ignored_without_trusted_proxies() {
+        let proxies = TrustedProxies::none();
+        let h = headers(&[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(
+            proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn rightmost_untrusted_address_wins() {
+        let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 2.2.2.2, 10.0.0.5")]);
+        assert_eq!(
+            proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        // An untrusted peer's headers are ignored.
+        assert_eq!(
+            proxies.client_ip("3.3.3.3".parse().unwrap(), &h),
+            "3.3.3.3".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn forwarded_header_takes_precedence() {
+        let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
+            ),
+            ("x-forwarded-for", "9.9.9.9"),
+        ]);
+        assert_eq!(
+            proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-real-ip", "4.4.4.4")]);
+        assert_eq!(
+            proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
+            "4.4.4.4".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn ipv6_is_masked_to_its_prefix() {
+        let identity = AddressIdentity::default();
+        let ip = identity.mask("2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap());
+        let mut out = String::new();
+        identity.write(ip, &mut out);
+        assert_eq!(out, "2001:db8:1:2::/64");
+        let v4 = identity.mask("1.2.3.4".parse().unwrap());
+        assert_eq!(v4.to_string(), "1.2.3.4");
+    }
+
+    #[test]
+    fn mapped_ipv4_is_ipv4() {
+        let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+        assert!(proxies.contains("::ffff:10.1.1.1".parse().unwrap()));
+    }
+}

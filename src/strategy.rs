@@ -1,0 +1,515 @@
+//! The algorithms, as pure functions of (stored state, now, quota, cost) →
+//! (new state, [`Decision`]).
+//!
+//! Every backend runs the same arithmetic: the in-memory backend calls
+//! [`Quota::decide`] under a lock, the Redis backend runs the same steps in a
+//! Lua script, and a custom backend can call [`Quota::decide`] inside its own
+//! transaction. Times are whole microseconds since the backend clock's origin.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use crate::{Error, Rate};
+
+/// A rate-limiting algorithm. All are exact under concurrency on every backend.
+///
+/// | strategy | state per key | admits |
+/// |---|---|---|
+/// | [`TokenBucket`](Strategy::TokenBucket) | 2 words | up to `capacity` at once (default `limit`, or `burst`), refilled continuously at `limit/period` |
+/// | [`FixedWindow`](Strategy::FixedWindow) | 2 words | `limit` per window; the window starts at the key's first hit; rejected hits are not counted |
+/// | [`SlidingWindowCounter`](Strategy::SlidingWindowCounter) | 2 words | previous window's count weighted by its remaining overlap plus the current count ≤ `limit`; windows aligned to multiples of the period |
+/// | [`SlidingWindowLog`](Strategy::SlidingWindowLog) | one timestamp per admitted unit of cost | at most `limit` in any `period`-long interval |
+/// | [`Gcra`](Strategy::Gcra) | 1 word | generic cell rate algorithm: one hit every `period/limit`, with bursts up to `limit` (or `burst`) |
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Token bucket (the default).
+    #[default]
+    TokenBucket,
+    /// Fixed window starting at the key's first hit.
+    FixedWindow,
+    /// Sliding window approximated from two aligned fixed windows.
+    SlidingWindowCounter,
+    /// Exact sliding window keeping a log of hit timestamps.
+    SlidingWindowLog,
+    /// Generic cell rate algorithm (virtual scheduling).
+    Gcra,
+}
+
+impl Strategy {
+    /// A short, stable name (used in Redis script names and logs).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::TokenBucket => "token_bucket",
+            Strategy::FixedWindow => "fixed_window",
+            Strategy::SlidingWindowCounter => "sliding_window_counter",
+            Strategy::SlidingWindowLog => "sliding_window_log",
+            Strategy::Gcra => "gcra",
+        }
+    }
+
+    /// Every strategy, for tests and benchmarks.
+    pub const ALL: [Strategy; 5] = [
+        Strategy::TokenBucket,
+        Strategy::FixedWindow,
+        Strategy::SlidingWindowCounter,
+        Strategy::SlidingWindowLog,
+        Strategy::Gcra,
+    ];
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The outcome of one hit (or peek).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the hit is admitted.
+    pub allowed: bool,
+    /// The limit (the bucket capacity for token bucket and GCRA).
+    pub limit: u64,
+    /// Hits of cost 1 still allowed right now after this decision.
+    pub remaining: u64,
+    /// Time until the key is back to its full quota.
+    pub reset_after: Duration,
+    /// Zero when allowed; otherwise the exact wait until the same hit would be
+    /// allowed (see [`Strategy`] for the one capped case).
+    pub retry_after: Duration,
+}
+
+impl Decision {
+    /// The decision for exempt identities, unlimited rates and cost 0: allowed,
+    /// with `u64::MAX` remaining.
+    pub const fn unlimited() -> Decision {
+        Decision {
+            allowed: true,
+            limit: u64::MAX,
+            remaining: u64::MAX,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        }
+    }
+
+    /// `retry_after` in whole seconds, rounded up, at least 1 (the
+    /// `Retry-After` header value).
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after).max(1)
+    }
+
+    /// `reset_after` in whole seconds, rounded up.
+    pub fn reset_after_secs(&self) -> u64 {
+        ceil_secs(self.reset_after)
+    }
+}
+
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Stored state of one key. Opaque, but convertible to and from plain
+/// numbers so that custom backends can persist it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State(Repr);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Repr {
+    #[default]
+    Fresh,
+    Words([u64; 2]),
+    Log(Box<VecDeque<u64>>),
+}
+
+impl State {
+    /// A key never seen (or expired).
+    pub const fn new() -> State {
+        State(Repr::Fresh)
+    }
+
+    /// `true` for a key never seen.
+    pub fn is_fresh(&self) -> bool {
+        matches!(self.0, Repr::Fresh)
+    }
+
+    /// The two words of a token bucket, fixed window, sliding window counter
+    /// or GCRA state.
+    pub fn words(&self) -> Option<[u64; 2]> {
+        match &self.0 {
+            Repr::Words(words) => Some(*words),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a state saved with [`State::words`].
+    pub fn from_words(words: [u64; 2]) -> State {
+        State(Repr::Words(words))
+    }
+
+    /// The timestamps (microseconds) of a sliding window log, oldest first.
+    pub fn log(&self) -> Option<&VecDeque<u64>> {
+        match &self.0 {
+            Repr::Log(log) => Some(log),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a state saved with [`State::log`].
+    pub fn from_log(log: impl IntoIterator<Item = u64>) -> State {
+        State(Repr::Log(Box::new(log.into_iter().collect())))
+    }
+
+    fn stored_words(&self) -> Option<[u64; 2]> {
+        match &self.0 {
+            Repr::Words(words) => Some(*words),
+            _ => None,
+        }
+    }
+}
+
+/// A compiled limit: a [`Rate`], a [`Strategy`] and a capacity, checked once
+/// so that deciding never fails.
+///
+/// ```
+/// use std::time::Duration;
+/// use traffik::{Quota, Rate, Strategy, strategy::State};
+///
+/// let quota = Quota::new("2/s".parse().unwrap(), Strategy::FixedWindow).unwrap();
+/// let mut state = State::new();
+/// let now = Duration::from_secs(10);
+/// assert!(quota.decide(&mut state, now, 1).allowed);
+/// assert!(quota.decide(&mut state, now, 1).allowed);
+/// let third = quota.decide(&mut state, now, 1);
+/// assert!(!third.allowed);
+/// assert_eq!(third.retry_after, Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    rate: Rate,
+    strategy: Strategy,
+    capacity: u64,
+    limit: u64,
+    period: u64,
+}
+
+/// Largest product of numbers the strategies multiply (kept well inside u64).
+const MAX_PRODUCT: u128 = 1 << 62;
+
+impl Quota {
+    /// A quota of `rate` enforced by `strategy`.
+    ///
+    /// Errors: an unlimited rate (there is nothing to decide), or numbers too
+    /// large for exact integer arithmetic (named in the message).
+    pub fn new(rate: Rate, strategy: Strategy) -> Result<Quota, Error> {
+        if rate.is_unlimited() {
+            return Err(Error::configuration(
+                "an unlimited rate has no quota: unlimited throttles never reach a backend",
+            ));
+        }
+        let quota = Quota {
+            rate,
+            strategy,
+            capacity: rate.limit(),
+            limit: rate.limit(),
+            period: rate.period_micros(),
+        };
+        quota.check()?;
+        Ok(quota)
+    }
+
+    /// Sets the bucket capacity (`burst`) of a [`Strategy::TokenBucket`] or
+    /// [`Strategy::Gcra`] quota; other strategies reject it.
+    pub fn with_burst(mut self, burst: u64) -> Result<Quota, Error> {
+        if !matches!(self.strategy, Strategy::TokenBucket | Strategy::Gcra) {
+            return Err(Error::configuration(format!(
+                "burst({burst}) applies to Strategy::TokenBucket and Strategy::Gcra only, not {:?}",
+                self.strategy
+            )));
+        }
+        if burst == 0 {
+            return Err(Error::configuration(
+                "burst must be at least 1 (it is the bucket capacity)",
+            ));
+        }
+        self.capacity = burst;
+        self.check()?;
+        Ok(self)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let too_big = |what: &str| {
+            Err(Error::configuration(format!(
+                "rate {} with {:?} is too large for exact arithmetic ({what}); use a shorter period or a smaller limit",
+                self.rate, self.strategy
+            )))
+        };
+        match self.strategy {
+            Strategy::TokenBucket => {
+                if u128::from(self.capacity) * u128::from(self.period) > MAX_PRODUCT {
+                    return too_big("capacity × period in microseconds exceeds 2^62");
+                }
+            }
+            Strategy::Gcra => {
+                if self.period < self.limit {
+                    return Err(Error::configuration(format!(
+                        "rate {} is too fast for Strategy::Gcra (at most one hit per microsecond); use Strategy::TokenBucket",
+                        self.rate
+                    )));
+                }
+                if u128::from(self.capacity) * u128::from(self.emission_interval()) > MAX_PRODUCT {
+                    return too_big("burst × emission interval exceeds 2^62");
+                }
+            }
+            Strategy::SlidingWindowCounter => {
+                if self.limit > u64::from(u32::MAX) {
+                    return too_big("the limit exceeds 2^32 - 1");
+                }
+                if u128::from(self.limit) * u128::from(self.period) > MAX_PRODUCT {
+                    return too_big("limit × period in microseconds exceeds 2^62");
+                }
+            }
+            Strategy::SlidingWindowLog => {
+                if self.limit > 1_000_000 {
+                    return too_big("a sliding window log keeps one entry per hit; use SlidingWindowCounter above 1,000,000 per period");
+                }
+            }
+            Strategy::FixedWindow => {}
+        }
+        Ok(())
+    }
+
+    /// The rate.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Hits allowed per period.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The bucket capacity: `burst` if set, else the limit.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The period in microseconds.
+    pub fn period_micros(&self) -> u64 {
+        self.period
+    }
+
+    /// GCRA's emission interval in whole microseconds: `period / limit`,
+    /// rounded down.
+    pub fn emission_interval(&self) -> u64 {
+        (self.period / self.limit).max(1)
+    }
+
+    /// Decides a hit of `cost` at `now` (time since the clock's origin) and
+    /// updates `state`. `cost` is at least 1; a cost above the capacity is
+    /// never admitted (its `retry_after` is one period).
+    pub fn decide(&self, state: &mut State, now: Duration, cost: u64) -> Decision {
+        self.decide_micros(state, now.as_micros() as u64, cost).0
+    }
+
+    /// Like [`decide`](Quota::decide) without changing anything.
+    pub fn peek(&self, state: &State, now: Duration, cost: u64) -> Decision {
+        let mut copy = state.clone();
+        self.decide(&mut copy, now, cost)
+    }
+
+    /// Decides at `now` microseconds; also returns the time (microseconds)
+    /// from which the new state is equivalent to a fresh one and can be
+    /// deleted.
+    pub fn decide_micros(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        let cost = cost.max(1);
+        match self.strategy {
+            Strategy::TokenBucket => self.token_bucket(state, now, cost),
+            Strategy::FixedWindow => self.fixed_window(state, now, cost),
+            Strategy::SlidingWindowCounter => self.sliding_window_counter(state, now, cost),
+            Strategy::SlidingWindowLog => self.sliding_window_log(state, now, cost),
+            Strategy::Gcra => self.gcra(state, now, cost),
+        }
+    }
+
+    fn decision(
+        &self,
+        allowed: bool,
+        remaining: u64,
+        reset_after: u64,
+        retry_after: u64,
+    ) -> Decision {
+        Decision {
+            allowed,
+            limit: self.capacity,
+            remaining,
+            reset_after: Duration::from_micros(reset_after),
+            retry_after: Duration::from_micros(if allowed { 0 } else { retry_after }),
+        }
+    }
+
+    /// Tokens are counted in units of 1/period so that refilling `limit`
+    /// tokens per period adds exactly `limit` units per microsecond.
+    fn token_bucket(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        let period = u128::from(self.period);
+        let limit = u128::from(self.limit);
+        let full = u128::from(self.capacity) * period;
+        let (mut units, last) = match state.stored_words() {
+            Some([units, last]) => (u128::from(units), last),
+            None => (full, now),
+        };
+        let elapsed = u128::from(now.saturating_sub(last));
+        units = (units + elapsed * limit).min(full);
+        let need = u128::from(cost) * period;
+        let (allowed, retry) = if cost > self.capacity {
+            (false, self.period)
+        } else if need <= units {
+            units -= need;
+            (true, 0)
+        } else {
+            (false, ceil_div(need - units, limit) as u64)
+        };
+        *state = State::from_words([units as u64, now.max(last)]);
+        let reset = ceil_div(full - units, limit) as u64;
+        let remaining = (units / period) as u64;
+        (self.decision(allowed, remaining, reset, retry), now + reset)
+    }
+
+    fn gcra(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        let interval = self.emission_interval();
+        let tolerance = self.capacity * interval;
+        let tat = match state.stored_words() {
+            Some([tat, _]) => tat,
+            None => now,
+        };
+        let base = tat.max(now);
+        let new_tat = base + cost * interval;
+        let (allowed, tat, retry) = if cost > self.capacity {
+            (false, tat, self.period)
+        } else if new_tat <= now + tolerance {
+            (true, new_tat, 0)
+        } else {
+            (false, tat, new_tat - tolerance - now)
+        };
+        *state = State::from_words([tat, 0]);
+        let busy_until = tat.max(now);
+        let remaining = (now + tolerance - busy_until) / interval;
+        let reset = busy_until - now;
+        (self.decision(allowed, remaining, reset, retry), busy_until)
+    }
+
+    fn fixed_window(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        let (mut start, mut count) = match state.stored_words() {
+            Some([start, count]) if now < start.saturating_add(self.period) => (start, count),
+            _ => (now, 0),
+        };
+        if now < start {
+            start = now;
+            count = count.min(self.limit);
+        }
+        let end = start + self.period;
+        let allowed = cost <= self.limit && count + cost <= self.limit;
+        if allowed {
+            count += cost;
+        }
+        *state = State::from_words([start, count]);
+        let reset = end - now;
+        (
+            self.decision(allowed, self.limit - count, reset, reset),
+            end,
+        )
+    }
+
+    fn sliding_window_counter(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        let p = self.period;
+        let current = now - now % p;
+        let (prev, mut curr) = match state.stored_words() {
+            Some([start, packed]) => {
+                let (prev, curr) = (packed >> 32, packed & u64::from(u32::MAX));
+                if start >= current {
+                    (prev, curr)
+                } else if start + p == current {
+                    (curr, 0)
+                } else {
+                    (0, 0)
+                }
+            }
+            None => (0, 0),
+        };
+        let elapsed = now - current;
+        let (l, pp, c) = (u128::from(self.limit), u128::from(p), u128::from(cost));
+        let weight = u128::from(p - elapsed);
+        let used = u128::from(prev) * weight + u128::from(curr) * pp;
+        let allowed = cost <= self.limit && used + c * pp <= l * pp;
+        let retry = if allowed {
+            0
+        } else if cost > self.limit {
+            p
+        } else if u128::from(curr) + c <= l {
+            // Wait inside this window until the previous window weighs little enough.
+            let room = (l - u128::from(curr) - c) * pp / u128::from(prev);
+            (p - elapsed) - room.min(u128::from(p - elapsed)) as u64
+        } else {
+            // Wait for the next window, where this window's count weighs in.
+            let room = (l - c) * pp / u128::from(curr);
+            let extra = p - room.min(pp) as u64;
+            ((p - elapsed) + extra).min(p)
+        };
+        if allowed {
+            curr += cost;
+        }
+        *state = State::from_words([current, (prev << 32) | curr]);
+        let used = u128::from(prev) * weight + u128::from(curr) * pp;
+        let remaining = ((l * pp).saturating_sub(used) / pp) as u64;
+        let reset = if curr > 0 {
+            current + 2 * p - now
+        } else if prev > 0 {
+            current + p - now
+        } else {
+            0
+        };
+        (self.decision(allowed, remaining, reset, retry), now + reset)
+    }
+
+    fn sliding_window_log(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        let p = self.period;
+        let mut log = match std::mem::take(&mut state.0) {
+            Repr::Log(log) => log,
+            _ => Box::default(),
+        };
+        while log.front().is_some_and(|&t| t.saturating_add(p) <= now) {
+            log.pop_front();
+        }
+        let count = log.len() as u64;
+        let allowed = cost <= self.limit && count + cost <= self.limit;
+        let retry = if allowed {
+            0
+        } else if cost > self.limit {
+            p
+        } else {
+            let must_expire = (count + cost - self.limit) as usize;
+            let oldest_needed = log[must_expire - 1];
+            (oldest_needed + p).saturating_sub(now)
+        };
+        if allowed {
+            for _ in 0..cost {
+                log.push_back(now);
+            }
+        }
+        let newest = log.back().copied();
+        let remaining = self.limit - log.len() as u64;
+        state.0 = Repr::Log(log);
+        let expires = newest.map_or(now, |t| t + p);
+        let reset = expires.saturating_sub(now);
+        (self.decision(allowed, remaining, reset, retry), expires)
+    }
+}
+
+fn ceil_div(a: u128, b: u128) -> u128 {
+    a.div_ceil(b)
+}
