@@ -47,6 +47,11 @@ impl Rate {
                 "rate period {period:?} is shorter than the 1 microsecond resolution of traffik"
             )));
         }
+        if period.subsec_nanos() % 1_000 != 0 {
+            return Err(Error::configuration(format!(
+                "rate period {period:?} is not a whole number of microseconds (the resolution of traffik)"
+            )));
+        }
         if period > Duration::from_secs(100 * 365 * 86_400) {
             return Err(Error::configuration(format!(
                 "rate period {period:?} is longer than 100 years"
@@ -193,7 +198,8 @@ impl FromStr for Rate {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(period_part.len());
         let (count, unit) = period_part.split_at(split);
-        let count: u32 = if count.is_empty() {
+        // u64, not u32: `Display` writes counts such as "5000000001ms".
+        let count: u64 = if count.is_empty() {
             1
         } else {
             count
@@ -201,8 +207,10 @@ impl FromStr for Rate {
                 .map_err(|_| bad("the period count is not a whole number"))?
         };
         let unit = unit_duration(unit.trim()).ok_or_else(|| bad("unknown time unit"))?;
-        let period = unit
-            .checked_mul(count)
+        let period = u64::try_from(unit.as_micros())
+            .ok()
+            .and_then(|micros| micros.checked_mul(count))
+            .map(Duration::from_micros)
             .ok_or_else(|| bad("the period is too long"))?;
         Rate::new(limit, period).map_err(|e| match e {
             Error::Configuration(message) => {
