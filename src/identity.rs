@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use http::request::Parts;
 use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
@@ -273,14 +272,6 @@ impl AddressIdentity {
         if ip.is_ipv6() && self.ipv6_prefix < 128 {
             let _ = write!(out, "/{}", self.ipv6_prefix);
         }
-    }
-
-    /// The identity string of a request's client.
-    pub(crate) fn identity_of(&self, parts: &Parts) -> Result<String, Error> {
-        let ip = self.client(&parts.extensions, &parts.headers)?;
-        let mut out = String::with_capacity(24);
-        self.write(ip, &mut out);
-        Ok(out)
     }
 }
 

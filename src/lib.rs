@@ -10,12 +10,19 @@ pub mod backend;
 pub mod clock;
 mod error;
 pub mod identity;
+mod layer;
 pub mod rate;
 pub mod response;
 pub mod strategy;
+mod throttle;
 
 pub use error::{BackendError, BoxError, Error};
 pub use identity::{Identity, TrustedProxies};
+pub use layer::{MiddlewareThrottle, ResponseBody, ResponseFuture, ThrottleLayer, ThrottleService};
 pub use rate::Rate;
-pub use response::Throttled;
+pub use response::{RateLimitHeaders, Throttled};
 pub use strategy::{Decision, Quota, Strategy};
+pub use throttle::{
+    Exceeded, FailureMode, HttpOptions, HttpThrottle, HttpThrottleBuilder, RequestHead,
+    ThrottleBuilder,
+};

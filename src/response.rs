@@ -1,19 +1,294 @@
-//! The default 429 and rate-limit headers.
-use crate::Decision;
+//! The default 429, the error responses and the rate-limit headers.
 
-/// A throttled request.
-#[derive(Debug, Clone)]
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::error::ANONYMOUS_HELP;
+use crate::strategy::ceil_secs;
+use crate::{BoxError, Decision, Error};
+
+/// The body of responses traffik makes itself (429, 500, 503).
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Which rate-limit headers a throttle adds to every response it saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateLimitHeaders {
+    /// No rate-limit headers (default). `Retry-After` is always on a 429.
+    #[default]
+    None,
+    /// IETF draft-ietf-httpapi-ratelimit-headers-10 structured fields:
+    /// `RateLimit-Policy: "api";q=100;w=60` and `RateLimit: "api";r=42;t=13`.
+    Ietf,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`
+    /// (reset in delta seconds).
+    Legacy,
+}
+
+/// Builds a custom response for a throttled request (see `.on_throttled`).
+pub type ThrottledResponder = Arc<dyn Fn(&Throttled) -> Response<BoxBody> + Send + Sync>;
+
+/// Wraps a user closure into a [`ThrottledResponder`].
+pub(crate) fn responder<F, B>(f: F) -> ThrottledResponder
+where
+    F: Fn(&Throttled) -> Response<B> + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Arc::new(move |throttled: &Throttled| f(throttled).map(box_body))
+}
+
+pub(crate) fn box_body<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+fn text_body(text: impl Into<Bytes>) -> BoxBody {
+    box_body(Full::new(text.into()))
+}
+
+/// What a throttle says about itself in headers and 429s.
+#[derive(Clone)]
+pub(crate) struct Policy {
+    pub(crate) name: Arc<str>,
+    pub(crate) headers: RateLimitHeaders,
+    pub(crate) responder: Option<ThrottledResponder>,
+}
+
+/// A request that exceeded its rate limit: the [`Decision`] and the throttle
+/// that made it. Carried by [`Error::Throttled`] and passed to
+/// `.on_throttled(..)` closures.
+#[derive(Clone)]
 pub struct Throttled {
     decision: Decision,
+    window: Duration,
+    policy: Policy,
+}
+
+impl fmt::Debug for Throttled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttled")
+            .field("throttle", &self.policy.name)
+            .field("decision", &self.decision)
+            .finish()
+    }
 }
 
 impl Throttled {
-    /// The decision.
+    pub(crate) fn new(decision: Decision, window: Duration, policy: Policy) -> Self {
+        Throttled {
+            decision,
+            window,
+            policy,
+        }
+    }
+
+    /// The decision that rejected the request.
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
-    /// Retry-After seconds.
+
+    /// The exact wait until the request would be allowed.
+    pub fn retry_after(&self) -> Duration {
+        self.decision.retry_after
+    }
+
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
         self.decision.retry_after_secs()
     }
+
+    /// The uid of the throttle that rejected the request.
+    pub fn throttle(&self) -> &str {
+        &self.policy.name
+    }
+
+    /// The throttle's period.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The response for this rejection: the throttle's `on_throttled`
+    /// response if it has one, else the default 429.
+    pub fn to_response(&self) -> Response<BoxBody> {
+        self.response_with(None)
+    }
+
+    /// The response, with a fallback responder (a layer's `on_throttled`)
+    /// used when the throttle has none of its own.
+    pub(crate) fn response_with(&self, fallback: Option<&ThrottledResponder>) -> Response<BoxBody> {
+        let mut response = match self.policy.responder.as_ref().or(fallback) {
+            Some(responder) => responder(self),
+            None => default_429(self),
+        };
+        let headers = response.headers_mut();
+        if !headers.contains_key(RETRY_AFTER) {
+            headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
+        }
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        RateLimitInfo::new(&self.policy, self.decision, self.window).apply(headers);
+        response
+    }
+}
+
+/// The default 429: `Retry-After: N` and `Too many requests. Retry in N seconds.`
+pub fn default_429(throttled: &Throttled) -> Response<BoxBody> {
+    let secs = throttled.retry_after_secs();
+    let mut response = Response::new(text_body(format!(
+        "Too many requests. Retry in {secs} seconds."
+    )));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// The response for an error, with a fallback `on_throttled` responder.
+pub(crate) fn error_response(
+    error: &Error,
+    fallback: Option<&ThrottledResponder>,
+) -> Response<BoxBody> {
+    let (status, body) = match error {
+        Error::Throttled(throttled) => return throttled.response_with(fallback),
+        Error::AnonymousConnection => (StatusCode::INTERNAL_SERVER_ERROR, ANONYMOUS_HELP.to_owned()),
+        Error::Configuration(_) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        Error::Backend(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service temporarily unavailable: the rate limiter's backend is not answering. Retry in 1 seconds."
+                .to_owned(),
+        ),
+    };
+    let mut response = Response::new(text_body(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
+    }
+    response
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        match &self {
+            Error::Configuration(_) | Error::AnonymousConnection => {
+                tracing::error!(error = %self, "traffik cannot throttle this request")
+            }
+            Error::Backend(_) => tracing::warn!(error = %self, "traffik backend failed"),
+            Error::Throttled(_) => {}
+        }
+        error_response(&self, None).map(axum::body::Body::new)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Throttled {
+    fn into_response(self) -> axum::response::Response {
+        self.to_response().map(axum::body::Body::new)
+    }
+}
+
+/// The rate-limit header values of one throttle's decision.
+#[derive(Clone)]
+pub(crate) struct RateLimitInfo {
+    name: Arc<str>,
+    mode: RateLimitHeaders,
+    decision: Decision,
+    window: Duration,
+}
+
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+impl RateLimitInfo {
+    pub(crate) fn new(policy: &Policy, decision: Decision, window: Duration) -> Self {
+        RateLimitInfo {
+            name: Arc::clone(&policy.name),
+            mode: policy.headers,
+            decision,
+            window,
+        }
+    }
+
+    /// Adds this throttle's headers. IETF fields are lists: several throttles
+    /// append their own items. Legacy headers keep the most restrictive
+    /// (lowest remaining) throttle.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        let d = &self.decision;
+        match self.mode {
+            RateLimitHeaders::None => {}
+            RateLimitHeaders::Ietf => {
+                let name = sf_string(&self.name);
+                let policy = format!("{name};q={};w={}", d.limit, ceil_secs(self.window).max(1));
+                let state = format!("{name};r={};t={}", d.remaining, d.reset_after_secs());
+                append_list(headers, &RATELIMIT_POLICY, policy);
+                append_list(headers, &RATELIMIT, state);
+            }
+            RateLimitHeaders::Legacy => {
+                let current = headers
+                    .get(&X_REMAINING)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if current.is_none_or(|remaining| d.remaining < remaining) {
+                    headers.insert(X_LIMIT.clone(), HeaderValue::from(d.limit));
+                    headers.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
+                    headers.insert(X_RESET.clone(), HeaderValue::from(d.reset_after_secs()));
+                }
+            }
+        }
+    }
+}
+
+/// Appends an item to a structured-field list header (one line).
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: String) {
+    let value = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.contains(item.split(';').next().unwrap_or_default()) => {
+            format!("{existing}, {item}")
+        }
+        Some(_) => return,
+        None => item,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// A structured-field string: `"name"` with `\` and `"` escaped and
+/// non-printable characters dropped.
+fn sf_string(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => {}
+        }
+    }
+    out.push('"');
+    out
 }

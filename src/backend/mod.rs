@@ -21,7 +21,7 @@ mod scope;
 
 pub use memory::{InMemoryBackend, InMemoryBackendBuilder};
 #[cfg(feature = "redis")]
-// pub use redis::{RedisBackend, RedisBackendBuilder};
+pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use scope::{current, scope, BackendScope, BackendScopeLayer, BackendScopeService};
 
 /// A boxed, `Send`, `'static` future.

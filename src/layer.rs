@@ -1,0 +1,585 @@
+//! [`ThrottleLayer`]: Tower middleware that runs an ordered list of
+//! [`MiddlewareThrottle`] rules before the inner service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use regex::Regex;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::backend::{BoxFuture, DynBackend, IntoBackend};
+use crate::response::{error_response, responder, BoxBody, RateLimitInfo, ThrottledResponder};
+use crate::throttle::{Check, Mode, Verdict};
+use crate::{BoxError, Error, HttpThrottle, Throttled};
+
+type HookFn = Arc<dyn Fn(&Parts) -> BoxFuture<bool> + Send + Sync>;
+
+/// A throttle with filters, for [`ThrottleLayer`]: it applies to a request
+/// when all its filters match — `methods` (case-insensitive), `path` (a regex
+/// matched at the start of the path), and `hook` (an async predicate, checked
+/// last).
+///
+/// ```
+/// use http::Method;
+/// use traffik::{HttpThrottle, MiddlewareThrottle};
+///
+/// let writes = HttpThrottle::builder().rate("10/min").build().unwrap();
+/// let rule = MiddlewareThrottle::new(writes)
+///     .methods([Method::POST, Method::PUT, Method::DELETE])
+///     .path(r"/api/")
+///     .hook(|parts: &http::request::Parts| {
+///         let authed = parts.headers.contains_key(http::header::AUTHORIZATION);
+///         async move { !authed }
+///     });
+/// # drop(rule);
+/// ```
+#[derive(Clone)]
+pub struct MiddlewareThrottle {
+    throttle: HttpThrottle,
+    methods: Option<Arc<[String]>>,
+    path: Option<Regex>,
+    hook: Option<HookFn>,
+}
+
+impl std::fmt::Debug for MiddlewareThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiddlewareThrottle")
+            .field("throttle", &self.throttle.uid())
+            .field("methods", &self.methods)
+            .field("path", &self.path.as_ref().map(Regex::as_str))
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl MiddlewareThrottle {
+    /// A rule applying `throttle` to every request (until filters are added).
+    pub fn new(throttle: impl Into<HttpThrottle>) -> Self {
+        MiddlewareThrottle {
+            throttle: throttle.into(),
+            methods: None,
+            path: None,
+            hook: None,
+        }
+    }
+
+    /// Only requests with one of these methods (case-insensitive).
+    pub fn methods<I, M>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: AsRef<str>,
+    {
+        self.methods = Some(
+            methods
+                .into_iter()
+                .map(|m| m.as_ref().to_ascii_uppercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// Only requests whose path matches `pattern` at its start (`"/api/"` is a
+    /// prefix; add `$` to match the whole path).
+    ///
+    /// # Panics
+    ///
+    /// On an invalid regex, with a message naming it — like Axum's router
+    /// with an invalid route. Use [`try_path`](Self::try_path) for patterns
+    /// known only at run time.
+    #[track_caller]
+    pub fn path(self, pattern: &str) -> Self {
+        match self.try_path(pattern) {
+            Ok(rule) => rule,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// Like [`path`](Self::path), returning [`Error::Configuration`] for an
+    /// invalid regex.
+    pub fn try_path(mut self, pattern: &str) -> Result<Self, Error> {
+        let regex = Regex::new(&format!("^(?:{pattern})")).map_err(|error| {
+            Error::configuration(format!(
+                "invalid path pattern {pattern:?} for throttle {:?}: {error}",
+                self.throttle.uid()
+            ))
+        })?;
+        self.path = Some(regex);
+        Ok(self)
+    }
+
+    /// Only requests for which `hook` resolves to `true`; checked after the
+    /// other filters. The closure returns a `Send + 'static` future: clone
+    /// what you need before `async move`.
+    pub fn hook<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        self.hook = Some(Arc::new(move |parts: &Parts| -> BoxFuture<bool> {
+            Box::pin(hook(parts))
+        }));
+        self
+    }
+
+    /// The throttle.
+    pub fn throttle(&self) -> &HttpThrottle {
+        &self.throttle
+    }
+
+    /// The method and path filters.
+    fn matches(&self, parts: &Parts) -> bool {
+        if let Some(methods) = &self.methods {
+            let method = parts.method.as_str();
+            if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                return false;
+            }
+        }
+        match &self.path {
+            Some(path) => path.is_match(parts.uri.path()),
+            None => true,
+        }
+    }
+}
+
+/// Tower middleware evaluating [`MiddlewareThrottle`] rules in order: every
+/// matching rule is hit; the first that throttles answers (429 by default)
+/// and the inner service is not called.
+///
+/// Rules whose throttle has no backend of its own use the layer's backend
+/// (or, for [`ThrottleLayer::scoped`], the innermost
+/// [`backend::scope`](crate::backend::scope)).
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use http::Method;
+/// use traffik::{backend::InMemoryBackend, HttpThrottle, MiddlewareThrottle, ThrottleLayer};
+///
+/// let memory = InMemoryBackend::new();
+/// let writes = HttpThrottle::builder().uid("writes").rate("10/min").build().unwrap();
+/// let api = HttpThrottle::builder().uid("api").rate("100/min").build().unwrap();
+/// let layer = ThrottleLayer::new(memory)
+///     .rule(MiddlewareThrottle::new(writes).methods([Method::POST, Method::PUT, Method::DELETE]))
+///     .rule(MiddlewareThrottle::new(api).path(r"/api/"));
+/// let app: Router = Router::new().route("/api/items", get(|| async { "items" })).layer(layer);
+/// ```
+#[derive(Clone, Default)]
+pub struct ThrottleLayer {
+    config: Arc<LayerConfig>,
+}
+
+#[derive(Clone, Default)]
+struct LayerConfig {
+    backend: Option<DynBackend>,
+    rules: Vec<MiddlewareThrottle>,
+    on_throttled: Option<ThrottledResponder>,
+}
+
+impl std::fmt::Debug for ThrottleLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottleLayer")
+            .field("rules", &self.config.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThrottleLayer {
+    /// A layer whose rules use `backend` unless their throttle has its own.
+    pub fn new(backend: impl IntoBackend) -> Self {
+        ThrottleLayer {
+            config: Arc::new(LayerConfig {
+                backend: Some(backend.into_backend()),
+                ..LayerConfig::default()
+            }),
+        }
+    }
+
+    /// A layer without a backend of its own: rules use their throttle's
+    /// backend, else the innermost [`backend::scope`](crate::backend::scope).
+    pub fn scoped() -> Self {
+        ThrottleLayer::default()
+    }
+
+    /// Adds a rule (evaluated after the ones already added).
+    pub fn rule(mut self, rule: MiddlewareThrottle) -> Self {
+        Arc::make_mut(&mut self.config).rules.push(rule);
+        self
+    }
+
+    /// Adds rules in order.
+    pub fn rules(mut self, rules: impl IntoIterator<Item = MiddlewareThrottle>) -> Self {
+        Arc::make_mut(&mut self.config).rules.extend(rules);
+        self
+    }
+
+    /// The response for throttled requests whose throttle has no
+    /// `on_throttled` of its own.
+    pub fn on_throttled<F, B>(mut self, f: F) -> Self
+    where
+        F: Fn(&Throttled) -> Response<B> + Send + Sync + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Arc::make_mut(&mut self.config).on_throttled = Some(responder(f));
+        self
+    }
+}
+
+impl HttpThrottle {
+    /// A layer applying this throttle to every request of the service it
+    /// wraps — per route with Axum's `route_layer` (FastAPI's
+    /// `Depends(throttle)`). Without a backend of its own the throttle uses
+    /// the innermost [`backend::scope`](crate::backend::scope); with none,
+    /// requests get a 500 naming the fix.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use traffik::{backend::InMemoryBackend, HttpThrottle};
+    ///
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("5/10s")
+    ///     .backend(InMemoryBackend::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let app: Router = Router::new()
+    ///     .route("/hello", get(|| async { "hello" }).route_layer(throttle.layer()));
+    /// ```
+    pub fn layer(&self) -> ThrottleLayer {
+        ThrottleLayer::scoped().rule(MiddlewareThrottle::new(self.clone()))
+    }
+}
+
+impl<S> Layer<S> for ThrottleLayer {
+    type Service = ThrottleService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ThrottleService {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service of [`ThrottleLayer`].
+#[derive(Clone)]
+pub struct ThrottleService<S> {
+    inner: S,
+    config: Arc<LayerConfig>,
+}
+
+impl<S> std::fmt::Debug for ThrottleService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottleService")
+            .field("rules", &self.config.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the rules decided.
+struct Outcome {
+    infos: Vec<RateLimitInfo>,
+    error: Option<Error>,
+}
+
+fn record(infos: &mut Vec<RateLimitInfo>, verdict: Verdict) {
+    if let Some(info) = verdict.info {
+        infos.push(info);
+    }
+}
+
+impl LayerConfig {
+    /// Runs the rules from `start` synchronously until one needs to wait.
+    /// `Ok(outcome)` when done; `Err((index, pending))` to continue
+    /// asynchronously at `index` (with the check of rule `index - 1` pending,
+    /// if any).
+    fn run_sync(
+        &self,
+        parts: &Parts,
+        infos: &mut Vec<RateLimitInfo>,
+    ) -> Result<Option<Error>, (usize, Option<BoxFuture<Result<Verdict, Error>>>)> {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(parts) {
+                continue;
+            }
+            if rule.hook.is_some() {
+                return Err((index, None));
+            }
+            match rule
+                .throttle
+                .inner
+                .check(parts, self.backend.as_ref(), Mode::Hit)
+            {
+                Check::Ready(Ok(verdict)) => record(infos, verdict),
+                Check::Ready(Err(error)) => return Ok(Some(error)),
+                Check::Pending(pending) => return Err((index + 1, Some(pending))),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn run_async(
+        self: Arc<Self>,
+        parts: Parts,
+        start: usize,
+        pending: Option<BoxFuture<Result<Verdict, Error>>>,
+        mut infos: Vec<RateLimitInfo>,
+    ) -> (Parts, Outcome) {
+        if let Some(pending) = pending {
+            match pending.await {
+                Ok(verdict) => record(&mut infos, verdict),
+                Err(error) => {
+                    let error = Some(error);
+                    return (parts, Outcome { infos, error });
+                }
+            }
+        }
+        for rule in &self.rules[start..] {
+            if !rule.matches(&parts) {
+                continue;
+            }
+            if let Some(hook) = &rule.hook {
+                if !hook(&parts).await {
+                    continue;
+                }
+            }
+            let check = rule
+                .throttle
+                .inner
+                .check(&parts, self.backend.as_ref(), Mode::Hit);
+            match check.wait().await {
+                Ok(verdict) => record(&mut infos, verdict),
+                Err(error) => {
+                    let error = Some(error);
+                    return (parts, Outcome { infos, error });
+                }
+            }
+        }
+        (parts, Outcome { infos, error: None })
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ThrottleService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        let mut infos = Vec::new();
+        match self.config.run_sync(&parts, &mut infos) {
+            Ok(None) => {
+                let future = self.inner.call(Request::from_parts(parts, body));
+                ResponseFuture {
+                    state: State::Calling { future },
+                    infos,
+                }
+            }
+            Ok(Some(error)) => ResponseFuture {
+                state: State::Done {
+                    response: Some(self.config.reject(&error)),
+                },
+                infos,
+            },
+            Err((start, pending)) => {
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                let config = Arc::clone(&self.config);
+                let check = Box::pin(config.run_async(parts, start, pending, infos));
+                ResponseFuture {
+                    state: State::Checking {
+                        check,
+                        body: Some(body),
+                        service: Some(service),
+                        config: Arc::clone(&self.config),
+                    },
+                    infos: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+impl LayerConfig {
+    fn reject(&self, error: &Error) -> Response<BoxBody> {
+        match error {
+            Error::Configuration(_) | Error::AnonymousConnection => {
+                tracing::error!(%error, "traffik cannot throttle this request")
+            }
+            _ => {}
+        }
+        error_response(error, self.on_throttled.as_ref())
+    }
+}
+
+pin_project! {
+    /// Response future of [`ThrottleService`].
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+        infos: Vec<RateLimitInfo>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Checking {
+            check: Pin<Box<dyn Future<Output = (Parts, Outcome)> + Send>>,
+            body: Option<ReqBody>,
+            service: Option<S>,
+            config: Arc<LayerConfig>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+        Done {
+            response: Option<Response<BoxBody>>,
+        },
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Checking {
+                    check,
+                    body,
+                    service,
+                    config,
+                } => {
+                    let (parts, outcome) = ready!(check.as_mut().poll(cx));
+                    *this.infos = outcome.infos;
+                    let next = match outcome.error {
+                        Some(error) => State::Done {
+                            response: Some(config.reject(&error)),
+                        },
+                        None => {
+                            let body = body.take().expect("request body taken once");
+                            let mut service = service.take().expect("service taken once");
+                            State::Calling {
+                                future: service.call(Request::from_parts(parts, body)),
+                            }
+                        }
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Calling { future } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    for info in this.infos.iter() {
+                        info.apply(response.headers_mut());
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Done { response } => {
+                    let mut response = response.take().expect("polled after completion");
+                    for info in this.infos.iter() {
+                        info.apply(response.headers_mut());
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::traffik)));
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Body of [`ThrottleService`] responses: the inner service's body, or the
+    /// body of a response traffik made (429, 500, 503).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
+        Inner {
+            #[pin]
+            body: B,
+        },
+        Traffik {
+            #[pin]
+            body: BoxBody,
+        },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn inner(body: B) -> Self {
+        ResponseBody {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    fn traffik(body: BoxBody) -> Self {
+        ResponseBody {
+            kind: BodyKind::Traffik { body },
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+            BodyKindProj::Traffik { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Traffik { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Traffik { body } => body.size_hint(),
+        }
+    }
+}

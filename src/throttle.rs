@@ -1,0 +1,1043 @@
+//! Throttles: [`HttpThrottle`] and its builder, shared by
+//! [`WebSocketThrottle`](crate::WebSocketThrottle); key building; the
+//! decision pipeline (backend → failure mode → shadow → wait or reject).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Extensions, HeaderMap, Method, Request, Uri};
+
+use crate::backend::{self, BoxFuture, DynBackend, IntoBackend};
+use crate::identity::AddressIdentity;
+use crate::rate::IntoRate;
+use crate::response::{responder, Policy, RateLimitHeaders, RateLimitInfo, ThrottledResponder};
+use crate::{
+    BoxError, Decision, Error, Identity, Quota, Rate, Strategy, Throttled, TrustedProxies,
+};
+
+/// What happens when the backend fails (error or timeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Let the request through uncounted and log a `tracing::warn!` (default).
+    #[default]
+    Open,
+    /// Refuse the request: 503 with `Retry-After` (HTTP), drop the message
+    /// (WebSocket).
+    Closed,
+}
+
+/// What happens to a hit over the limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Exceeded {
+    /// Reject it: 429 for HTTP; for WebSocket, drop the message and send the
+    /// client a rate-limit notice (default).
+    #[default]
+    Reject,
+    /// Hold it until it is allowed, waiting at most `max` in all; a hit that
+    /// would need longer is rejected at once.
+    Wait {
+        /// The longest wait.
+        max: Duration,
+    },
+    /// WebSocket: close the connection with code 1008 (policy violation) and
+    /// this reason. For HTTP it is the same as `Reject`.
+    Close {
+        /// The close reason sent to the client.
+        reason: String,
+    },
+}
+
+type IdentifierFn = Arc<dyn Fn(&Parts) -> BoxFuture<Identity> + Send + Sync>;
+type RateFn = Arc<dyn Fn(&Parts) -> BoxFuture<Rate> + Send + Sync>;
+type DecisionFn = Arc<dyn Fn(&Decision) + Send + Sync>;
+
+/// Where a throttle's backend comes from.
+#[derive(Clone)]
+pub(crate) enum BackendChoice {
+    /// `.backend(b)`.
+    Fixed(DynBackend),
+    /// `.dynamic_backend()`: the innermost [`backend::scope`].
+    Dynamic,
+    /// Nothing set: the layer's backend, else the innermost scope.
+    Inherit,
+}
+
+#[derive(Clone)]
+pub(crate) enum RateSource {
+    /// `None` for an unlimited rate.
+    Static(Option<Quota>),
+    Dynamic(RateFn),
+}
+
+/// Registered uids of live throttles.
+static UIDS: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+static AUTO_UID: AtomicU64 = AtomicU64::new(1);
+
+/// A uid registered while its throttle lives.
+pub(crate) struct Uid(Arc<str>);
+
+impl Uid {
+    fn register(uid: Option<String>, kind: &str) -> Result<Uid, Error> {
+        let mut set = UIDS.lock().unwrap_or_else(PoisonError::into_inner);
+        let set = set.get_or_insert_with(HashSet::new);
+        let uid: Arc<str> = match uid {
+            Some(uid) => {
+                if uid.is_empty() {
+                    return Err(Error::configuration("a throttle uid cannot be empty"));
+                }
+                if set.contains(uid.as_str()) {
+                    return Err(Error::configuration(format!(
+                        "duplicate throttle uid {uid:?}: another live throttle already uses it; give each throttle its own .uid(..)"
+                    )));
+                }
+                uid.into()
+            }
+            None => loop {
+                let candidate = format!("{kind}-{}", AUTO_UID.fetch_add(1, Ordering::Relaxed));
+                if !set.contains(candidate.as_str()) {
+                    break candidate.into();
+                }
+            },
+        };
+        set.insert(Arc::clone(&uid));
+        Ok(Uid(uid))
+    }
+}
+
+impl Drop for Uid {
+    fn drop(&mut self) {
+        let mut set = UIDS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(set) = set.as_mut() {
+            set.remove(&self.0);
+        }
+    }
+}
+
+/// What HTTP and WebSocket throttles share: the limit, the backend and what to
+/// do with a decision.
+pub(crate) struct Core {
+    pub(crate) uid: Uid,
+    pub(crate) rate: RateSource,
+    pub(crate) strategy: Strategy,
+    pub(crate) burst: Option<u64>,
+    pub(crate) cost: u64,
+    pub(crate) backend: BackendChoice,
+    pub(crate) failure_mode: FailureMode,
+    pub(crate) shadow: bool,
+    pub(crate) exceeded: Exceeded,
+    pub(crate) on_decision: Option<DecisionFn>,
+    pub(crate) policy: Policy,
+}
+
+/// The outcome of one throttle for one request, once the failure mode,
+/// shadow mode and waiting have been applied. Rejections are
+/// `Err(Error::Throttled)`.
+#[derive(Clone)]
+pub(crate) struct Verdict {
+    pub(crate) decision: Decision,
+    pub(crate) info: Option<RateLimitInfo>,
+}
+
+impl Verdict {
+    fn exempt() -> Verdict {
+        Verdict {
+            decision: Decision::unlimited(),
+            info: None,
+        }
+    }
+}
+
+/// A verdict now, or later.
+pub(crate) enum Check {
+    Ready(Result<Verdict, Error>),
+    Pending(BoxFuture<Result<Verdict, Error>>),
+}
+
+impl Check {
+    pub(crate) async fn wait(self) -> Result<Verdict, Error> {
+        match self {
+            Check::Ready(result) => result,
+            Check::Pending(future) => future.await,
+        }
+    }
+}
+
+/// Whether a check records the hit or only looks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Hit,
+    Peek,
+}
+
+impl Core {
+    pub(crate) fn uid(&self) -> &str {
+        &self.uid.0
+    }
+
+    pub(crate) fn resolve_backend(
+        &self,
+        fallback: Option<&DynBackend>,
+    ) -> Result<DynBackend, Error> {
+        match &self.backend {
+            BackendChoice::Fixed(backend) => Ok(Arc::clone(backend)),
+            BackendChoice::Dynamic => backend::current().ok_or_else(|| {
+                Error::configuration(format!(
+                    "throttle {:?} uses .dynamic_backend() but no backend is in scope: run the request inside \
+                     traffik::backend::scope(backend, future) or add a BackendScopeLayer",
+                    self.uid()
+                ))
+            }),
+            BackendChoice::Inherit => fallback
+                .cloned()
+                .or_else(backend::current)
+                .ok_or_else(|| {
+                    Error::configuration(format!(
+                        "throttle {:?} has no backend: give it one with .backend(InMemoryBackend::new()), \
+                         add it to a ThrottleLayer::new(backend), or run it inside traffik::backend::scope(..)",
+                        self.uid()
+                    ))
+                }),
+        }
+    }
+
+    pub(crate) fn quota_for(&self, rate: Rate) -> Result<Option<Quota>, Error> {
+        if rate.is_unlimited() {
+            return Ok(None);
+        }
+        let quota = Quota::new(rate, self.strategy)?;
+        match self.burst {
+            Some(burst) => quota.with_burst(burst).map(Some),
+            None => Ok(Some(quota)),
+        }
+    }
+
+    /// Asks the backend and applies the pipeline; synchronous when the
+    /// backend answers at once and no wait is needed.
+    pub(crate) fn decide(
+        self: &Arc<Self>,
+        backend: DynBackend,
+        key: String,
+        quota: Quota,
+        mode: Mode,
+    ) -> Check {
+        let answer = match mode {
+            Mode::Hit => backend.hit(&key, &quota, self.cost),
+            Mode::Peek => backend.peek(&key, &quota, self.cost),
+        };
+        match answer.into_ready() {
+            Ok(result) => self.after(result, backend, key, quota, mode),
+            Err(pending) => {
+                let core = Arc::clone(self);
+                Check::Pending(Box::pin(async move {
+                    let result = pending.await;
+                    core.after(result, backend, key, quota, mode).wait().await
+                }))
+            }
+        }
+    }
+
+    fn after(
+        self: &Arc<Self>,
+        result: Result<Decision, Error>,
+        backend: DynBackend,
+        key: String,
+        quota: Quota,
+        mode: Mode,
+    ) -> Check {
+        let decision = match result {
+            Ok(decision) => decision,
+            Err(error) => return Check::Ready(self.failed(error, &key)),
+        };
+        if mode == Mode::Peek {
+            return Check::Ready(Ok(self.verdict(decision, &quota)));
+        }
+        if let Some(on_decision) = &self.on_decision {
+            on_decision(&decision);
+        }
+        if decision.allowed {
+            return Check::Ready(Ok(self.verdict(decision, &quota)));
+        }
+        if self.shadow {
+            tracing::info!(
+                throttle = self.uid(),
+                key = %key,
+                retry_after_ms = decision.retry_after.as_millis() as u64,
+                "shadow mode: request would be throttled"
+            );
+            return Check::Ready(Ok(self.verdict(decision, &quota)));
+        }
+        match &self.exceeded {
+            Exceeded::Wait { max } if decision.retry_after <= *max => {
+                let core = Arc::clone(self);
+                let max = *max;
+                Check::Pending(Box::pin(async move {
+                    core.wait_until_allowed(decision, backend, key, quota, max)
+                        .await
+                }))
+            }
+            _ => Check::Ready(Err(self.throttled(decision, &quota, &key))),
+        }
+    }
+
+    async fn wait_until_allowed(
+        self: Arc<Self>,
+        mut decision: Decision,
+        backend: DynBackend,
+        key: String,
+        quota: Quota,
+        max: Duration,
+    ) -> Result<Verdict, Error> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
+            decision = match backend.hit(&key, &quota, self.cost).await {
+                Ok(decision) => decision,
+                Err(error) => return self.failed(error, &key),
+            };
+            if let Some(on_decision) = &self.on_decision {
+                on_decision(&decision);
+            }
+            if decision.allowed {
+                return Ok(self.verdict(decision, &quota));
+            }
+            if tokio::time::Instant::now() + decision.retry_after > deadline {
+                return Err(self.throttled(decision, &quota, &key));
+            }
+        }
+    }
+
+    fn verdict(&self, decision: Decision, quota: &Quota) -> Verdict {
+        let info = (self.policy.headers != RateLimitHeaders::None)
+            .then(|| RateLimitInfo::new(&self.policy, decision, quota.rate().period()));
+        Verdict { decision, info }
+    }
+
+    fn throttled(&self, decision: Decision, quota: &Quota, key: &str) -> Error {
+        tracing::info!(
+            throttle = self.uid(),
+            key = %key,
+            retry_after_ms = decision.retry_after.as_millis() as u64,
+            "request throttled"
+        );
+        Error::Throttled(Throttled::new(
+            decision,
+            quota.rate().period(),
+            self.policy.clone(),
+        ))
+    }
+
+    fn failed(&self, error: Error, key: &str) -> Result<Verdict, Error> {
+        match self.failure_mode {
+            FailureMode::Open => {
+                tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; letting the request through (FailureMode::Open)");
+                Ok(Verdict::exempt())
+            }
+            FailureMode::Closed => {
+                tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; refusing the request (FailureMode::Closed)");
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The parts of a request a throttle reads: implemented for
+/// [`http::request::Parts`] and [`http::Request`].
+pub trait RequestHead {
+    /// The method.
+    fn method(&self) -> &Method;
+    /// The URI.
+    fn uri(&self) -> &Uri;
+    /// The headers.
+    fn headers(&self) -> &HeaderMap;
+    /// The extensions.
+    fn extensions(&self) -> &Extensions;
+    /// The head as `Parts` (cloned for a `Request`; only needed by closures
+    /// over `&Parts`).
+    fn to_parts(&self) -> Cow<'_, Parts>;
+}
+
+impl RequestHead for Parts {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+    fn uri(&self) -> &Uri {
+        &self.uri
+    }
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+    fn to_parts(&self) -> Cow<'_, Parts> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<B> RequestHead for Request<B> {
+    fn method(&self) -> &Method {
+        self.method()
+    }
+    fn uri(&self) -> &Uri {
+        self.uri()
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.headers()
+    }
+    fn extensions(&self) -> &Extensions {
+        self.extensions()
+    }
+    fn to_parts(&self) -> Cow<'_, Parts> {
+        let mut head = Request::new(());
+        *head.method_mut() = self.method().clone();
+        *head.uri_mut() = self.uri().clone();
+        *head.version_mut() = self.version();
+        *head.headers_mut() = self.headers().clone();
+        *head.extensions_mut() = self.extensions().clone();
+        Cow::Owned(head.into_parts().0)
+    }
+}
+
+/// The route a request counts under: axum's `MatchedPath` when present, else
+/// the URI path.
+pub(crate) fn route_of<'a>(extensions: &'a Extensions, uri: &'a Uri) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    let _ = extensions;
+    uri.path()
+}
+
+/// Throttles HTTP requests: per route with [`layer`](HttpThrottle::layer),
+/// in a [`ThrottleLayer`](crate::ThrottleLayer) rule, or inside a handler with
+/// [`hit`](HttpThrottle::hit). Cheap to clone; clones share everything.
+///
+/// By default a request is identified by its client IP address (IPv6 masked
+/// to its /64) and counted per method and route:
+/// `{prefix}:{uid}:{ip}:http:{METHOD}:{route}`.
+///
+/// ```
+/// use traffik::{backend::InMemoryBackend, HttpThrottle, Strategy};
+///
+/// let memory = InMemoryBackend::new();
+/// let throttle = HttpThrottle::builder()
+///     .uid("api")
+///     .limit(5)
+///     .seconds(10)
+///     .strategy(Strategy::TokenBucket)
+///     .backend(memory.clone())
+///     .build()
+///     .unwrap();
+/// assert_eq!(throttle.uid(), "api");
+/// ```
+#[derive(Clone)]
+pub struct HttpThrottle {
+    pub(crate) inner: Arc<HttpInner>,
+}
+
+pub(crate) struct HttpInner {
+    pub(crate) core: Arc<Core>,
+    identifier: Option<IdentifierFn>,
+    address: AddressIdentity,
+    shared_across_routes: bool,
+}
+
+impl std::fmt::Debug for HttpThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpThrottle")
+            .field("uid", &self.uid())
+            .field("strategy", &self.inner.core.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpThrottle {
+    /// Starts a builder.
+    pub fn builder() -> HttpThrottleBuilder {
+        ThrottleBuilder::new(HttpOptions::default())
+    }
+
+    /// The throttle's uid.
+    pub fn uid(&self) -> &str {
+        self.inner.core.uid()
+    }
+
+    /// Counts one hit (of the throttle's cost) for `request`.
+    ///
+    /// Returns the [`Decision`], or `Err(Error::Throttled(_))` when the
+    /// request is over its limit — which, with the `axum` feature, turns into
+    /// the 429 response when returned from a handler with `?`. The future is
+    /// `Send + 'static`: everything it needs is read from the request first.
+    ///
+    /// ```
+    /// use axum::{extract::Request, routing::get, Router};
+    /// use traffik::{backend::InMemoryBackend, HttpThrottle};
+    ///
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("5/10s")
+    ///     .backend(InMemoryBackend::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let app: Router = Router::new().route("/", get(move |req: Request| {
+    ///     let throttle = throttle.clone();
+    ///     async move {
+    ///         throttle.hit(&req).await?;
+    ///         Ok::<_, traffik::Error>("hello")
+    ///     }
+    /// }));
+    /// ```
+    pub fn hit<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
+        let check = self.inner.check(request, None, Mode::Hit);
+        async move { check.wait().await.map(|verdict| verdict.decision) }
+    }
+
+    /// The [`Decision`] a hit would get now, without counting it. A request
+    /// over its limit is `Ok` with `allowed == false`.
+    pub fn peek<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
+        let check = self.inner.check(request, None, Mode::Peek);
+        async move { check.wait().await.map(|verdict| verdict.decision) }
+    }
+
+    /// Like [`hit`](HttpThrottle::hit), for request parts.
+    pub fn hit_parts(
+        &self,
+        parts: &Parts,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
+        let check = self.inner.check(parts, None, Mode::Hit);
+        async move { check.wait().await.map(|verdict| verdict.decision) }
+    }
+}
+
+impl HttpInner {
+    /// Identifies the request, builds its key and asks the backend;
+    /// synchronous for the default identifier, a static rate and an
+    /// in-memory backend.
+    pub(crate) fn check<R: RequestHead>(
+        self: &Arc<Self>,
+        request: &R,
+        fallback: Option<&DynBackend>,
+        mode: Mode,
+    ) -> Check {
+        let core = &self.core;
+        if core.cost == 0 {
+            return Check::Ready(Ok(Verdict::exempt()));
+        }
+        if self.identifier.is_none() {
+            if let RateSource::Static(quota) = &core.rate {
+                let Some(quota) = *quota else {
+                    return Check::Ready(Ok(Verdict::exempt()));
+                };
+                let ip = match self.address.client(request.extensions(), request.headers()) {
+                    Ok(ip) => ip,
+                    Err(error) => return Check::Ready(Err(error)),
+                };
+                let backend = match core.resolve_backend(fallback) {
+                    Ok(backend) => backend,
+                    Err(error) => return Check::Ready(Err(error)),
+                };
+                let key = self.key(
+                    backend.prefix(),
+                    KeyIdentity::Ip(ip),
+                    request.method(),
+                    route_of(request.extensions(), request.uri()),
+                );
+                return core.decide(backend, key, quota, mode);
+            }
+        }
+        // Slow path: closures to await.
+        let parts = request.to_parts();
+        let identity = match &self.identifier {
+            Some(identifier) => IdentityStep::Future(identifier(&parts)),
+            None => IdentityStep::Ip(self.address.client(&parts.extensions, &parts.headers)),
+        };
+        let rate = match &core.rate {
+            RateSource::Static(quota) => RateStep::Ready(*quota),
+            RateSource::Dynamic(rate) => RateStep::Future(rate(&parts)),
+        };
+        let method = parts.method.clone();
+        let route = route_of(&parts.extensions, &parts.uri).to_owned();
+        // Resolve scoped backends now, at call time.
+        let backend = core.resolve_backend(fallback);
+        let this = Arc::clone(self);
+        Check::Pending(Box::pin(async move {
+            let identity = match identity {
+                IdentityStep::Future(future) => match future.await {
+                    Identity::Unlimited => return Ok(Verdict::exempt()),
+                    Identity::Key(key) => KeyIdentityOwned::Key(key),
+                },
+                IdentityStep::Ip(ip) => KeyIdentityOwned::Ip(ip?),
+            };
+            let quota = match rate {
+                RateStep::Ready(quota) => quota,
+                RateStep::Future(future) => this.core.quota_for(future.await)?,
+            };
+            let Some(quota) = quota else {
+                return Ok(Verdict::exempt());
+            };
+            let backend = backend?;
+            let key = this.key(backend.prefix(), identity.borrowed(), &method, &route);
+            this.core.decide(backend, key, quota, mode).wait().await
+        }))
+    }
+
+    fn key(&self, prefix: &str, identity: KeyIdentity<'_>, method: &Method, route: &str) -> String {
+        let uid = self.core.uid();
+        let mut key = String::with_capacity(prefix.len() + uid.len() + route.len() + 48);
+        key.push_str(prefix);
+        key.push(':');
+        key.push_str(uid);
+        key.push(':');
+        match identity {
+            KeyIdentity::Ip(ip) => self.address.write(ip, &mut key),
+            KeyIdentity::Key(k) => key.push_str(k),
+        }
+        if self.shared_across_routes {
+            key.push_str(":http:*");
+        } else {
+            let _ = write!(key, ":http:{}:{}", method.as_str(), route);
+        }
+        key
+    }
+}
+
+enum IdentityStep {
+    Future(BoxFuture<Identity>),
+    Ip(Result<IpAddr, Error>),
+}
+
+enum RateStep {
+    Ready(Option<Quota>),
+    Future(BoxFuture<Rate>),
+}
+
+enum KeyIdentity<'a> {
+    Ip(IpAddr),
+    Key(&'a str),
+}
+
+enum KeyIdentityOwned {
+    Ip(IpAddr),
+    Key(String),
+}
+
+impl KeyIdentityOwned {
+    fn borrowed(&self) -> KeyIdentity<'_> {
+        match self {
+            KeyIdentityOwned::Ip(ip) => KeyIdentity::Ip(*ip),
+            KeyIdentityOwned::Key(key) => KeyIdentity::Key(key),
+        }
+    }
+}
+
+/// Options only HTTP throttles have.
+#[derive(Default)]
+pub struct HttpOptions {
+    identifier: Option<IdentifierFn>,
+    address: AddressIdentity,
+    shared_across_routes: bool,
+}
+
+/// Builder of an [`HttpThrottle`].
+pub type HttpThrottleBuilder = ThrottleBuilder<HttpOptions>;
+
+/// Builder shared by [`HttpThrottle`] and
+/// [`WebSocketThrottle`](crate::WebSocketThrottle); `K` holds the options of
+/// one kind.
+#[must_use = "call .build() to get the throttle"]
+pub struct ThrottleBuilder<K> {
+    uid: Option<String>,
+    limit: Option<u64>,
+    period: Duration,
+    rate: Option<Result<Rate, Error>>,
+    dynamic_rate: Option<RateFn>,
+    strategy: Strategy,
+    burst: Option<u64>,
+    cost: u64,
+    backend: BackendChoice,
+    failure_mode: FailureMode,
+    shadow: bool,
+    exceeded: Exceeded,
+    on_decision: Option<DecisionFn>,
+    headers: RateLimitHeaders,
+    on_throttled: Option<ThrottledResponder>,
+    errors: Vec<Error>,
+    pub(crate) kind: K,
+}
+
+impl<K> ThrottleBuilder<K> {
+    pub(crate) fn new(kind: K) -> Self {
+        ThrottleBuilder {
+            uid: None,
+            limit: None,
+            period: Duration::ZERO,
+            rate: None,
+            dynamic_rate: None,
+            strategy: Strategy::default(),
+            burst: None,
+            cost: 1,
+            backend: BackendChoice::Inherit,
+            failure_mode: FailureMode::default(),
+            shadow: false,
+            exceeded: Exceeded::default(),
+            on_decision: None,
+            headers: RateLimitHeaders::None,
+            on_throttled: None,
+            errors: Vec::new(),
+            kind,
+        }
+    }
+
+    /// A unique id among live throttles (default: an id generated in creation
+    /// order). Set it explicitly when several app instances share a Redis
+    /// backend, so that their keys match.
+    pub fn uid(mut self, uid: impl Into<String>) -> Self {
+        self.uid = Some(uid.into());
+        self
+    }
+
+    /// Hits allowed per period; add the period with the unit methods.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    fn add_period(mut self, unit: Duration, n: u64) -> Self {
+        let add = u32::try_from(n)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .and_then(|d| self.period.checked_add(d));
+        match add {
+            Some(period) => self.period = period,
+            None => self.errors.push(Error::configuration(format!(
+                "the period is too long (adding {n} × {unit:?})"
+            ))),
+        }
+        self
+    }
+
+    /// Adds `n` milliseconds to the period.
+    pub fn milliseconds(self, n: u64) -> Self {
+        self.add_period(Duration::from_millis(1), n)
+    }
+
+    /// Adds `n` seconds to the period.
+    pub fn seconds(self, n: u64) -> Self {
+        self.add_period(Duration::from_secs(1), n)
+    }
+
+    /// Adds `n` minutes to the period.
+    pub fn minutes(self, n: u64) -> Self {
+        self.add_period(Duration::from_secs(60), n)
+    }
+
+    /// Adds `n` hours to the period.
+    pub fn hours(self, n: u64) -> Self {
+        self.add_period(Duration::from_secs(3600), n)
+    }
+
+    /// Adds `n` days to the period.
+    pub fn days(self, n: u64) -> Self {
+        self.add_period(Duration::from_secs(86_400), n)
+    }
+
+    /// The rate as a [`Rate`] or a string: `"100/min"`, `"2/5s"`,
+    /// `"10 per second"`, `Rate::unlimited()`.
+    pub fn rate(mut self, rate: impl IntoRate) -> Self {
+        self.rate = Some(rate.into_rate());
+        self
+    }
+
+    /// A rate computed per request (tenant tiers, plans...). The closure gets
+    /// the request head and returns a `Send + 'static` future: clone what you
+    /// need before `async move`. An unlimited rate exempts the request.
+    ///
+    /// ```
+    /// use traffik::{HttpThrottle, Rate};
+    /// let throttle = HttpThrottle::builder()
+    ///     .dynamic_rate(|parts: &http::request::Parts| {
+    ///         let premium = parts.headers.contains_key("x-premium");
+    ///         async move { if premium { "1000/min".parse().unwrap() } else { Rate::per_minute(10).unwrap() } }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(throttle);
+    /// ```
+    pub fn dynamic_rate<F, Fut>(mut self, rate: F) -> Self
+    where
+        F: Fn(&Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Rate> + Send + 'static,
+    {
+        self.dynamic_rate = Some(Arc::new(move |parts: &Parts| -> BoxFuture<Rate> {
+            Box::pin(rate(parts))
+        }));
+        self
+    }
+
+    /// The algorithm (default [`Strategy::TokenBucket`]).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The bucket capacity for [`Strategy::TokenBucket`] and
+    /// [`Strategy::Gcra`] (default: the limit).
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// What one hit costs (default 1). Cost 0 never touches the backend.
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// The backend holding the counters (any backend; clones share state).
+    pub fn backend(mut self, backend: impl IntoBackend) -> Self {
+        self.backend = BackendChoice::Fixed(backend.into_backend());
+        self
+    }
+
+    /// Use the innermost [`traffik::backend::scope`](crate::backend::scope)
+    /// at each call; no scope is [`Error::Configuration`].
+    pub fn dynamic_backend(mut self) -> Self {
+        self.backend = BackendChoice::Dynamic;
+        self
+    }
+
+    /// What happens when the backend fails (default [`FailureMode::Open`]).
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.failure_mode = mode;
+        self
+    }
+
+    /// Shadow mode: decide, count, log with `tracing`, never reject.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// What happens to a hit over the limit (default [`Exceeded::Reject`]).
+    pub fn on_exceeded(mut self, exceeded: Exceeded) -> Self {
+        self.exceeded = exceeded;
+        self
+    }
+
+    /// Called with every decision that counted a hit (metrics).
+    pub fn on_decision<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Decision) + Send + Sync + 'static,
+    {
+        self.on_decision = Some(Arc::new(f));
+        self
+    }
+
+    /// Rate-limit headers on every response this throttle saw (default none).
+    pub fn headers(mut self, headers: RateLimitHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Replaces the 429 response. `Retry-After` and `Cache-Control: no-store`
+    /// are added when the response lacks them.
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use traffik::{HttpThrottle, Throttled};
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("1/s")
+    ///     .on_throttled(|t: &Throttled| {
+    ///         (http::StatusCode::TOO_MANY_REQUESTS, format!("slow down for {}s", t.retry_after_secs()))
+    ///             .into_response()
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(throttle);
+    /// ```
+    pub fn on_throttled<F, B>(mut self, f: F) -> Self
+    where
+        F: Fn(&Throttled) -> http::Response<B> + Send + Sync + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.on_throttled = Some(responder(f));
+        self
+    }
+
+    /// Validates everything and registers the uid.
+    pub(crate) fn build_core(self, kind: &str) -> Result<(Arc<Core>, K), Error> {
+        if let Some(error) = self.errors.into_iter().next() {
+            return Err(error);
+        }
+        let rate = match (self.rate, self.limit, self.period.is_zero(), &self.dynamic_rate) {
+            (Some(_), _, _, Some(_)) => {
+                return Err(Error::configuration(
+                    "set either .rate(..) or .dynamic_rate(..), not both",
+                ))
+            }
+            (Some(_), Some(_), _, _) | (Some(_), _, false, _) => {
+                return Err(Error::configuration(
+                    "set either .rate(..) or .limit(n) with time units, not both",
+                ))
+            }
+            (Some(rate), None, true, None) => Some(rate?),
+            (None, Some(limit), false, None) => Some(Rate::new(limit, self.period)?),
+            (None, Some(limit), true, None) => {
+                return Err(Error::configuration(format!(
+                    "limit({limit}) needs a period: add .seconds(n), .minutes(n), ... (or use .rate(\"{limit}/min\"))"
+                )))
+            }
+            (None, None, false, None) => {
+                return Err(Error::configuration(format!(
+                    "a period of {:?} needs a limit: add .limit(n)",
+                    self.period
+                )))
+            }
+            (None, None, true, None) => {
+                return Err(Error::configuration(
+                    "no rate: set .limit(n).seconds(n), .rate(\"5/10s\"), .rate(Rate::unlimited()) or .dynamic_rate(..)",
+                ))
+            }
+            (None, _, _, Some(_)) if self.limit.is_some() || !self.period.is_zero() => {
+                return Err(Error::configuration(
+                    "set either .dynamic_rate(..) or .limit(n) with time units, not both",
+                ))
+            }
+            (None, _, _, Some(_)) => None,
+        };
+        if let Some(burst) = self.burst {
+            if !matches!(self.strategy, Strategy::TokenBucket | Strategy::Gcra) {
+                return Err(Error::configuration(format!(
+                    "burst({burst}) applies to Strategy::TokenBucket and Strategy::Gcra only, not {:?}",
+                    self.strategy
+                )));
+            }
+        }
+        let source = match (rate, self.dynamic_rate) {
+            (Some(rate), _) if rate.is_unlimited() => RateSource::Static(None),
+            (Some(rate), _) => {
+                let mut quota = Quota::new(rate, self.strategy)?;
+                if let Some(burst) = self.burst {
+                    quota = quota.with_burst(burst)?;
+                }
+                if self.cost > quota.capacity() {
+                    return Err(Error::configuration(format!(
+                        "cost {} exceeds the capacity {} of rate {rate}: such a hit could never be admitted",
+                        self.cost,
+                        quota.capacity()
+                    )));
+                }
+                RateSource::Static(Some(quota))
+            }
+            (None, Some(dynamic)) => RateSource::Dynamic(dynamic),
+            (None, None) => unreachable!("checked above"),
+        };
+        let uid = Uid::register(self.uid, kind)?;
+        let policy = Policy {
+            name: Arc::clone(&uid.0),
+            headers: self.headers,
+            responder: self.on_throttled,
+        };
+        let core = Core {
+            uid,
+            rate: source,
+            strategy: self.strategy,
+            burst: self.burst,
+            cost: self.cost,
+            backend: self.backend,
+            failure_mode: self.failure_mode,
+            shadow: self.shadow,
+            exceeded: self.exceeded,
+            on_decision: self.on_decision,
+            policy,
+        };
+        Ok((Arc::new(core), self.kind))
+    }
+}
+
+impl ThrottleBuilder<HttpOptions> {
+    /// How requests are identified (default: the client IP). The closure gets
+    /// the request head and returns a `Send + 'static` future of an
+    /// [`Identity`]; [`Identity::Unlimited`] exempts the request.
+    ///
+    /// ```
+    /// use traffik::{HttpThrottle, Identity};
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("100/min")
+    ///     .identifier(|parts: &http::request::Parts| {
+    ///         let user = parts.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    ///         async move {
+    ///             match user.as_deref() {
+    ///                 Some("admin") => Identity::Unlimited,
+    ///                 Some(user) => Identity::key(user),
+    ///                 None => Identity::key("anonymous"),
+    ///             }
+    ///         }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(throttle);
+    /// ```
+    pub fn identifier<F, Fut>(mut self, identifier: F) -> Self
+    where
+        F: Fn(&Parts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Identity> + Send + 'static,
+    {
+        self.kind.identifier = Some(Arc::new(move |parts: &Parts| -> BoxFuture<Identity> {
+            Box::pin(identifier(parts))
+        }));
+        self
+    }
+
+    /// Proxies whose forwarding headers are believed (default: none).
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.kind.address.proxies = proxies;
+        self
+    }
+
+    /// The prefix length IPv6 client addresses are masked to (default 64;
+    /// 128 keeps whole addresses).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        if bits > 128 {
+            self.errors.push(Error::configuration(format!(
+                "ipv6_prefix({bits}) must be between 0 and 128"
+            )));
+        }
+        self.kind.address.ipv6_prefix = bits.min(128);
+        self
+    }
+
+    /// One counter per identity for every route this throttle covers
+    /// (default: one counter per method and route).
+    pub fn shared_across_routes(mut self) -> Self {
+        self.kind.shared_across_routes = true;
+        self
+    }
+
+    /// Builds the throttle; [`Error::Configuration`] names any bad input.
+    pub fn build(self) -> Result<HttpThrottle, Error> {
+        let (core, options) = self.build_core("http")?;
+        Ok(HttpThrottle {
+            inner: Arc::new(HttpInner {
+                core,
+                identifier: options.identifier,
+                address: options.address,
+                shared_across_routes: options.shared_across_routes,
+            }),
+        })
+    }
+}
