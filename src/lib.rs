@@ -15,6 +15,7 @@ pub mod rate;
 pub mod response;
 pub mod strategy;
 mod throttle;
+pub mod ws;
 
 pub use error::{BackendError, BoxError, Error};
 pub use identity::{Identity, TrustedProxies};
