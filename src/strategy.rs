@@ -388,7 +388,8 @@ impl Quota {
             None => now,
         };
         let base = tat.max(now);
-        let new_tat = base + cost * interval;
+        // Saturating: a cost far above the capacity must not overflow (it is denied below).
+        let new_tat = base.saturating_add(cost.saturating_mul(interval));
         let (allowed, tat, retry) = if cost > self.capacity {
             (false, tat, self.period)
         } else if new_tat <= now + tolerance {
@@ -398,20 +399,21 @@ impl Quota {
         };
         *state = State::from_words([tat, 0]);
         let busy_until = tat.max(now);
-        let remaining = (now + tolerance - busy_until) / interval;
+        // Saturating: a backend whose clock stepped back may pass a `now`
+        // earlier than the one that set `tat`.
+        let remaining = (now + tolerance).saturating_sub(busy_until) / interval;
         let reset = busy_until - now;
         (self.decision(allowed, remaining, reset, retry), busy_until)
     }
 
     fn fixed_window(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
-        let (mut start, mut count) = match state.stored_words() {
+        let (start, mut count) = match state.stored_words() {
             Some([start, count]) if now < start.saturating_add(self.period) => (start, count),
             _ => (now, 0),
         };
-        if now < start {
-            start = now;
-            count = count.min(self.limit);
-        }
+        // A clock that stepped back stays in the stored window (moving its
+        // start back would end it early and admit more than the limit).
+        let now = now.max(start);
         let end = start + self.period;
         let allowed = cost <= self.limit && count + cost <= self.limit;
         if allowed {
@@ -419,14 +421,27 @@ impl Quota {
         }
         *state = State::from_words([start, count]);
         let reset = end - now;
+        // A cost above the limit never fits in a window: one period, as documented.
+        let retry = if cost > self.limit {
+            self.period
+        } else {
+            reset
+        };
         (
-            self.decision(allowed, self.limit - count, reset, reset),
+            // Saturating: the state may come from a quota with a higher limit.
+            self.decision(allowed, self.limit.saturating_sub(count), reset, retry),
             end,
         )
     }
 
     fn sliding_window_counter(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
         let p = self.period;
+        // A clock that stepped back into an earlier window decides at the
+        // start of the stored one (going back would shift and lose counts).
+        let now = match state.stored_words() {
+            Some([start, _]) => now.max(start),
+            None => now,
+        };
         let current = now - now % p;
         let (prev, mut curr) = match state.stored_words() {
             Some([start, packed]) => {
@@ -482,6 +497,8 @@ impl Quota {
             Repr::Log(log) => log,
             _ => Box::default(),
         };
+        // A clock that stepped back decides at the newest entry, keeping the log sorted.
+        let now = log.back().map_or(now, |&newest| now.max(newest));
         while log.front().is_some_and(|&t| t.saturating_add(p) <= now) {
             log.pop_front();
         }
@@ -502,7 +519,8 @@ impl Quota {
             }
         }
         let newest = log.back().copied();
-        let remaining = self.limit - log.len() as u64;
+        // Saturating: the log may come from a quota with a higher limit.
+        let remaining = self.limit.saturating_sub(log.len() as u64);
         state.0 = Repr::Log(log);
         let expires = newest.map_or(now, |t| t + p);
         let reset = expires.saturating_sub(now);
