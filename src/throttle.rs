@@ -320,7 +320,7 @@ impl Core {
     }
 
     fn throttled(&self, decision: Decision, quota: &Quota, key: &str) -> Error {
-        tracing::info!(
+        tracing::debug!(
             throttle = self.uid(),
             key = %key,
             retry_after_ms = decision.retry_after.as_millis() as u64,
@@ -825,7 +825,9 @@ impl<K> ThrottleBuilder<K> {
         self
     }
 
-    /// Shadow mode: decide, count, log with `tracing`, never reject.
+    /// Shadow mode: decide, count, log with `tracing::info!`, never reject.
+    /// `hit()` then returns `Ok` with `allowed == false` for a request over
+    /// its limit.
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self
