@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -30,7 +30,8 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///   million, and a client cannot aim for a collision without the secret.
 /// * Expired keys are reclaimed by the backend itself: each shard sweeps its
 ///   expired keys at most once per sweep interval (default 1 s), during a hit,
-///   and before refusing a new key at the cap.
+///   and before refusing a new key at the cap (then every shard, at most once
+///   per sweep interval).
 /// * At most `max_keys` live keys (default 1,000,000). A hit on a *new* key
 ///   when the cap is reached fails with [`Error::Backend`], which follows the
 ///   throttle's [`FailureMode`](crate::FailureMode) (`Open`: the hit is let
@@ -61,6 +62,8 @@ struct Shared {
     live_keys: AtomicUsize,
     max_keys: usize,
     sweep_interval: u64,
+    /// When the backend may next sweep every shard to make room at the cap.
+    next_full_sweep: AtomicU64,
 }
 
 #[repr(align(128))]
@@ -142,11 +145,7 @@ impl InMemoryBackend {
     /// Removes expired keys from every shard now. This also happens by itself
     /// as the backend is used.
     pub fn purge_expired(&self) {
-        let now = self.inner.now();
-        for shard in self.inner.shards.iter() {
-            let mut map = lock(&shard.map);
-            self.inner.sweep(&mut map, now);
-        }
+        self.inner.purge_all();
     }
 
     /// Clears the keys when not persistent.
@@ -201,42 +200,88 @@ impl Shared {
         map.next_sweep = now.saturating_add(self.sweep_interval);
     }
 
+    /// Counts one more live key, unless the cap is reached (atomically, so
+    /// that racing threads never push the count past the cap).
+    fn reserve_key(&self) -> bool {
+        self.live_keys
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_keys).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Whether this caller may sweep every shard now (at most once per sweep
+    /// interval, so that a full backend does not scan all keys on every hit).
+    fn claim_full_sweep(&self, now: u64) -> bool {
+        let next = self.next_full_sweep.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_full_sweep
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.sweep_interval),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     #[inline]
     fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> Result<Decision, Error> {
         let digest = self.hasher.hash_one(key);
         let shard = &self.shards[(digest >> 32) as usize & self.shard_mask];
-        let now = self.now();
-        let mut map = lock(&shard.map);
-        if now >= map.next_sweep {
-            self.sweep(&mut map, now);
-        }
-        if let Some(slot) = map.slots.get_mut(&digest) {
-            if record {
-                let (decision, expires) = quota.decide_micros(&mut slot.state, now, cost);
-                slot.expires = expires;
+        let mut swept_all = false;
+        loop {
+            let mut map = lock(&shard.map);
+            // The clock is read under the lock, so that each key sees time
+            // only move forward even when threads race for it.
+            let now = self.now();
+            if now >= map.next_sweep {
+                self.sweep(&mut map, now);
+            }
+            if let Some(slot) = map.slots.get_mut(&digest) {
+                if record {
+                    let (decision, expires) = quota.decide_micros(&mut slot.state, now, cost);
+                    slot.expires = expires;
+                    return Ok(decision);
+                }
+                let mut state = slot.state.clone();
+                return Ok(quota.decide_micros(&mut state, now, cost).0);
+            }
+            let mut state = State::new();
+            let (decision, expires) = quota.decide_micros(&mut state, now, cost);
+            if !record || expires <= now {
                 return Ok(decision);
             }
-            let mut state = slot.state.clone();
-            return Ok(quota.decide_micros(&mut state, now, cost).0);
-        }
-        let mut state = State::new();
-        let (decision, expires) = quota.decide_micros(&mut state, now, cost);
-        if !record || expires <= now {
+            if !self.reserve_key() {
+                self.sweep(&mut map, now);
+                if !self.reserve_key() {
+                    // Expired keys may sit in other shards: sweep them all
+                    // (without holding this shard's lock), then try again.
+                    if swept_all || !self.claim_full_sweep(now) {
+                        return Err(Error::backend(format!(
+                            "the in-memory backend {:?} is full ({} live keys, the max_keys cap); \
+                             raise InMemoryBackend::builder().max_keys(..) or shorten the periods",
+                            self.prefix, self.max_keys
+                        )));
+                    }
+                    drop(map);
+                    self.purge_all();
+                    swept_all = true;
+                    continue;
+                }
+            }
+            map.slots.insert(digest, Slot { state, expires });
             return Ok(decision);
         }
-        if self.live_keys.load(Ordering::Relaxed) >= self.max_keys {
+    }
+
+    fn purge_all(&self) {
+        for shard in self.shards.iter() {
+            let mut map = lock(&shard.map);
+            let now = self.now();
             self.sweep(&mut map, now);
-            if self.live_keys.load(Ordering::Relaxed) >= self.max_keys {
-                return Err(Error::backend(format!(
-                    "the in-memory backend {:?} is full ({} live keys, the max_keys cap); \
-                     raise InMemoryBackend::builder().max_keys(..) or shorten the periods",
-                    self.prefix, self.max_keys
-                )));
-            }
         }
-        self.live_keys.fetch_add(1, Ordering::Relaxed);
-        map.slots.insert(digest, Slot { state, expires });
-        Ok(decision)
     }
 }
 
@@ -346,6 +391,7 @@ impl InMemoryBackendBuilder {
                 live_keys: AtomicUsize::new(0),
                 max_keys: self.max_keys,
                 sweep_interval: self.sweep_interval.as_micros() as u64,
+                next_full_sweep: AtomicU64::new(0),
             }),
         }
     }

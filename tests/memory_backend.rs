@@ -1,0 +1,509 @@
+//! The in-memory backend: exact under concurrency for every strategy, reclaims
+//! expired keys, holds at most `max_keys`, lifecycle, sharing, peek.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use traffik::backend::{InMemoryBackend, ThrottleBackend};
+use traffik::clock::ManualClock;
+use traffik::{Error, Quota, Rate, Strategy};
+
+fn quota(text: &str, strategy: Strategy) -> Quota {
+    Quota::new(text.parse::<Rate>().unwrap(), strategy).unwrap()
+}
+
+fn manual() -> (ManualClock, InMemoryBackend) {
+    let clock = ManualClock::starting_at(Duration::from_secs(1_000));
+    let backend = InMemoryBackend::builder().clock(clock.clone()).build();
+    (clock, backend)
+}
+
+/// Long enough for every strategy to forget a hit made `period` ago
+/// (the sliding window counter remembers up to two aligned windows).
+fn forget(clock: &ManualClock, quota: &Quota) {
+    clock.advance(Duration::from_micros(3 * quota.period_micros()));
+}
+
+const LIMIT: u64 = 1000;
+const THREADS: usize = 8;
+const HITS: usize = 500;
+
+/// 8 OS threads × 500 hits on one key while a ninth thread moves the clock
+/// forward a microsecond at a time: exactly `LIMIT` admitted.
+fn hammer(backend: &InMemoryBackend, clock: Option<&ManualClock>, strategy: Strategy) {
+    let quota = quota("1000/d", strategy);
+    let admitted = AtomicU64::new(0);
+    let denied = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let barrier = Barrier::new(THREADS + 1);
+    thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..HITS {
+                    let d = backend
+                        .decide("traffik:t:client:http:GET:/", &quota, 1)
+                        .unwrap();
+                    assert_eq!(d.limit, LIMIT);
+                    if d.allowed {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        assert!(d.retry_after > Duration::ZERO);
+                        assert!(d.retry_after <= Duration::from_secs(86_400));
+                        denied.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        s.spawn(|| {
+            barrier.wait();
+            while !done.load(Ordering::Relaxed) {
+                if let Some(clock) = clock {
+                    clock.advance(Duration::from_micros(1));
+                }
+                thread::yield_now();
+            }
+        });
+        // Signal the ticker once every hitter is done.
+        while admitted.load(Ordering::Relaxed) + denied.load(Ordering::Relaxed)
+            < (THREADS * HITS) as u64
+        {
+            thread::yield_now();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(
+        admitted.load(Ordering::Relaxed),
+        LIMIT,
+        "{strategy}: admitted exactly the limit"
+    );
+    assert_eq!(
+        denied.load(Ordering::Relaxed),
+        (THREADS * HITS) as u64 - LIMIT
+    );
+    assert_eq!(backend.len(), 1);
+}
+
+#[test]
+fn exact_under_os_thread_contention_with_a_ticking_manual_clock() {
+    for strategy in Strategy::ALL {
+        let (clock, backend) = manual();
+        hammer(&backend, Some(&clock), strategy);
+    }
+}
+
+#[test]
+fn exact_under_os_thread_contention_with_the_system_clock() {
+    for strategy in Strategy::ALL {
+        hammer(&InMemoryBackend::new(), None, strategy);
+    }
+}
+
+#[test]
+fn exact_with_a_single_shard_and_many_keys() {
+    // Every key on one lock: per-key counts still exact.
+    for strategy in Strategy::ALL {
+        let backend = InMemoryBackend::builder()
+            .clock(ManualClock::new())
+            .shards(1)
+            .build();
+        let quota = quota("50/h", strategy);
+        let admitted: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        thread::scope(|s| {
+            for t in 0..THREADS {
+                let (backend, quota, admitted) = (&backend, &quota, &admitted);
+                s.spawn(move || {
+                    for i in 0..400 {
+                        let k = (i + t) % 4;
+                        if backend.decide(&format!("k{k}"), quota, 1).unwrap().allowed {
+                            admitted[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        for (k, n) in admitted.iter().enumerate() {
+            assert_eq!(n.load(Ordering::Relaxed), 50, "{strategy} key {k}");
+        }
+        assert_eq!(backend.len(), 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exact_under_tokio_tasks_through_the_trait() {
+    for strategy in Strategy::ALL {
+        let (clock, backend) = manual();
+        let backend: Arc<dyn ThrottleBackend> = Arc::new(backend);
+        let quota = quota("1000/d", strategy);
+        let mut tasks = Vec::new();
+        for _ in 0..THREADS {
+            let (backend, clock) = (backend.clone(), clock.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for i in 0..HITS {
+                    let d = backend.hit("traffik:ws:client", &quota, 1).await.unwrap();
+                    admitted += u64::from(d.allowed);
+                    if i % 7 == 0 {
+                        clock.advance(Duration::from_micros(3));
+                        tokio::task::yield_now().await;
+                    }
+                }
+                admitted
+            }));
+        }
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += task.await.unwrap();
+        }
+        assert_eq!(admitted, LIMIT, "{strategy}");
+        // Peeks through the trait agree: nothing left.
+        let d = backend.peek("traffik:ws:client", &quota, 1).await.unwrap();
+        assert!(!d.allowed, "{strategy}");
+        assert_eq!(d.remaining, 0, "{strategy}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn costs_above_one_are_exact_under_contention() {
+    for strategy in Strategy::ALL {
+        let (_clock, backend) = manual();
+        let quota = quota("999/d", strategy);
+        let mut tasks = Vec::new();
+        for _ in 0..THREADS {
+            let backend = backend.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut units = 0u64;
+                for _ in 0..200 {
+                    if ThrottleBackend::hit(&backend, "key", &quota, 3)
+                        .await
+                        .unwrap()
+                        .allowed
+                    {
+                        units += 3;
+                    }
+                }
+                units
+            }));
+        }
+        let mut units = 0;
+        for task in tasks {
+            units += task.await.unwrap();
+        }
+        assert_eq!(units, 999, "{strategy}");
+    }
+}
+
+#[test]
+fn purge_expired_reclaims_expired_keys() {
+    for strategy in Strategy::ALL {
+        let (clock, backend) = manual();
+        let quota = quota("5/10s", strategy);
+        for i in 0..500 {
+            assert!(
+                backend
+                    .decide(&format!("old{i}"), &quota, 1)
+                    .unwrap()
+                    .allowed
+            );
+        }
+        assert_eq!(backend.len(), 500);
+        forget(&clock, &quota);
+        for i in 0..100 {
+            assert!(
+                backend
+                    .decide(&format!("new{i}"), &quota, 1)
+                    .unwrap()
+                    .allowed
+            );
+        }
+        // Some shards may have swept themselves already; purge does the rest.
+        assert!(backend.len() >= 100);
+        backend.purge_expired();
+        assert_eq!(backend.len(), 100, "{strategy}: only the live keys remain");
+        // A reclaimed key starts afresh.
+        let d = backend.decide("old0", &quota, 1).unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 4, "{strategy}");
+        forget(&clock, &quota);
+        backend.purge_expired();
+        assert_eq!(backend.len(), 0, "{strategy}");
+        assert!(backend.is_empty());
+    }
+}
+
+#[test]
+fn expired_keys_are_reclaimed_by_use_alone() {
+    let clock = ManualClock::starting_at(Duration::from_secs(50));
+    let backend = InMemoryBackend::builder()
+        .clock(clock.clone())
+        .sweep_interval(Duration::from_secs(1))
+        .build();
+    let quota = quota("3/2s", Strategy::SlidingWindowLog);
+    for i in 0..1000 {
+        backend.decide(&format!("old{i}"), &quota, 1).unwrap();
+    }
+    assert_eq!(backend.len(), 1000);
+    // Past the period and the sweep interval, hits on other keys sweep the
+    // shards they land on; 2000 keys touch all 64 shards.
+    clock.advance(Duration::from_secs(3));
+    for i in 0..2000 {
+        backend.decide(&format!("new{i}"), &quota, 1).unwrap();
+    }
+    assert_eq!(backend.len(), 2000);
+}
+
+#[test]
+fn memory_stays_bounded_under_a_stream_of_new_keys() {
+    let clock = ManualClock::new();
+    let backend = InMemoryBackend::builder()
+        .clock(clock.clone())
+        .sweep_interval(Duration::from_millis(500))
+        .build();
+    let quota = quota("1/s", Strategy::FixedWindow);
+    let mut peak = 0;
+    // 100,000 distinct keys over 20 s; each lives 1 s.
+    for step in 0..2000 {
+        clock.advance(Duration::from_millis(10));
+        for i in 0..50 {
+            backend.decide(&format!("k{step}:{i}"), &quota, 1).unwrap();
+        }
+        peak = peak.max(backend.len());
+    }
+    // At most (1 s of life + 0.5 s of sweep lag) × 5,000 keys/s, with slack.
+    assert!(peak <= 10_000, "peak {peak}");
+    clock.advance(Duration::from_secs(2));
+    backend.purge_expired();
+    assert_eq!(backend.len(), 0);
+}
+
+fn expect_full(result: Result<traffik::Decision, Error>) {
+    match result {
+        Err(Error::Backend(e)) => {
+            assert!(e.message().contains("max_keys"), "{}", e.message());
+            let shown = Error::Backend(e).to_string();
+            assert!(shown.contains("max_keys"), "{shown}");
+        }
+        other => panic!("expected Error::Backend at the cap, got {other:?}"),
+    }
+}
+
+#[test]
+fn key_cap() {
+    for strategy in Strategy::ALL {
+        let clock = ManualClock::starting_at(Duration::from_secs(7));
+        let backend = InMemoryBackend::builder()
+            .clock(clock.clone())
+            .max_keys(100)
+            .build();
+        let quota = quota("2/10s", strategy);
+        for i in 0..100 {
+            assert!(backend.decide(&format!("k{i}"), &quota, 1).unwrap().allowed);
+        }
+        assert_eq!(backend.len(), 100);
+        // The 101st distinct live key is refused, through both entry points.
+        expect_full(backend.decide("k100", &quota, 1));
+        expect_full(futures_executor(ThrottleBackend::hit(
+            &backend, "k100", &quota, 1,
+        )));
+        assert_eq!(backend.len(), 100);
+        // Existing keys keep being counted.
+        assert!(backend.decide("k0", &quota, 1).unwrap().allowed);
+        // A peek never stores a key, so it is answered.
+        let peek = futures_executor(ThrottleBackend::peek(&backend, "k100", &quota, 1)).unwrap();
+        assert!(peek.allowed);
+        let d = backend.decide("k0", &quota, 1).unwrap();
+        assert!(!d.allowed, "{strategy}: k0 has had its 2");
+        assert!(backend.decide("k1", &quota, 1).unwrap().allowed);
+
+        // After expiry new keys are accepted again, and the count never
+        // passes the cap, whichever shards the old and new keys sit in.
+        for round in 0..5 {
+            forget(&clock, &quota);
+            for i in 0..100 {
+                let key = format!("r{round}:{i}");
+                assert!(
+                    backend.decide(&key, &quota, 1).unwrap().allowed,
+                    "{strategy}: round {round}, key {i}"
+                );
+                assert!(backend.len() <= 100);
+            }
+            expect_full(backend.decide("one too many", &quota, 1));
+            assert_eq!(backend.len(), 100);
+        }
+    }
+}
+
+#[test]
+fn key_cap_holds_under_contention() {
+    let backend = InMemoryBackend::builder()
+        .clock(ManualClock::new())
+        .max_keys(100)
+        .build();
+    let quota = quota("1/min", Strategy::TokenBucket);
+    let stored = AtomicU64::new(0);
+    let refused = AtomicU64::new(0);
+    let barrier = Barrier::new(THREADS);
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let (backend, quota, stored, refused, barrier) =
+                (&backend, &quota, &stored, &refused, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                for i in 0..100 {
+                    match backend.decide(&format!("t{t}:{i}"), quota, 1) {
+                        Ok(d) => {
+                            assert!(d.allowed);
+                            stored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(Error::Backend(_)) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(other) => panic!("{other:?}"),
+                    }
+                    assert!(backend.len() <= 100, "len {}", backend.len());
+                }
+            });
+        }
+    });
+    assert_eq!(stored.load(Ordering::Relaxed), 100);
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        (THREADS * 100 - 100) as u64
+    );
+    assert_eq!(backend.len(), 100);
+}
+
+/// Polls a future that the in-memory backend answers at once.
+fn futures_executor<F: std::future::Future>(future: F) -> F::Output {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the in-memory backend should answer at once"),
+    }
+}
+
+#[tokio::test]
+async fn reset_clears_every_key() {
+    let (_clock, backend) = manual();
+    let quota = quota("1/min", Strategy::FixedWindow);
+    for i in 0..10 {
+        backend.decide(&format!("k{i}"), &quota, 1).unwrap();
+    }
+    assert!(!backend.decide("k0", &quota, 1).unwrap().allowed);
+    backend.reset().await.unwrap();
+    assert_eq!(backend.len(), 0);
+    assert!(backend.decide("k0", &quota, 1).unwrap().allowed);
+    ThrottleBackend::reset(&backend).await.unwrap();
+    assert!(backend.is_empty());
+    assert!(backend.decide("k0", &quota, 1).unwrap().allowed);
+}
+
+#[tokio::test]
+async fn lifecycle_of_a_non_persistent_backend() {
+    let clock = ManualClock::new();
+    let backend = InMemoryBackend::builder().clock(clock).build();
+    assert!(!ThrottleBackend::persistent(&backend));
+    let quota = quota("1/min", Strategy::Gcra);
+    backend.decide("a", &quota, 1).unwrap();
+    backend.initialize().await.unwrap();
+    assert_eq!(backend.len(), 0);
+    assert!(backend.decide("a", &quota, 1).unwrap().allowed);
+    backend.close().await.unwrap();
+    assert_eq!(backend.len(), 0);
+    backend.decide("a", &quota, 1).unwrap();
+    ThrottleBackend::initialize(&backend).await.unwrap();
+    assert_eq!(backend.len(), 0);
+    backend.decide("a", &quota, 1).unwrap();
+    ThrottleBackend::close(&backend).await.unwrap();
+    assert_eq!(backend.len(), 0);
+}
+
+#[tokio::test]
+async fn lifecycle_of_a_persistent_backend() {
+    let backend = InMemoryBackend::builder()
+        .clock(ManualClock::new())
+        .persistent(true)
+        .build();
+    assert!(ThrottleBackend::persistent(&backend));
+    let quota = quota("1/min", Strategy::SlidingWindowLog);
+    backend.decide("a", &quota, 1).unwrap();
+    backend.initialize().await.unwrap();
+    backend.close().await.unwrap();
+    ThrottleBackend::initialize(&backend).await.unwrap();
+    ThrottleBackend::close(&backend).await.unwrap();
+    assert_eq!(backend.len(), 1);
+    assert!(
+        !backend.decide("a", &quota, 1).unwrap().allowed,
+        "kept its count"
+    );
+    // reset() clears on demand, persistent or not.
+    backend.reset().await.unwrap();
+    assert_eq!(backend.len(), 0);
+    assert!(backend.decide("a", &quota, 1).unwrap().allowed);
+}
+
+#[test]
+fn instances_are_independent_and_clones_share() {
+    let quota = quota("1/h", Strategy::TokenBucket);
+    let a = InMemoryBackend::new();
+    let b = InMemoryBackend::new();
+    let a2 = a.clone();
+    assert!(a.decide("key", &quota, 1).unwrap().allowed);
+    assert!(
+        b.decide("key", &quota, 1).unwrap().allowed,
+        "new() instances do not share"
+    );
+    assert!(
+        !a2.decide("key", &quota, 1).unwrap().allowed,
+        "clones share"
+    );
+    assert_eq!(a2.len(), 1);
+    assert_eq!(b.len(), 1);
+    let default = InMemoryBackend::default();
+    assert!(default.decide("key", &quota, 1).unwrap().allowed);
+    assert_eq!(a.prefix(), "traffik");
+    assert_eq!(ThrottleBackend::prefix(&a), "traffik");
+    let custom = InMemoryBackend::builder().prefix("myapp").build();
+    assert_eq!(custom.prefix(), "myapp");
+    assert!(format!("{custom:?}").contains("myapp"));
+}
+
+#[tokio::test]
+async fn peek_does_not_consume() {
+    for strategy in Strategy::ALL {
+        let (_clock, backend) = manual();
+        let quota = quota("2/min", strategy);
+        for _ in 0..5 {
+            let d = backend.peek("key", &quota, 1).await.unwrap();
+            assert!(d.allowed, "{strategy}");
+            assert_eq!(d.remaining, 1, "{strategy}: as if hit once");
+        }
+        assert_eq!(backend.len(), 0, "{strategy}: a peek stores nothing");
+        assert!(backend.hit("key", &quota, 1).await.unwrap().allowed);
+        for _ in 0..5 {
+            let d = backend.peek("key", &quota, 1).await.unwrap();
+            assert!(d.allowed, "{strategy}");
+            assert_eq!(d.remaining, 0, "{strategy}");
+        }
+        let d = backend.peek("key", &quota, 2).await.unwrap();
+        assert!(!d.allowed, "{strategy}");
+        assert!(backend.hit("key", &quota, 1).await.unwrap().allowed);
+        let peek = backend.peek("key", &quota, 1).await.unwrap();
+        let hit = backend.hit("key", &quota, 1).await.unwrap();
+        assert!(!peek.allowed);
+        assert_eq!(peek, hit, "{strategy}: a peek predicts the next hit");
+        assert_eq!(backend.len(), 1);
+    }
+}
+
+#[test]
+fn the_backend_future_is_ready_at_once() {
+    let backend = InMemoryBackend::new();
+    let quota = quota("1/s", Strategy::TokenBucket);
+    let ready = ThrottleBackend::hit(&backend, "k", &quota, 1).into_ready();
+    assert!(ready.expect("ready").unwrap().allowed);
+}
