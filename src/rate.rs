@@ -47,7 +47,7 @@ impl Rate {
                 "rate period {period:?} is shorter than the 1 microsecond resolution of traffik"
             )));
         }
-        if period.subsec_nanos() % 1_000 != 0 {
+        if !period.subsec_nanos().is_multiple_of(1_000) {
             return Err(Error::configuration(format!(
                 "rate period {period:?} is not a whole number of microseconds (the resolution of traffik)"
             )));
@@ -135,7 +135,7 @@ impl fmt::Display for Rate {
             (1, "us"),
         ];
         for (size, name) in units {
-            if micros % size == 0 {
+            if micros.is_multiple_of(size) {
                 let n = micros / size;
                 return if n == 1 {
                     write!(f, "{}/{name}", self.limit)
