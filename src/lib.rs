@@ -27,3 +27,6 @@ pub use throttle::{
     Exceeded, FailureMode, HttpOptions, HttpThrottle, HttpThrottleBuilder, RequestHead,
     ThrottleBuilder,
 };
+pub use ws::{
+    GuardOptions, GuardedSocket, WebSocketThrottle, WebSocketThrottleBuilder, WsMessage, WsOptions,
+};

@@ -1,1 +1,709 @@
-//! WebSocket throttling (in progress).
+//! WebSocket throttling: [`WebSocketThrottle`] counts the messages a client
+//! sends through a WebSocket and acts on the ones over the limit.
+//!
+//! [`WebSocketThrottle::guard`] wraps a socket — anything that is a
+//! `Stream<Item = Result<M, E>> + Sink<M>` whose message type `M` implements
+//! [`WsMessage`]: axum's [`WebSocket`](axum::extract::ws::WebSocket) (feature
+//! `axum`, default) and tokio-tungstenite's `WebSocketStream` (feature
+//! `tungstenite`) — and returns a [`GuardedSocket`], which is a stream and a
+//! sink of the same messages. Every data message (text or binary) the client
+//! sends is one hit; ping, pong and close frames are never counted.
+//!
+//! What happens to a message over the limit follows the throttle's
+//! [`Exceeded`] policy:
+//!
+//! | policy | the message | the client |
+//! |---|---|---|
+//! | [`Exceeded::Reject`] (default) | dropped: never reaches the handler | gets one notice per dropped message, `{"type":"rate_limit","error":"Too many messages","retry_after":N}` (N: whole seconds, rounded up, at least 1); the socket stays open |
+//! | [`Exceeded::Close`] | dropped | gets a close frame with code 1008 (policy violation) and the reason; the guarded stream then ends |
+//! | [`Exceeded::Wait`] | held until allowed, then delivered; nothing more is read from the socket meanwhile (backpressure). A message that would wait longer than `max` is treated as `Reject` | nothing |
+//!
+//! The handshake itself is an ordinary `GET` request: throttle it with an
+//! [`HttpThrottle`](crate::HttpThrottle) rule in a
+//! [`ThrottleLayer`](crate::ThrottleLayer) or a `route_layer`, like any
+//! request (a refused upgrade is an HTTP 429).
+//!
+//! ```
+//! use std::net::SocketAddr;
+//!
+//! use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+//! use axum::extract::ConnectInfo;
+//! use axum::response::Response;
+//! use axum::routing::get;
+//! use axum::Router;
+//! use futures_util::{SinkExt, StreamExt};
+//! use traffik::backend::InMemoryBackend;
+//! use traffik::{Identity, WebSocketThrottle};
+//!
+//! let ws_t = WebSocketThrottle::builder()
+//!     .limit(3)
+//!     .seconds(10)
+//!     .backend(InMemoryBackend::new())
+//!     .build()
+//!     .unwrap();
+//!
+//! let app: Router = Router::new().route(
+//!     "/ws",
+//!     get(move |upgrade: WebSocketUpgrade, ConnectInfo(addr): ConnectInfo<SocketAddr>| {
+//!         let ws_t = ws_t.clone();
+//!         async move {
+//!             upgrade.on_upgrade(move |socket: WebSocket| async move {
+//!                 let mut socket = ws_t.guard(socket, Identity::key(addr.ip().to_string()));
+//!                 // Only messages within the limit arrive here.
+//!                 while let Some(Ok(message)) = socket.next().await {
+//!                     if let Message::Text(text) = message {
+//!                         if socket.send(Message::Text(text)).await.is_err() {
+//!                             break;
+//!                         }
+//!                     }
+//!                 }
+//!             })
+//!         }
+//!     }),
+//! );
+//! # let _: Router = app;
+//! ```
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use futures_util::{Sink, Stream};
+use pin_project_lite::pin_project;
+
+use crate::backend::{BoxFuture, DynBackend};
+use crate::throttle::{Check, Core, Mode, RateSource, ThrottleBuilder, Verdict};
+use crate::{Error, Exceeded, FailureMode, Identity, Quota, Throttled};
+
+/// The WebSocket close code sent by [`Exceeded::Close`]: 1008, policy
+/// violation.
+pub const POLICY_VIOLATION: u16 = 1008;
+
+/// The longest close reason a close frame carries (125-byte control frame
+/// payload minus the 2-byte code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// A WebSocket message type the guard can work with: it tells data messages
+/// (counted) from control frames (not counted), and makes the notices and
+/// close frames the guard sends.
+///
+/// Implemented for axum's [`Message`](axum::extract::ws::Message) (feature
+/// `axum`, default) and tungstenite's `Message` (feature `tungstenite`, the
+/// type tokio-tungstenite's `WebSocketStream` carries).
+///
+/// ```
+/// use traffik::ws::WsMessage;
+/// # #[cfg(feature = "axum")] {
+/// use axum::extract::ws::Message;
+///
+/// assert!(Message::Text("hello".into()).is_data());
+/// assert!(!Message::Ping(Default::default()).is_data());
+/// let close = <Message as WsMessage>::close(1008, "slow down");
+/// assert!(matches!(close, Message::Close(Some(frame)) if frame.code == 1008));
+/// # }
+/// ```
+pub trait WsMessage: Sized {
+    /// `true` for the messages that count as hits: text and binary.
+    fn is_data(&self) -> bool;
+
+    /// A text message.
+    fn text(text: String) -> Self;
+
+    /// A close frame with `code` and `reason` (the guard keeps reasons within
+    /// the 123 bytes a close frame allows).
+    fn close(code: u16, reason: &str) -> Self;
+}
+
+#[cfg(feature = "axum")]
+impl WsMessage for axum::extract::ws::Message {
+    fn is_data(&self) -> bool {
+        matches!(self, Self::Text(_) | Self::Binary(_))
+    }
+
+    fn text(text: String) -> Self {
+        Self::Text(text.into())
+    }
+
+    fn close(code: u16, reason: &str) -> Self {
+        Self::Close(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+    }
+}
+
+#[cfg(feature = "tungstenite")]
+impl WsMessage for tungstenite::Message {
+    fn is_data(&self) -> bool {
+        matches!(self, Self::Text(_) | Self::Binary(_))
+    }
+
+    fn text(text: String) -> Self {
+        Self::Text(text.into())
+    }
+
+    fn close(code: u16, reason: &str) -> Self {
+        Self::Close(Some(tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        }))
+    }
+}
+
+type NoticeFn = Arc<dyn Fn(&Throttled) -> String + Send + Sync>;
+
+/// Options only WebSocket throttles have (see [`WebSocketThrottleBuilder`]).
+#[derive(Default)]
+pub struct WsOptions {
+    context: Option<String>,
+    notice: Option<NoticeFn>,
+}
+
+/// Builder of a [`WebSocketThrottle`]: the same builder as
+/// [`HttpThrottle`](crate::HttpThrottle)'s, plus [`context`](Self::context)
+/// and [`notice`](Self::notice).
+///
+/// Options that only mean something for HTTP (`.headers(..)`,
+/// `.on_throttled(..)`) are accepted and ignored.
+/// `.dynamic_rate(..)` is refused by [`build`](Self::build) with
+/// [`Error::Configuration`]: a rate computed from `&Parts` has no request
+/// head to read once the socket is open. Build one throttle per tier instead
+/// and pick it in the upgrade handler.
+pub type WebSocketThrottleBuilder = ThrottleBuilder<WsOptions>;
+
+impl ThrottleBuilder<WsOptions> {
+    /// The default context of every socket this throttle guards (a room, a
+    /// channel...): part of the key, so different contexts count separately.
+    /// [`GuardOptions::context`] overrides it per socket. Default: none.
+    pub fn context(mut self, context: impl Into<String>) -> Self {
+        self.kind.context = Some(context.into());
+        self
+    }
+
+    /// Replaces the text message sent to the client for each dropped message
+    /// (default: `{"type":"rate_limit","error":"Too many messages","retry_after":N}`).
+    ///
+    /// ```
+    /// use traffik::{Throttled, WebSocketThrottle};
+    ///
+    /// let ws_t = WebSocketThrottle::builder()
+    ///     .rate("10/s")
+    ///     .notice(|t: &Throttled| format!("slow down: retry in {}s", t.retry_after_secs()))
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(ws_t);
+    /// ```
+    pub fn notice<F>(mut self, notice: F) -> Self
+    where
+        F: Fn(&Throttled) -> String + Send + Sync + 'static,
+    {
+        self.kind.notice = Some(Arc::new(notice));
+        self
+    }
+
+    /// Builds the throttle; [`Error::Configuration`] names any bad input
+    /// (including a `.dynamic_rate(..)`, which WebSocket throttles do not
+    /// support).
+    pub fn build(self) -> Result<WebSocketThrottle, Error> {
+        let (core, options) = self.build_core("ws")?;
+        let quota = match &core.rate {
+            RateSource::Static(quota) => *quota,
+            RateSource::Dynamic(_) => {
+                return Err(Error::configuration(format!(
+                    "throttle {:?}: a WebSocket throttle cannot use .dynamic_rate(..) (there is no request \
+                     head once the socket is open); build one throttle per rate and choose it in the upgrade handler",
+                    core.uid()
+                )))
+            }
+        };
+        Ok(WebSocketThrottle {
+            inner: Arc::new(WsInner {
+                core,
+                quota,
+                context: options.context,
+                notice: options.notice,
+            }),
+        })
+    }
+}
+
+/// Throttles the messages clients send through WebSockets. Cheap to clone;
+/// clones share everything.
+///
+/// Built like an [`HttpThrottle`](crate::HttpThrottle) (see
+/// [`WebSocketThrottleBuilder`]); [`guard`](Self::guard) wraps a socket. Keys
+/// are `{prefix}:{uid}:{identity}:ws:{path}:{context}`, where `identity` is
+/// the one passed to `guard`, `path` the socket's path (default `/`) and
+/// `context` an optional room or channel (empty when none), both set with
+/// [`guard_with`](Self::guard_with) or, for the context, the builder's
+/// `.context(..)`. Sockets with the same identity, path and context share one
+/// counter.
+///
+/// See the [module documentation](crate::ws) for the policies and a complete
+/// axum handler.
+///
+/// ```
+/// use traffik::{backend::InMemoryBackend, Exceeded, WebSocketThrottle};
+///
+/// let ws_t = WebSocketThrottle::builder()
+///     .uid("chat")
+///     .limit(3)
+///     .seconds(10)
+///     .on_exceeded(Exceeded::Close { reason: "too many messages".into() })
+///     .backend(InMemoryBackend::new())
+///     .build()
+///     .unwrap();
+/// assert_eq!(ws_t.uid(), "chat");
+/// ```
+#[derive(Clone)]
+pub struct WebSocketThrottle {
+    inner: Arc<WsInner>,
+}
+
+struct WsInner {
+    core: Arc<Core>,
+    /// `None` for an unlimited rate.
+    quota: Option<Quota>,
+    context: Option<String>,
+    notice: Option<NoticeFn>,
+}
+
+impl fmt::Debug for WebSocketThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketThrottle")
+            .field("uid", &self.uid())
+            .field("strategy", &self.inner.core.strategy)
+            .field("context", &self.inner.context)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a guarded socket counts: its path and context (see
+/// [`WebSocketThrottle::guard_with`]).
+///
+/// ```
+/// use traffik::ws::GuardOptions;
+///
+/// let options = GuardOptions::new().path("/chat").context("room-42");
+/// let same = GuardOptions { path: Some("/chat".into()), context: Some("room-42".into()) };
+/// assert_eq!(options, same);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardOptions {
+    /// The socket's path in the key (default `/`). Axum handlers can pass the
+    /// route (`MatchedPath`) or the request path.
+    pub path: Option<String>,
+    /// The context in the key (a room, a channel...); overrides the
+    /// builder's `.context(..)`. Default: the builder's, else none.
+    pub context: Option<String>,
+}
+
+impl GuardOptions {
+    /// No path (`/`) and the throttle's default context.
+    pub fn new() -> Self {
+        GuardOptions::default()
+    }
+
+    /// Sets the path.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Sets the context.
+    pub fn context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+}
+
+impl WebSocketThrottle {
+    /// Starts a builder.
+    pub fn builder() -> WebSocketThrottleBuilder {
+        ThrottleBuilder::new(WsOptions::default())
+    }
+
+    /// The throttle's uid.
+    pub fn uid(&self) -> &str {
+        self.inner.core.uid()
+    }
+
+    /// Wraps `socket`: every data message received through the returned
+    /// [`GuardedSocket`] is one hit for `identity`, on path `/` with the
+    /// throttle's default context. [`Identity::Unlimited`] exempts the socket.
+    ///
+    /// The backend is resolved now: the throttle's own, else the innermost
+    /// [`backend::scope`](crate::backend::scope) of the calling task. With
+    /// none, a `tracing::error!` is logged and every message follows the
+    /// [`FailureMode`] (delivered when `Open`, dropped with a notice when
+    /// `Closed`).
+    pub fn guard<S, M, E>(&self, socket: S, identity: impl Into<Identity>) -> GuardedSocket<S, M>
+    where
+        S: Stream<Item = Result<M, E>> + Sink<M>,
+        M: WsMessage,
+    {
+        self.guard_with(socket, identity, GuardOptions::default())
+    }
+
+    /// Like [`guard`](Self::guard), with the socket's path and context.
+    ///
+    /// ```
+    /// use axum::extract::ws::WebSocket;
+    /// use traffik::ws::{GuardOptions, GuardedSocket};
+    /// use traffik::WebSocketThrottle;
+    ///
+    /// fn guard_room(ws_t: &WebSocketThrottle, socket: WebSocket, user: String, room: &str)
+    ///     -> GuardedSocket<WebSocket, axum::extract::ws::Message>
+    /// {
+    ///     ws_t.guard_with(socket, user, GuardOptions::new().path("/chat").context(room))
+    /// }
+    /// ```
+    pub fn guard_with<S, M, E>(
+        &self,
+        socket: S,
+        identity: impl Into<Identity>,
+        options: GuardOptions,
+    ) -> GuardedSocket<S, M>
+    where
+        S: Stream<Item = Result<M, E>> + Sink<M>,
+        M: WsMessage,
+    {
+        GuardedSocket {
+            socket,
+            target: self.target(identity.into(), options),
+            state: State::Reading,
+        }
+    }
+
+    fn target(&self, identity: Identity, options: GuardOptions) -> Target {
+        let inner = &self.inner;
+        let (Identity::Key(identity), Some(quota)) = (identity, inner.quota) else {
+            return Target::Exempt;
+        };
+        if inner.core.cost == 0 {
+            return Target::Exempt;
+        }
+        let backend = match inner.core.resolve_backend(None) {
+            Ok(backend) => backend,
+            Err(error) => {
+                tracing::error!(throttle = self.uid(), %error, "traffik cannot throttle this WebSocket");
+                return Target::Unavailable {
+                    throttle: Arc::clone(inner),
+                };
+            }
+        };
+        let prefix = backend.prefix();
+        let uid = inner.core.uid();
+        let path = options.path.as_deref().unwrap_or("/");
+        let context = options
+            .context
+            .as_deref()
+            .or(inner.context.as_deref())
+            .unwrap_or("");
+        let mut key = String::with_capacity(
+            prefix.len() + uid.len() + identity.len() + path.len() + context.len() + 8,
+        );
+        for (i, part) in [prefix, uid, identity.as_str(), "ws", path, context]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                key.push(':');
+            }
+            key.push_str(part);
+        }
+        Target::Counted {
+            throttle: Arc::clone(inner),
+            backend,
+            key,
+            quota,
+        }
+    }
+}
+
+/// What a guarded socket counts against.
+enum Target {
+    /// Nothing: unlimited identity or rate, or cost 0.
+    Exempt,
+    /// No backend could be resolved: every message follows the failure mode.
+    Unavailable { throttle: Arc<WsInner> },
+    Counted {
+        throttle: Arc<WsInner>,
+        backend: DynBackend,
+        key: String,
+        quota: Quota,
+    },
+}
+
+/// The guard's progress through one message.
+enum State<M> {
+    /// Reading the next message from the socket.
+    Reading,
+    /// A data message waits for its decision (a network backend or
+    /// [`Exceeded::Wait`]); nothing more is read meanwhile.
+    Deciding {
+        check: BoxFuture<Result<Verdict, Error>>,
+        message: M,
+    },
+    /// Sending a notice or close frame to the client.
+    Sending { message: Option<M>, then: After },
+    /// Flushing it.
+    Flushing { then: After },
+    /// The stream has ended.
+    Done,
+}
+
+/// What comes after a notice or close frame is flushed.
+#[derive(Clone, Copy)]
+enum After {
+    Read,
+    End,
+}
+
+pin_project! {
+    /// A throttled WebSocket: the stream of the messages within the limit and
+    /// a sink to the same socket. Made by [`WebSocketThrottle::guard`].
+    ///
+    /// Notices and close frames are sent from within `poll_next`, through the
+    /// socket's own sink; an error while sending them is yielded by the
+    /// stream. Dropping the guard drops the socket; no task is left behind.
+    pub struct GuardedSocket<S, M> {
+        #[pin]
+        socket: S,
+        target: Target,
+        state: State<M>,
+    }
+}
+
+impl<S, M> fmt::Debug for GuardedSocket<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = match &self.target {
+            Target::Counted { key, .. } => Some(key.as_str()),
+            _ => None,
+        };
+        f.debug_struct("GuardedSocket")
+            .field("key", &key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, M> GuardedSocket<S, M> {
+    /// The socket.
+    pub fn get_ref(&self) -> &S {
+        &self.socket
+    }
+
+    /// The socket, mutably (reading from it directly bypasses the throttle).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+
+    /// The socket back (a message waiting for its decision is lost).
+    pub fn into_inner(self) -> S {
+        self.socket
+    }
+
+    /// The backend key this socket counts under; `None` when exempt (or
+    /// without a backend).
+    pub fn key(&self) -> Option<&str> {
+        match &self.target {
+            Target::Counted { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with a data message once decided.
+enum Outcome<M> {
+    Deliver(M),
+    Send(M, After),
+}
+
+fn settle<M: WsMessage>(
+    throttle: &WsInner,
+    result: Result<Verdict, Error>,
+    message: M,
+) -> Outcome<M> {
+    match result {
+        Ok(_) => Outcome::Deliver(message),
+        Err(Error::Throttled(throttled)) => match &throttle.core.exceeded {
+            Exceeded::Close { reason } => Outcome::Send(
+                M::close(POLICY_VIOLATION, truncate(reason, MAX_CLOSE_REASON)),
+                After::End,
+            ),
+            Exceeded::Reject | Exceeded::Wait { .. } => {
+                let notice = match &throttle.notice {
+                    Some(notice) => notice(&throttled),
+                    None => format!(
+                        r#"{{"type":"rate_limit","error":"Too many messages","retry_after":{}}}"#,
+                        throttled.retry_after_secs()
+                    ),
+                };
+                Outcome::Send(M::text(notice), After::Read)
+            }
+        },
+        // A backend error reaches here only in FailureMode::Closed.
+        Err(_) => Outcome::Send(M::text(unavailable_notice()), After::Read),
+    }
+}
+
+fn unavailable_notice() -> String {
+    r#"{"type":"rate_limit","error":"Rate limiter unavailable","retry_after":1}"#.to_owned()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl<S, M, E> Stream for GuardedSocket<S, M>
+where
+    S: Stream<Item = Result<M, E>> + Sink<M>,
+    <S as Sink<M>>::Error: Into<E>,
+    M: WsMessage,
+{
+    type Item = Result<M, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        loop {
+            let outcome = match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Reading => {
+                    let message = match ready!(this.socket.as_mut().poll_next(cx)) {
+                        None => {
+                            *this.state = State::Done;
+                            return Poll::Ready(None);
+                        }
+                        Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                        Some(Ok(message)) => message,
+                    };
+                    if !message.is_data() {
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                    match &*this.target {
+                        Target::Exempt => return Poll::Ready(Some(Ok(message))),
+                        Target::Unavailable { throttle } => match throttle.core.failure_mode {
+                            FailureMode::Open => return Poll::Ready(Some(Ok(message))),
+                            FailureMode::Closed => {
+                                Outcome::Send(M::text(unavailable_notice()), After::Read)
+                            }
+                        },
+                        Target::Counted {
+                            throttle,
+                            backend,
+                            key,
+                            quota,
+                        } => {
+                            let check = throttle.core.decide(
+                                Arc::clone(backend),
+                                key.clone(),
+                                *quota,
+                                Mode::Hit,
+                            );
+                            match check {
+                                Check::Ready(result) => settle(throttle, result, message),
+                                Check::Pending(check) => {
+                                    *this.state = State::Deciding { check, message };
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                }
+                State::Deciding { check, .. } => {
+                    let result = ready!(check.as_mut().poll(cx));
+                    let State::Deciding { message, .. } =
+                        std::mem::replace(this.state, State::Reading)
+                    else {
+                        unreachable!("in the Deciding state")
+                    };
+                    let Target::Counted { throttle, .. } = &*this.target else {
+                        unreachable!("only counted sockets decide")
+                    };
+                    settle(throttle, result, message)
+                }
+                State::Sending { message, then } => {
+                    let then = *then;
+                    if let Err(error) = ready!(this.socket.as_mut().poll_ready(cx)) {
+                        *this.state = State::Reading;
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                    let message = message.take().expect("a message to send");
+                    if let Err(error) = this.socket.as_mut().start_send(message) {
+                        *this.state = State::Reading;
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                    *this.state = State::Flushing { then };
+                    continue;
+                }
+                State::Flushing { then } => {
+                    let then = *then;
+                    let flushed = ready!(this.socket.as_mut().poll_flush(cx));
+                    *this.state = match then {
+                        After::Read => State::Reading,
+                        After::End => State::Done,
+                    };
+                    if let Err(error) = flushed {
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                    if let After::End = then {
+                        return Poll::Ready(None);
+                    }
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Deliver(message) => return Poll::Ready(Some(Ok(message))),
+                Outcome::Send(message, then) => {
+                    *this.state = State::Sending {
+                        message: Some(message),
+                        then,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, M> Sink<M> for GuardedSocket<S, M>
+where
+    S: Sink<M>,
+{
+    type Error = S::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.project().socket.poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: M) -> Result<(), Self::Error> {
+        self.project().socket.start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.project().socket.poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.project().socket.poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncate_keeps_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+    }
+}

@@ -1,0 +1,804 @@
+//! WebSocket throttling: the message guard over a real axum server and a real
+//! tokio-tungstenite client, the guard over an in-memory socket, and the
+//! handshake throttled by a layer rule.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message as TMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use traffik::backend::{BackendFuture, BoxFuture, InMemoryBackend, ThrottleBackend};
+use traffik::clock::ManualClock;
+use traffik::ws::GuardOptions;
+use traffik::{
+    Error, Exceeded, FailureMode, HttpThrottle, Identity, MiddlewareThrottle, Quota, Rate,
+    Strategy, ThrottleLayer, Throttled, WebSocketThrottle,
+};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn notice(retry_after: u64) -> String {
+    format!(r#"{{"type":"rate_limit","error":"Too many messages","retry_after":{retry_after}}}"#)
+}
+
+/// What the handler saw: every message it received, then `None` when its
+/// stream ended.
+type Seen = mpsc::UnboundedReceiver<Option<Message>>;
+
+/// An echo server whose socket is guarded by `ws_t`, identified by client IP,
+/// with the `room` query parameter as the context.
+async fn echo_server(ws_t: WebSocketThrottle, layer: Option<ThrottleLayer>) -> (SocketAddr, Seen) {
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let handler = move |upgrade: WebSocketUpgrade,
+                        ConnectInfo(addr): ConnectInfo<SocketAddr>,
+                        Query(query): Query<HashMap<String, String>>| {
+        let ws_t = ws_t.clone();
+        let seen_tx = seen_tx.clone();
+        async move {
+            upgrade.on_upgrade(move |socket: WebSocket| async move {
+                let mut options = GuardOptions::new().path("/ws");
+                if let Some(room) = query.get("room") {
+                    options = options.context(room.clone());
+                }
+                let mut socket = ws_t.guard_with(socket, addr.ip(), options);
+                while let Some(Ok(message)) = socket.next().await {
+                    let _ = seen_tx.send(Some(message.clone()));
+                    if let Message::Text(text) = message {
+                        let echo = format!("echo: {}", text.as_str());
+                        if socket.send(Message::Text(echo.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = seen_tx.send(None);
+            })
+        }
+    };
+    let mut app = Router::new().route("/ws", get(handler));
+    if let Some(layer) = layer {
+        app = app.layer(layer);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    (addr, seen)
+}
+
+async fn connect(addr: SocketAddr, query: &str) -> Client {
+    let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}"))
+        .await
+        .expect("websocket handshake");
+    client
+}
+
+/// The next text, close or error the client receives (pings and pongs skipped).
+async fn next_frame(client: &mut Client) -> TMessage {
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .expect("a message within the timeout")
+            .expect("the connection is open")
+            .expect("no websocket error");
+        match message {
+            TMessage::Ping(_) | TMessage::Pong(_) => continue,
+            message => return message,
+        }
+    }
+}
+
+async fn next_text(client: &mut Client) -> String {
+    match next_frame(client).await {
+        TMessage::Text(text) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+async fn send(client: &mut Client, text: &str) {
+    client.send(TMessage::text(text)).await.unwrap();
+}
+
+/// The data messages the handler has received so far.
+fn received(seen: &mut Seen) -> Vec<String> {
+    let mut texts = Vec::new();
+    while let Ok(Some(message)) = seen.try_recv() {
+        if let Message::Text(text) = message {
+            texts.push(text.as_str().to_owned());
+        }
+    }
+    texts
+}
+
+#[tokio::test]
+async fn reject_drops_excess_messages_sends_notices_and_keeps_the_socket_open() {
+    let clock = ManualClock::new();
+    let memory = InMemoryBackend::builder().clock(clock.clone()).build();
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .backend(memory)
+        .build()
+        .unwrap();
+    let (addr, mut seen) = echo_server(ws_t, None).await;
+    let mut client = connect(addr, "").await;
+
+    for i in 1..=5 {
+        send(&mut client, &format!("m{i}")).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(next_text(&mut client).await);
+    }
+    // 3 per 10 s, token bucket: the next token comes in 10/3 s → 4 seconds.
+    assert_eq!(
+        answers,
+        ["echo: m1", "echo: m2", "echo: m3", &notice(4), &notice(4)]
+    );
+    assert_eq!(received(&mut seen), ["m1", "m2", "m3"]);
+
+    // After the window the same socket works again.
+    clock.advance(Duration::from_secs(10));
+    send(&mut client, "later").await;
+    assert_eq!(next_text(&mut client).await, "echo: later");
+    assert_eq!(received(&mut seen), ["later"]);
+}
+
+#[tokio::test]
+async fn reject_with_a_short_period_lets_messages_through_after_the_window() {
+    // A fixed window starting at the first message: the 5 messages only need
+    // to arrive within 500 ms of each other.
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .milliseconds(500)
+        .strategy(Strategy::FixedWindow)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (addr, mut seen) = echo_server(ws_t, None).await;
+    let mut client = connect(addr, "").await;
+    for i in 1..=5 {
+        send(&mut client, &format!("m{i}")).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(next_text(&mut client).await);
+    }
+    assert_eq!(answers.iter().filter(|a| a.starts_with("echo:")).count(), 3);
+    assert_eq!(answers.iter().filter(|a| **a == notice(1)).count(), 2);
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    send(&mut client, "later").await;
+    assert_eq!(next_text(&mut client).await, "echo: later");
+    assert_eq!(received(&mut seen).len(), 4);
+}
+
+#[tokio::test]
+async fn close_policy_sends_1008_with_the_reason_and_ends_the_stream() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .on_exceeded(Exceeded::Close {
+            reason: "too many messages".into(),
+        })
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (addr, mut seen) = echo_server(ws_t, None).await;
+    let mut client = connect(addr, "").await;
+    for i in 1..=5 {
+        // The server may close before the last sends; their errors don't matter.
+        let _ = client.send(TMessage::text(format!("m{i}"))).await;
+    }
+    for i in 1..=3 {
+        assert_eq!(next_text(&mut client).await, format!("echo: m{i}"));
+    }
+    match next_frame(&mut client).await {
+        TMessage::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1008);
+            assert_eq!(frame.reason.as_str(), "too many messages");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // The handler saw exactly 3 messages, then its stream ended.
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(TIMEOUT, seen.recv()).await.unwrap() {
+            Some(Some(Message::Text(text))) => texts.push(text.as_str().to_owned()),
+            Some(Some(_)) => {}
+            Some(None) | None => break,
+        }
+    }
+    assert_eq!(texts, ["m1", "m2", "m3"]);
+}
+
+#[tokio::test]
+async fn wait_policy_delivers_every_message_in_order() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(2)
+        .milliseconds(200)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(5),
+        })
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (addr, mut seen) = echo_server(ws_t, None).await;
+    let mut client = connect(addr, "").await;
+    let start = Instant::now();
+    for i in 1..=5 {
+        send(&mut client, &format!("m{i}")).await;
+    }
+    for i in 1..=5 {
+        assert_eq!(next_text(&mut client).await, format!("echo: m{i}"));
+    }
+    // Three messages waited for a token each (100 ms apart); only a lower bound.
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(received(&mut seen), ["m1", "m2", "m3", "m4", "m5"]);
+}
+
+#[tokio::test]
+async fn connections_from_one_client_share_the_key_unless_a_context_separates_them() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (addr, _seen) = echo_server(ws_t, None).await;
+
+    // Same client, same path, no context: one counter.
+    let mut a = connect(addr, "").await;
+    let mut b = connect(addr, "").await;
+    send(&mut a, "a1").await;
+    send(&mut a, "a2").await;
+    assert_eq!(next_text(&mut a).await, "echo: a1");
+    assert_eq!(next_text(&mut a).await, "echo: a2");
+    send(&mut b, "b1").await;
+    send(&mut b, "b2").await;
+    assert_eq!(next_text(&mut b).await, "echo: b1");
+    assert_eq!(next_text(&mut b).await, notice(4));
+
+    // Different contexts (rooms): separate counters.
+    let mut red = connect(addr, "?room=red").await;
+    let mut blue = connect(addr, "?room=blue").await;
+    for i in 1..=3 {
+        send(&mut red, &format!("r{i}")).await;
+        send(&mut blue, &format!("u{i}")).await;
+    }
+    for i in 1..=3 {
+        assert_eq!(next_text(&mut red).await, format!("echo: r{i}"));
+        assert_eq!(next_text(&mut blue).await, format!("echo: u{i}"));
+    }
+    send(&mut red, "r4").await;
+    assert_eq!(next_text(&mut red).await, notice(4));
+}
+
+#[tokio::test]
+async fn pings_are_not_hits() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (addr, _seen) = echo_server(ws_t, None).await;
+    let mut client = connect(addr, "").await;
+    for _ in 0..5 {
+        client.send(TMessage::Ping(vec![1].into())).await.unwrap();
+    }
+    for i in 1..=3 {
+        send(&mut client, &format!("m{i}")).await;
+    }
+    for i in 1..=3 {
+        assert_eq!(next_text(&mut client).await, format!("echo: m{i}"));
+    }
+}
+
+#[tokio::test]
+async fn handshake_is_throttled_by_a_layer_rule() {
+    let memory = InMemoryBackend::new();
+    let handshakes = HttpThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .build()
+        .unwrap();
+    let layer =
+        ThrottleLayer::new(memory.clone()).rule(MiddlewareThrottle::new(handshakes).path("/ws$"));
+    let ws_t = WebSocketThrottle::builder()
+        .limit(100)
+        .seconds(10)
+        .backend(memory)
+        .build()
+        .unwrap();
+    let (addr, _seen) = echo_server(ws_t, Some(layer)).await;
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(addr, "").await);
+    }
+    match tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(other) => panic!("expected an HTTP 429, got {other:?}"),
+        Ok(_) => panic!("the 4th handshake should be refused"),
+    }
+    // The 3 open sockets still work.
+    for client in &mut open {
+        send(client, "hi").await;
+        assert_eq!(next_text(client).await, "echo: hi");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The guard over an in-memory socket.
+
+/// A socket whose incoming messages come from a channel and whose outgoing
+/// messages are recorded.
+struct MockSocket {
+    incoming: mpsc::UnboundedReceiver<Message>,
+    sent: Arc<Mutex<Vec<Message>>>,
+}
+
+struct MockPeer {
+    to_socket: mpsc::UnboundedSender<Message>,
+    sent: Arc<Mutex<Vec<Message>>>,
+}
+
+impl MockPeer {
+    fn send_text(&self, text: &str) {
+        self.to_socket.send(Message::Text(text.into())).unwrap();
+    }
+
+    fn sent_texts(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(t.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn mock_socket() -> (MockSocket, MockPeer) {
+    let (to_socket, incoming) = mpsc::unbounded_channel();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    (
+        MockSocket {
+            incoming,
+            sent: Arc::clone(&sent),
+        },
+        MockPeer { to_socket, sent },
+    )
+}
+
+impl Stream for MockSocket {
+    type Item = Result<Message, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Sink<Message> for MockSocket {
+    type Error = Infallible;
+
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Infallible> {
+        self.sent.lock().unwrap().push(item);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Sends `texts`, closes the peer, and collects what the guard yields.
+async fn run<S>(mut socket: S, peer: &MockPeer, texts: &[&str]) -> Vec<String>
+where
+    S: Stream<Item = Result<Message, Infallible>> + Unpin,
+{
+    for text in texts {
+        peer.send_text(text);
+    }
+    let mut delivered = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
+        match next {
+            Ok(Some(Ok(Message::Text(text)))) => delivered.push(text.as_str().to_owned()),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(never))) => match never {},
+            Ok(None) | Err(_) => return delivered,
+        }
+    }
+}
+
+#[tokio::test]
+async fn guard_counts_data_messages_and_answers_excess_with_notices() {
+    let memory = InMemoryBackend::new();
+    let ws_t = WebSocketThrottle::builder()
+        .uid("mock-basic")
+        .limit(3)
+        .seconds(10)
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let guarded = ws_t.guard_with(
+        socket,
+        "alice",
+        GuardOptions::new().path("/chat").context("room-1"),
+    );
+    assert_eq!(
+        guarded.key(),
+        Some("traffik:mock-basic:alice:ws:/chat:room-1")
+    );
+    peer.to_socket.send(Message::Ping(vec![1].into())).unwrap();
+    peer.to_socket.send(Message::Pong(vec![1].into())).unwrap();
+    let delivered = run(guarded, &peer, &["1", "2", "3", "4", "5"]).await;
+    assert_eq!(delivered, ["1", "2", "3"]);
+    assert_eq!(peer.sent_texts(), [notice(4), notice(4)]);
+}
+
+#[tokio::test]
+async fn default_key_uses_root_path_and_the_builder_context() {
+    let ws_t = WebSocketThrottle::builder()
+        .uid("mock-keys")
+        .rate("3/10s")
+        .context("lobby")
+        .backend(InMemoryBackend::builder().prefix("app").build())
+        .build()
+        .unwrap();
+    let (socket, _peer) = mock_socket();
+    assert_eq!(
+        ws_t.guard(socket, "bob").key(),
+        Some("app:mock-keys:bob:ws:/:lobby")
+    );
+    let (socket, _peer) = mock_socket();
+    let plain = WebSocketThrottle::builder()
+        .uid("mock-keys-plain")
+        .rate("3/10s")
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    assert_eq!(
+        plain.guard(socket, "bob").key(),
+        Some("traffik:mock-keys-plain:bob:ws:/:")
+    );
+}
+
+#[tokio::test]
+async fn unlimited_identity_touches_no_storage() {
+    let memory = InMemoryBackend::new();
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(10)
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let guarded = ws_t.guard(socket, Identity::Unlimited);
+    assert_eq!(guarded.key(), None);
+    let delivered = run(guarded, &peer, &["1", "2", "3"]).await;
+    assert_eq!(delivered.len(), 3);
+    assert!(memory.is_empty());
+    assert!(peer.sent_texts().is_empty());
+}
+
+#[tokio::test]
+async fn custom_notice() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(10)
+        .notice(|t: &Throttled| format!("slow down ({}s)", t.retry_after_secs()))
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let delivered = run(ws_t.guard(socket, "carol"), &peer, &["1", "2"]).await;
+    assert_eq!(delivered, ["1"]);
+    assert_eq!(peer.sent_texts(), ["slow down (10s)"]);
+}
+
+#[tokio::test]
+async fn wait_longer_than_max_is_rejected() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(10)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_millis(50),
+        })
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let delivered = run(ws_t.guard(socket, "dave"), &peer, &["1", "2"]).await;
+    assert_eq!(delivered, ["1"]);
+    assert_eq!(peer.sent_texts(), [notice(10)]);
+}
+
+#[tokio::test]
+async fn close_policy_over_a_mock_socket() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(10)
+        .on_exceeded(Exceeded::Close {
+            reason: "x".repeat(200),
+        })
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let mut guarded = ws_t.guard(socket, "erin");
+    peer.send_text("1");
+    peer.send_text("2");
+    peer.send_text("3");
+    assert!(matches!(guarded.next().await, Some(Ok(Message::Text(_)))));
+    assert!(guarded.next().await.is_none());
+    assert!(guarded.next().await.is_none());
+    let sent = peer.sent.lock().unwrap();
+    match sent.as_slice() {
+        [Message::Close(Some(frame))] => {
+            assert_eq!(frame.code, 1008);
+            // Close reasons are cut to the 123 bytes a close frame allows.
+            assert_eq!(frame.reason.as_str(), "x".repeat(123));
+        }
+        other => panic!("expected one close frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn dynamic_rate_is_a_configuration_error() {
+    let result = WebSocketThrottle::builder()
+        .dynamic_rate(|_: &http::request::Parts| async { Rate::per_minute(10).unwrap() })
+        .build();
+    match result {
+        Err(Error::Configuration(message)) => assert!(message.contains("dynamic_rate")),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+/// A backend that always fails, answering later (like a network backend).
+struct DeadBackend;
+
+impl ThrottleBackend for DeadBackend {
+    fn prefix(&self) -> &str {
+        "dead"
+    }
+    fn hit(&self, _: &str, _: &Quota, _: u64) -> BackendFuture {
+        BackendFuture::new(async { Err(Error::backend("connection refused")) })
+    }
+    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        self.hit(key, quota, cost)
+    }
+    fn reset(&self) -> BoxFuture<Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn backend_failure_follows_the_failure_mode() {
+    let open = WebSocketThrottle::builder()
+        .rate("1/10s")
+        .backend(DeadBackend)
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    assert_eq!(
+        run(open.guard(socket, "f"), &peer, &["1", "2"]).await.len(),
+        2
+    );
+    assert!(peer.sent_texts().is_empty());
+
+    let closed = WebSocketThrottle::builder()
+        .rate("1/10s")
+        .failure_mode(FailureMode::Closed)
+        .backend(DeadBackend)
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    assert!(run(closed.guard(socket, "f"), &peer, &["1", "2"])
+        .await
+        .is_empty());
+    assert_eq!(peer.sent_texts().len(), 2);
+    assert!(peer.sent_texts()[0].contains(r#""type":"rate_limit""#));
+}
+
+#[tokio::test]
+async fn no_backend_follows_the_failure_mode_and_scopes_are_used() {
+    let open = WebSocketThrottle::builder().rate("1/10s").build().unwrap();
+    let (socket, peer) = mock_socket();
+    assert_eq!(
+        run(open.guard(socket, "g"), &peer, &["1", "2"]).await.len(),
+        2
+    );
+
+    let closed = WebSocketThrottle::builder()
+        .rate("1/10s")
+        .failure_mode(FailureMode::Closed)
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    assert!(run(closed.guard(socket, "g"), &peer, &["1"])
+        .await
+        .is_empty());
+    assert_eq!(peer.sent_texts().len(), 1);
+
+    // Inside a scope the scoped backend counts.
+    let scoped = InMemoryBackend::builder().prefix("scoped").build();
+    let (socket, peer) = mock_socket();
+    let guarded =
+        traffik::backend::scope(scoped.clone(), async { closed.guard(socket, "g") }).await;
+    assert_eq!(guarded.key().map(|k| k.starts_with("scoped:")), Some(true));
+    assert_eq!(run(guarded, &peer, &["1", "2"]).await, ["1"]);
+    assert_eq!(peer.sent_texts(), [notice(10)]);
+}
+
+/// A backend answering later, counting in an in-memory backend.
+struct SlowBackend {
+    memory: InMemoryBackend,
+    calls: Arc<AtomicUsize>,
+}
+
+impl ThrottleBackend for SlowBackend {
+    fn prefix(&self) -> &str {
+        "slow"
+    }
+    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = self.memory.decide(key, quota, cost);
+        BackendFuture::new(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            answer
+        })
+    }
+    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        self.hit(key, quota, cost)
+    }
+    fn reset(&self) -> BoxFuture<Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn pending_backend_decisions_are_polled_inside_the_guard() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .backend(SlowBackend {
+            memory: InMemoryBackend::new(),
+            calls: Arc::clone(&calls),
+        })
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    peer.to_socket.send(Message::Ping(vec![].into())).unwrap();
+    let delivered = run(ws_t.guard(socket, "h"), &peer, &["1", "2", "3", "4", "5"]).await;
+    assert_eq!(delivered, ["1", "2", "3"]);
+    assert_eq!(peer.sent_texts(), [notice(4), notice(4)]);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+// ---------------------------------------------------------------------------
+// tokio-tungstenite's WebSocketStream guarded directly (feature `tungstenite`).
+
+#[cfg(feature = "tungstenite")]
+#[tokio::test]
+async fn guards_a_tokio_tungstenite_server_socket() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (count_tx, mut count_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut socket = ws_t.guard(socket, peer.ip());
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_text() {
+                let _ = count_tx.send(message.clone());
+                socket.send(message).await.unwrap();
+            }
+        }
+    });
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    for i in 1..=5 {
+        send(&mut client, &format!("m{i}")).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(next_text(&mut client).await);
+    }
+    assert_eq!(answers, ["m1", "m2", "m3", &notice(4), &notice(4)]);
+    let mut delivered = 0;
+    while count_rx.try_recv().is_ok() {
+        delivered += 1;
+    }
+    assert_eq!(delivered, 3);
+}
+
+// ---------------------------------------------------------------------------
+// The same counts with the Redis backend (feature `redis`).
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_backend_gives_the_same_counts() {
+    use traffik::backend::RedisBackend;
+
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("traffik-ws-test-{}", std::process::id());
+    let redis = match RedisBackend::builder(url.clone())
+        .prefix(prefix)
+        .build()
+        .await
+    {
+        Ok(redis) => redis,
+        Err(error) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("Redis at {url} is required under CI=true: {error}");
+            }
+            eprintln!("\n*** SKIPPED redis_backend_gives_the_same_counts: no Redis at {url} ({error}) ***\n");
+            return;
+        }
+    };
+    let ws_t = WebSocketThrottle::builder()
+        .limit(3)
+        .seconds(10)
+        .backend(redis.clone())
+        .build()
+        .unwrap();
+    let (addr, mut seen) = echo_server(ws_t, None).await;
+    let mut client = connect(addr, "").await;
+    for i in 1..=5 {
+        send(&mut client, &format!("m{i}")).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(next_text(&mut client).await);
+    }
+    assert_eq!(
+        answers,
+        ["echo: m1", "echo: m2", "echo: m3", &notice(4), &notice(4)]
+    );
+    assert_eq!(received(&mut seen), ["m1", "m2", "m3"]);
+    redis.reset().await.unwrap();
+}
