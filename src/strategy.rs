@@ -21,6 +21,17 @@ use crate::{Error, Rate};
 /// | [`SlidingWindowCounter`](Strategy::SlidingWindowCounter) | 2 words | previous window's count weighted by its remaining overlap plus the current count ≤ `limit`; windows aligned to multiples of the period |
 /// | [`SlidingWindowLog`](Strategy::SlidingWindowLog) | one timestamp per admitted unit of cost | at most `limit` in any `period`-long interval |
 /// | [`Gcra`](Strategy::Gcra) | 1 word | generic cell rate algorithm: one hit every `period/limit`, with bursts up to `limit` (or `burst`) |
+///
+/// `retry_after` is the exact wait until the same hit would be allowed, with
+/// one exception: a [`SlidingWindowCounter`](Strategy::SlidingWindowCounter)
+/// can keep a hit out for longer than one period (a full previous window
+/// still weighs in after the current one ends); its `retry_after` is then
+/// capped at the period, the earliest moment worth retrying. A cost above the
+/// capacity is never admitted; its `retry_after` is one period.
+///
+/// [`Gcra`](Strategy::Gcra) spaces hits by `period / limit` rounded down to
+/// whole microseconds, so above about 1,000 hits per second its rate is a
+/// little higher than asked (by less than one part in `period/limit` µs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Token bucket (the default).
