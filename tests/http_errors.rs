@@ -1,0 +1,527 @@
+//! Configuration errors and the responses for requests traffik cannot
+//! throttle: anonymous connections, missing backends and scopes, failing
+//! backends in both failure modes.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use common::*;
+use http::StatusCode;
+use traffik::backend::{self, BackendScopeLayer, InMemoryBackend};
+use traffik::{
+    Error, FailureMode, HttpThrottle, Identity, MiddlewareThrottle, Strategy, ThrottleLayer,
+    TrustedProxies,
+};
+
+const PEER: &str = "10.2.2.2:4000";
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+fn config_message(result: Result<impl std::fmt::Debug, Error>) -> String {
+    match result {
+        Err(Error::Configuration(message)) => message,
+        other => panic!("expected Error::Configuration, got {other:?}"),
+    }
+}
+
+fn valid(uid: &str) -> HttpThrottle {
+    HttpThrottle::builder()
+        .uid(uid)
+        .limit(1)
+        .hours(1)
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- rule errors
+
+#[test]
+#[should_panic(expected = "invalid path pattern \"(\"")]
+fn invalid_path_literal_panics_naming_the_pattern() {
+    let _ = MiddlewareThrottle::new(valid("er-path-panic")).path("(");
+}
+
+#[test]
+fn try_path_returns_a_configuration_error() {
+    let message = config_message(MiddlewareThrottle::new(valid("er-try-path")).try_path("[a-"));
+    assert!(message.contains("\"[a-\""), "{message}");
+    assert!(message.contains("er-try-path"), "{message}");
+    // A valid pattern is accepted.
+    assert!(MiddlewareThrottle::new(valid("er-try-path-ok"))
+        .try_path(r"/api/v\d+/")
+        .is_ok());
+}
+
+// ------------------------------------------------------------------ uid errors
+
+#[test]
+fn duplicate_uid_is_an_error_and_dropping_frees_it() {
+    let first = valid("er-dup");
+    let message = config_message(HttpThrottle::builder().uid("er-dup").rate("5/min").build());
+    assert!(message.contains("duplicate"), "{message}");
+    assert!(message.contains("er-dup"), "{message}");
+
+    // A clone or a layer keeps the throttle (and its uid) alive.
+    let clone = first.clone();
+    let layer = first.layer();
+    drop(first);
+    assert!(HttpThrottle::builder()
+        .uid("er-dup")
+        .rate("5/min")
+        .build()
+        .is_err());
+    drop(clone);
+    assert!(HttpThrottle::builder()
+        .uid("er-dup")
+        .rate("5/min")
+        .build()
+        .is_err());
+    drop(layer);
+    let again = HttpThrottle::builder()
+        .uid("er-dup")
+        .rate("5/min")
+        .build()
+        .expect("the uid is free once every copy is dropped");
+    assert_eq!(again.uid(), "er-dup");
+}
+
+#[test]
+fn a_failed_build_does_not_take_the_uid() {
+    assert!(HttpThrottle::builder()
+        .uid("er-failed-build")
+        .limit(0)
+        .seconds(1)
+        .build()
+        .is_err());
+    assert!(HttpThrottle::builder()
+        .uid("er-failed-build")
+        .limit(1)
+        .seconds(1)
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn empty_uid_is_an_error() {
+    let message = config_message(HttpThrottle::builder().uid("").rate("1/s").build());
+    assert!(message.contains("empty"), "{message}");
+}
+
+#[test]
+fn generated_uids_are_distinct() {
+    let a = HttpThrottle::builder().rate("1/s").build().unwrap();
+    let b = HttpThrottle::builder().rate("1/s").build().unwrap();
+    assert_ne!(a.uid(), b.uid());
+}
+
+// ----------------------------------------------------------------- rate errors
+
+#[test]
+fn limit_without_period() {
+    let message = config_message(HttpThrottle::builder().uid("er-noperiod").limit(5).build());
+    assert!(message.contains("limit(5) needs a period"), "{message}");
+}
+
+#[test]
+fn period_without_limit() {
+    let message = config_message(HttpThrottle::builder().uid("er-nolimit").seconds(5).build());
+    assert!(message.contains("needs a limit"), "{message}");
+}
+
+#[test]
+fn no_rate_at_all() {
+    let message = config_message(HttpThrottle::builder().uid("er-norate").build());
+    assert!(message.contains("no rate"), "{message}");
+}
+
+#[test]
+fn zero_limit() {
+    let message = config_message(
+        HttpThrottle::builder()
+            .uid("er-zero")
+            .limit(0)
+            .seconds(10)
+            .build(),
+    );
+    assert!(message.contains("at least 1"), "{message}");
+    assert!(message.contains("Rate::unlimited()"), "{message}");
+    let message = config_message(HttpThrottle::builder().uid("er-zero-s").rate("0/s").build());
+    assert!(message.contains("0/s"), "{message}");
+}
+
+#[test]
+fn bad_rate_string() {
+    let message = config_message(
+        HttpThrottle::builder()
+            .uid("er-badrate")
+            .rate("five per fortnight")
+            .build(),
+    );
+    assert!(message.contains("invalid rate"), "{message}");
+    assert!(message.contains("five per fortnight"), "{message}");
+}
+
+#[test]
+fn rate_and_limit_together() {
+    let message = config_message(
+        HttpThrottle::builder()
+            .uid("er-both")
+            .rate("5/min")
+            .limit(5)
+            .seconds(1)
+            .build(),
+    );
+    assert!(message.contains("not both"), "{message}");
+}
+
+#[test]
+fn burst_on_fixed_window() {
+    let message = config_message(
+        HttpThrottle::builder()
+            .uid("er-burst")
+            .limit(5)
+            .seconds(10)
+            .strategy(Strategy::FixedWindow)
+            .burst(10)
+            .build(),
+    );
+    assert!(message.contains("burst(10)"), "{message}");
+    assert!(message.contains("FixedWindow"), "{message}");
+    // Fine on a token bucket.
+    assert!(HttpThrottle::builder()
+        .uid("er-burst-ok")
+        .limit(5)
+        .seconds(10)
+        .burst(10)
+        .build()
+        .is_ok());
+}
+
+#[test]
+fn cost_above_limit() {
+    let message = config_message(
+        HttpThrottle::builder()
+            .uid("er-cost")
+            .limit(3)
+            .seconds(10)
+            .cost(5)
+            .build(),
+    );
+    assert!(message.contains("cost 5"), "{message}");
+    assert!(message.contains("capacity 3"), "{message}");
+}
+
+#[test]
+fn ipv6_prefix_above_128() {
+    let message = config_message(
+        HttpThrottle::builder()
+            .uid("er-v6")
+            .rate("1/s")
+            .ipv6_prefix(129)
+            .build(),
+    );
+    assert!(message.contains("ipv6_prefix(129)"), "{message}");
+}
+
+#[test]
+fn invalid_trusted_proxy() {
+    let message = config_message(TrustedProxies::new(["10.0.0.0/8", "not-an-ip"]));
+    assert!(message.contains("not-an-ip"), "{message}");
+    let message = config_message(TrustedProxies::new(["10.0.0.0/33"]));
+    assert!(message.contains("10.0.0.0/33"), "{message}");
+}
+
+// ------------------------------------------------------- anonymous connections
+
+#[tokio::test]
+async fn anonymous_connection_is_a_500_explaining_the_fix() {
+    let t = HttpThrottle::builder()
+        .uid("er-anon")
+        .limit(5)
+        .minutes(1)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/a", get(ok).route_layer(t.layer()));
+    let reply = send(&app, request("GET", "/a", None, &[])).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        reply.body.contains("into_make_service_with_connect_info"),
+        "{}",
+        reply.body
+    );
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+
+    let result = t.hit(&request("GET", "/a", None, &[])).await;
+    assert!(
+        matches!(result, Err(Error::AnonymousConnection)),
+        "{result:?}"
+    );
+    let result = t.peek(&request("GET", "/a", None, &[])).await;
+    assert!(matches!(result, Err(Error::AnonymousConnection)));
+}
+
+#[tokio::test]
+async fn anonymous_connection_through_a_global_layer() {
+    let layer = ThrottleLayer::new(InMemoryBackend::new()).rule(
+        MiddlewareThrottle::new(valid("er-anon-layer"))
+            .hook(|_: &http::request::Parts| async { true }),
+    );
+    let app = Router::new().route("/a", get(ok)).layer(layer);
+    let reply = send(&app, request("GET", "/a", None, &[])).await;
+    assert_eq!(reply.status, 500);
+    assert!(reply.body.contains("into_make_service_with_connect_info"));
+}
+
+#[tokio::test]
+async fn anonymous_connection_in_a_handler_is_a_500() {
+    let t = HttpThrottle::builder()
+        .uid("er-anon-handler")
+        .limit(5)
+        .minutes(1)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route(
+        "/h",
+        get(move |req: axum::extract::Request| {
+            let t = t.clone();
+            async move {
+                t.hit(&req).await?;
+                Ok::<_, Error>("ok")
+            }
+        }),
+    );
+    let reply = send(&app, request("GET", "/h", None, &[])).await;
+    assert_eq!(reply.status, 500);
+    assert!(reply.body.contains("into_make_service_with_connect_info"));
+}
+
+// ------------------------------------------------------ missing backend/scope
+
+#[tokio::test]
+async fn dynamic_backend_without_scope_is_a_500_naming_scope() {
+    let t = HttpThrottle::builder()
+        .uid("er-noscope")
+        .limit(1)
+        .minutes(1)
+        .dynamic_backend()
+        .build()
+        .unwrap();
+    let app = Router::new().route("/d", get(ok).route_layer(t.layer()));
+    let reply = send(&app, at("/d", PEER)).await;
+    assert_eq!(reply.status, 500);
+    assert!(
+        reply.body.contains("traffik::backend::scope"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("er-noscope"), "{}", reply.body);
+    let message = config_message(t.hit(&at("/d", PEER)).await);
+    assert!(message.contains("traffik::backend::scope"), "{message}");
+}
+
+#[tokio::test]
+async fn dynamic_backend_inside_a_scope_works() {
+    let t = HttpThrottle::builder()
+        .uid("er-scoped")
+        .limit(1)
+        .minutes(1)
+        .dynamic_backend()
+        .build()
+        .unwrap();
+    let tenant_a = InMemoryBackend::builder().prefix("tenant-a").build();
+    let tenant_b = InMemoryBackend::builder().prefix("tenant-b").build();
+    let app = Router::new()
+        .route("/d", get(ok).route_layer(t.layer()))
+        .layer(BackendScopeLayer::new(
+            move |parts: &http::request::Parts| {
+                if parts.headers.contains_key("x-tenant-b") {
+                    tenant_b.clone()
+                } else {
+                    tenant_a.clone()
+                }
+            },
+        ));
+    assert_eq!(send(&app, at("/d", PEER)).await.status, 200);
+    assert_eq!(send(&app, at("/d", PEER)).await.status, 429);
+    // Another tenant's backend has its own counters.
+    let b = || request("GET", "/d", Some(PEER), &[("x-tenant-b", "1")]);
+    assert_eq!(send(&app, b()).await.status, 200);
+    assert_eq!(send(&app, b()).await.status, 429);
+
+    // `hit` uses the innermost scope.
+    let outer = InMemoryBackend::new();
+    let inner = InMemoryBackend::new();
+    let req = at("/x", PEER);
+    backend::scope(outer.clone(), async {
+        t.hit(&req).await.unwrap();
+        backend::scope(inner.clone(), async {
+            t.hit(&req).await.unwrap();
+        })
+        .await;
+        assert!(t.hit(&req).await.unwrap_err().is_throttled());
+    })
+    .await;
+    assert_eq!(outer.len(), 1);
+    assert_eq!(inner.len(), 1);
+}
+
+#[tokio::test]
+async fn throttle_without_backend_in_its_own_layer_is_a_500_naming_the_fix() {
+    let t = valid("er-nobackend");
+    let app = Router::new().route("/n", get(ok).route_layer(t.layer()));
+    let reply = send(&app, at("/n", PEER)).await;
+    assert_eq!(reply.status, 500);
+    assert!(reply.body.contains("has no backend"), "{}", reply.body);
+    assert!(reply.body.contains(".backend("), "{}", reply.body);
+    assert!(reply.body.contains("er-nobackend"), "{}", reply.body);
+
+    // The same throttle as a rule of a layer with a backend uses the layer's.
+    let layer = ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(t));
+    let app = Router::new().route("/n", get(ok)).layer(layer);
+    assert_eq!(send(&app, at("/n", PEER)).await.status, 200);
+    assert_eq!(send(&app, at("/n", PEER)).await.status, 429);
+}
+
+// ------------------------------------------------------------ failing backends
+
+fn failing_app(
+    uid: &str,
+    mode: FailureMode,
+    backend: impl traffik::backend::IntoBackend,
+) -> (HttpThrottle, Router) {
+    let t = HttpThrottle::builder()
+        .uid(uid)
+        .limit(1)
+        .minutes(1)
+        .failure_mode(mode)
+        .backend(backend)
+        .build()
+        .unwrap();
+    let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+    (t, app)
+}
+
+#[tokio::test]
+async fn failing_backend_open_lets_requests_through() {
+    let backend = FailingBackend::default();
+    let (t, app) = failing_app("er-fail-open", FailureMode::Open, backend.clone());
+    assert_eq!(statuses(&app, 5, || at("/f", PEER)).await, [200; 5]);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 5);
+    // `hit` is Ok too (uncounted).
+    assert!(t.hit(&at("/f", PEER)).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn failing_backend_open_is_the_default() {
+    let t = HttpThrottle::builder()
+        .uid("er-fail-default")
+        .limit(1)
+        .minutes(1)
+        .backend(FailingBackend::default())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+    assert_eq!(statuses(&app, 3, || at("/f", PEER)).await, [200; 3]);
+}
+
+#[tokio::test]
+async fn failing_backend_closed_is_a_503_with_retry_after() {
+    let (t, app) = failing_app(
+        "er-fail-closed",
+        FailureMode::Closed,
+        FailingBackend::default(),
+    );
+    let reply = send(&app, at("/f", PEER)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.retry_after() >= 1);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    match t.hit(&at("/f", PEER)).await {
+        Err(Error::Backend(error)) => assert!(error.to_string().contains("down"), "{error}"),
+        other => panic!("expected Error::Backend, got {other:?}"),
+    }
+    // In a handler, `?` gives the same 503.
+    let app = Router::new().route(
+        "/h",
+        get(move |req: axum::extract::Request| {
+            let t = t.clone();
+            async move {
+                t.hit(&req).await?;
+                Ok::<_, Error>("ok")
+            }
+        }),
+    );
+    let reply = send(&app, at("/h", PEER)).await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.retry_after() >= 1);
+}
+
+#[tokio::test]
+async fn failing_backend_in_a_global_rule_follows_its_mode() {
+    let open = HttpThrottle::builder()
+        .uid("er-rule-open")
+        .limit(1)
+        .minutes(1)
+        .build()
+        .unwrap();
+    let closed = HttpThrottle::builder()
+        .uid("er-rule-closed")
+        .limit(1)
+        .minutes(1)
+        .failure_mode(FailureMode::Closed)
+        .build()
+        .unwrap();
+    let layer = ThrottleLayer::new(FailingBackend::default())
+        .rule(MiddlewareThrottle::new(open).methods(["GET"]))
+        .rule(MiddlewareThrottle::new(closed).methods(["POST"]));
+    let app = Router::new().route("/f", get(ok).post(ok)).layer(layer);
+    assert_eq!(statuses(&app, 3, || at("/f", PEER)).await, [200; 3]);
+    let reply = send(&app, request("POST", "/f", Some(PEER), &[])).await;
+    assert_eq!(reply.status, 503);
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_does_not_hang_requests() {
+    let hanging = HangingBackend {
+        timeout: Duration::from_millis(100),
+    };
+    let (_open, app) = failing_app("er-hang-open", FailureMode::Open, hanging.clone());
+    let reply = tokio::time::timeout(Duration::from_secs(30), send(&app, at("/f", PEER)))
+        .await
+        .expect("the request finishes");
+    assert_eq!(reply.status, 200);
+
+    let (_closed, app) = failing_app("er-hang-closed", FailureMode::Closed, hanging);
+    let reply = tokio::time::timeout(Duration::from_secs(30), send(&app, at("/f", PEER)))
+        .await
+        .expect("the request finishes");
+    assert_eq!(reply.status, 503);
+    assert!(reply.retry_after() >= 1);
+}
+
+#[tokio::test]
+async fn exempt_identities_never_reach_a_failing_backend() {
+    let backend = FailingBackend::default();
+    let t = HttpThrottle::builder()
+        .uid("er-fail-exempt")
+        .limit(1)
+        .minutes(1)
+        .failure_mode(FailureMode::Closed)
+        .identifier(|_: &http::request::Parts| async { Identity::Unlimited })
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+    assert_eq!(statuses(&app, 3, || at("/f", PEER)).await, [200; 3]);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 0);
+}
