@@ -1,1 +1,1008 @@
-//! Redis backend (feature `redis`). Work in progress.
+//! The Redis backend (feature `redis`): one Lua script per strategy, one round
+//! trip per decision, on a single multiplexed, auto-reconnecting connection.
+//! Redis Cluster is supported.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, RedisError, RedisFuture, Script, Value};
+
+use super::{BackendFuture, BoxFuture, ThrottleBackend};
+use crate::{Decision, Error, Quota, Strategy};
+
+/// Default key prefix.
+const DEFAULT_PREFIX: &str = "traffik";
+/// Default bound on every command (and on each command of a reset).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default bound on establishing the connection.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of denied keys the local deny cache remembers.
+const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
+/// Keys asked for per SCAN call during a reset.
+const SCAN_COUNT: usize = 1_000;
+
+/// Largest product or sum the scripts may form: Lua numbers are doubles, exact
+/// up to 2^53. The bounds below keep every intermediate under 2^53 with the
+/// server's clock (Unix microseconds, about 2^50.6) added.
+const LUA_MAX_PRODUCT: u128 = 1 << 51;
+const LUA_MAX_PERIOD: u64 = 1 << 50;
+
+const PRELUDE: &str = include_str!("redis/prelude.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+static TOKEN_BUCKET: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/token_bucket.lua")));
+static FIXED_WINDOW: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/fixed_window.lua")));
+static SLIDING_WINDOW_COUNTER: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/sliding_window_counter.lua")));
+static SLIDING_WINDOW_LOG: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/sliding_window_log.lua")));
+static GCRA: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/gcra.lua")));
+
+fn script_for(strategy: Strategy) -> &'static Script {
+    match strategy {
+        Strategy::TokenBucket => &TOKEN_BUCKET,
+        Strategy::FixedWindow => &FIXED_WINDOW,
+        Strategy::SlidingWindowCounter => &SLIDING_WINDOW_COUNTER,
+        Strategy::SlidingWindowLog => &SLIDING_WINDOW_LOG,
+        Strategy::Gcra => &GCRA,
+    }
+}
+
+/// Short tag appended to stored keys, so that a throttle whose strategy
+/// changes between deployments starts from fresh state instead of misreading
+/// another strategy's state.
+fn strategy_tag(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::TokenBucket => "tb",
+        Strategy::FixedWindow => "fw",
+        Strategy::SlidingWindowCounter => "swc",
+        Strategy::SlidingWindowLog => "swl",
+        Strategy::Gcra => "gcra",
+    }
+}
+
+/// Counters in Redis (or Redis Cluster), shared by every app instance that
+/// uses the same server and prefix.
+///
+/// * **One round trip per decision.** Each [`Strategy`] is one Lua script run
+///   with `EVALSHA` (reloaded by itself after a `SCRIPT FLUSH` or a restart),
+///   using the server's `TIME`, never the app's clock, so instances with
+///   skewed clocks agree. The arithmetic is the integer microsecond
+///   arithmetic of [`Quota::decide`], step for step: the same decisions,
+///   `remaining`, `reset_after` and `retry_after`. Keys expire with `PEXPIRE`
+///   once their state is equivalent to a fresh one.
+/// * **Exact numbers.** Lua numbers are doubles; a quota whose numbers could
+///   take an intermediate past 2^53 (for example token bucket capacity ×
+///   period in microseconds above 2^51, or a period above 2^50 µs, about 35
+///   years) is refused by [`hit`](ThrottleBackend::hit) with
+///   [`Error::Configuration`].
+/// * **One connection.** A single multiplexed connection
+///   ([`redis::aio::ConnectionManager`], or a
+///   [`redis::cluster_async::ClusterConnection`]) that reconnects by itself
+///   after an outage; no pool. Clones share it: `RedisBackend` is an `Arc`
+///   inside.
+/// * **Bounded waits.** Every command is bounded by the response timeout
+///   (default 1 s); failures and timeouts are [`Error::Backend`] naming Redis
+///   and the cause, and the throttle's
+///   [`FailureMode`](crate::FailureMode) decides what the request gets.
+///   [`connect`](RedisBackend::connect) fails within the connect timeout
+///   (default 1 s) when no server answers.
+/// * **Keys.** The throttle's key `{prefix}:{uid}:{identity}:{scope}` is
+///   stored as `{prefix}:{{uid}:{identity}:{scope}}:{strategy}` (for example
+///   `traffik:{api:10.0.0.1:http:GET:/hello}:tb`): the braces are a Redis
+///   Cluster hash tag, so everything a decision touches lives in one slot.
+/// * **Lifecycle.** [`build`](RedisBackendBuilder::build) connects, loads the
+///   scripts and calls [`initialize`](RedisBackend::initialize) (never lazily
+///   on the first hit). Persistent by default (a shared store outlives one
+///   app instance); `persistent(false)` clears the prefix's keys on
+///   `initialize()` and `close()`. [`reset`](RedisBackend::reset) clears
+///   them on demand with `SCAN MATCH {prefix}:*` and `UNLINK` in batches
+///   (never `KEYS`), on every master of a cluster; other prefixes are never
+///   touched.
+/// * **Deny cache** (off by default): with
+///   [`deny_cache(true)`](RedisBackendBuilder::deny_cache), a denied key is
+///   answered locally, without a round trip, until its `retry_after` has
+///   passed. Denials never change a key's state, so this is exact for the
+///   decision; the cached `remaining` is the one of the original denial, with
+///   `retry_after` and `reset_after` counted down.
+///
+/// Redis commands used (for an ACL): `EVALSHA`, `SCRIPT LOAD`, `PING`, `SCAN`,
+/// `UNLINK`, and inside the scripts `TIME`, `GET`, `SET`, `DEL`, `PEXPIRE`,
+/// `ZADD`, `ZCARD`, `ZCOUNT`, `ZRANGEBYSCORE`, `ZREMRANGEBYSCORE`,
+/// `ZREVRANGE`; on a cluster also `CLUSTER SLOTS` and `CLUSTER NODES`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use traffik::backend::RedisBackend;
+///
+/// # async fn run() -> Result<(), traffik::Error> {
+/// let redis = RedisBackend::connect("redis://127.0.0.1:6379/0").await?;
+///
+/// let custom = RedisBackend::builder("redis://127.0.0.1:6379/0")
+///     .prefix("myapp")
+///     .timeout(Duration::from_millis(200))
+///     .deny_cache(true)
+///     .build()
+///     .await?;
+///
+/// let cluster = RedisBackend::cluster([
+///     "redis://127.0.0.1:7101",
+///     "redis://127.0.0.1:7102",
+///     "redis://127.0.0.1:7103",
+/// ])
+/// .await?;
+/// # let _ = (redis, custom, cluster);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    conn: Conn,
+    prefix: String,
+    persistent: bool,
+    timeout: Duration,
+    deny_cache: Option<DenyCache>,
+}
+
+/// The connection: one multiplexed connection to a server, or a cluster
+/// connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.inner.prefix)
+            .field("persistent", &self.inner.persistent)
+            .field("cluster", &matches!(self.inner.conn, Conn::Cluster(_)))
+            .field("timeout", &self.inner.timeout)
+            .field("deny_cache", &self.inner.deny_cache.is_some())
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// Connects to the server at `url` (`redis://[user:password@]host:port[/db]`,
+    /// `rediss://` with a TLS feature of the `redis` crate, `unix://`) with the
+    /// defaults: prefix `"traffik"`, persistent, 1 s timeouts, no deny cache.
+    ///
+    /// Fails with [`Error::Backend`] within the connect timeout when no server
+    /// answers, and with [`Error::Configuration`] on a malformed URL.
+    pub async fn connect(url: impl Into<String>) -> Result<RedisBackend, Error> {
+        RedisBackend::builder(url).build().await
+    }
+
+    /// Configures a backend for the server at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder::new(Target::Url(url.into()))
+    }
+
+    /// Configures a backend on an existing [`redis::Client`] (for TLS or
+    /// connection settings made with the `redis` crate).
+    pub fn builder_with_client(client: redis::Client) -> RedisBackendBuilder {
+        RedisBackendBuilder::new(Target::Client(Box::new(client)))
+    }
+
+    /// Connects with an existing [`redis::Client`] and the defaults.
+    pub async fn from_client(client: redis::Client) -> Result<RedisBackend, Error> {
+        RedisBackend::builder_with_client(client).build().await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`redis://host:port`
+    /// each), with the defaults.
+    pub async fn cluster<I, S>(urls: I) -> Result<RedisBackend, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisBackend::cluster_builder(urls).build().await
+    }
+
+    /// Configures a backend on a Redis Cluster reached through any of its
+    /// nodes (`redis://host:port` each).
+    pub fn cluster_builder<I, S>(urls: I) -> RedisBackendBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisBackendBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Whether keys survive [`initialize`](RedisBackend::initialize) and
+    /// [`close`](RedisBackend::close) (default `true`).
+    pub fn persistent(&self) -> bool {
+        self.inner.persistent
+    }
+
+    /// Whether this backend talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.conn, Conn::Cluster(_))
+    }
+
+    /// The bound on every command.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Checks the connection, loads the scripts and, when not persistent,
+    /// clears the prefix's keys. [`build`](RedisBackendBuilder::build) calls
+    /// it; calling it again is harmless.
+    pub async fn initialize(&self) -> Result<(), Error> {
+        self.inner.initialize().await
+    }
+
+    /// Removes every key of this backend's prefix (on every master of a
+    /// cluster) and empties the deny cache.
+    pub async fn reset(&self) -> Result<(), Error> {
+        self.inner.reset().await
+    }
+
+    /// Clears the prefix's keys when not persistent. The connection itself
+    /// closes when the last clone is dropped.
+    pub async fn close(&self) -> Result<(), Error> {
+        if self.inner.persistent {
+            Ok(())
+        } else {
+            self.inner.reset().await
+        }
+    }
+
+    /// Decides a hit of `cost` on `key` (a full key, starting with the
+    /// prefix) and records it. Same as [`ThrottleBackend::hit`].
+    pub async fn decide(&self, key: &str, quota: &Quota, cost: u64) -> Result<Decision, Error> {
+        ThrottleBackend::hit(self, key, quota, cost).await
+    }
+
+    /// The Redis key that holds the state of `key` under `strategy`.
+    ///
+    /// ```
+    /// # async fn run(redis: traffik::backend::RedisBackend) {
+    /// use traffik::Strategy;
+    /// // With the default prefix:
+    /// assert_eq!(
+    ///     redis.storage_key("traffik:api:1.2.3.4:http:GET:/", Strategy::TokenBucket),
+    ///     "traffik:{api:1.2.3.4:http:GET:/}:tb",
+    /// );
+    /// # }
+    /// ```
+    pub fn storage_key(&self, key: &str, strategy: Strategy) -> String {
+        storage_key(&self.inner.prefix, key, strategy)
+    }
+
+    fn decide_inner(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> BackendFuture {
+        if let Err(error) = check_quota(quota) {
+            return BackendFuture::ready(Err(error));
+        }
+        let cost = cost.max(1);
+        let started = Instant::now();
+        if let Some(cache) = &self.inner.deny_cache {
+            if let Some(decision) = cache.get(key, quota, cost, started) {
+                return BackendFuture::ready(Ok(decision));
+            }
+        }
+        let shared = self.inner.clone();
+        let stored = storage_key(&shared.prefix, key, quota.strategy());
+        let cache_key = shared
+            .deny_cache
+            .as_ref()
+            .filter(|_| record)
+            .map(|_| key.to_owned());
+        let quota = *quota;
+        BackendFuture::new(async move {
+            let mut invocation = script_for(quota.strategy()).key(stored);
+            invocation.arg(if record { "1" } else { "0" });
+            match quota.strategy() {
+                Strategy::TokenBucket => {
+                    invocation
+                        .arg(quota.limit())
+                        .arg(quota.period_micros())
+                        .arg(quota.capacity())
+                        .arg(cost);
+                }
+                Strategy::Gcra => {
+                    invocation
+                        .arg(quota.emission_interval())
+                        .arg(quota.capacity())
+                        .arg(quota.period_micros())
+                        .arg(cost);
+                }
+                Strategy::FixedWindow
+                | Strategy::SlidingWindowCounter
+                | Strategy::SlidingWindowLog => {
+                    invocation
+                        .arg(quota.limit())
+                        .arg(quota.period_micros())
+                        .arg(cost);
+                }
+            }
+            let mut conn = shared.conn.clone();
+            let reply: [i64; 4] = shared
+                .bounded("EVALSHA", invocation.invoke_async(&mut conn))
+                .await?;
+            let decision = decision_from_reply(&quota, reply);
+            if let (Some(key), Some(cache)) = (cache_key, &shared.deny_cache) {
+                if !decision.allowed {
+                    cache.insert(key, quota, cost, started, decision);
+                }
+            }
+            Ok(decision)
+        })
+    }
+}
+
+/// Builds the [`Decision`] from a script's `{allowed, remaining,
+/// reset_after_us, retry_after_us}`.
+fn decision_from_reply(quota: &Quota, [allowed, remaining, reset, retry]: [i64; 4]) -> Decision {
+    let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
+    let allowed = allowed == 1;
+    Decision {
+        allowed,
+        limit: quota.capacity(),
+        remaining: remaining.max(0) as u64,
+        reset_after: micros(reset),
+        retry_after: if allowed {
+            Duration::ZERO
+        } else {
+            micros(retry)
+        },
+    }
+}
+
+/// `{prefix}:{{rest}}:{tag}`, where `rest` is `key` without its
+/// `{prefix}:` (the whole key if it does not start with it).
+fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
+    let rest = key
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or(key);
+    let tag = strategy_tag(strategy);
+    let mut stored = String::with_capacity(prefix.len() + rest.len() + tag.len() + 4);
+    stored.push_str(prefix);
+    stored.push_str(":{");
+    stored.push_str(rest);
+    stored.push_str("}:");
+    stored.push_str(tag);
+    stored
+}
+
+/// Refuses quotas whose numbers could take a Lua (double) intermediate past
+/// 2^53, where the scripts would no longer be exact.
+fn check_quota(quota: &Quota) -> Result<(), Error> {
+    let period = quota.period_micros();
+    let too_big = |what: &str| {
+        Err(Error::configuration(format!(
+            "rate {} with {:?} is too large for the Redis backend's exact arithmetic \
+             (Lua numbers are doubles, exact below 2^53): {what}; \
+             use a shorter period or a smaller limit",
+            quota.rate(),
+            quota.strategy()
+        )))
+    };
+    if period > LUA_MAX_PERIOD {
+        return too_big("the period exceeds 2^50 microseconds (about 35 years)");
+    }
+    let product = |a: u64, b: u64| u128::from(a) * u128::from(b);
+    match quota.strategy() {
+        Strategy::TokenBucket => {
+            if product(quota.capacity(), period) > LUA_MAX_PRODUCT {
+                return too_big("capacity × period in microseconds exceeds 2^51");
+            }
+        }
+        Strategy::Gcra => {
+            if product(quota.capacity(), quota.emission_interval()) > u128::from(LUA_MAX_PERIOD) {
+                return too_big("burst × emission interval in microseconds exceeds 2^50");
+            }
+        }
+        Strategy::SlidingWindowCounter => {
+            if product(quota.limit(), period) > LUA_MAX_PRODUCT {
+                return too_big("limit × period in microseconds exceeds 2^51");
+            }
+        }
+        Strategy::FixedWindow | Strategy::SlidingWindowLog => {
+            if u128::from(quota.limit()) > LUA_MAX_PRODUCT {
+                return too_big("the limit exceeds 2^51");
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Runs one command under the response timeout, mapping errors.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(redis_error(what, error)),
+            Err(_) => Err(Error::backend(format!(
+                "Redis did not answer {what} within {:?} (the RedisBackend timeout)",
+                self.timeout
+            ))),
+        }
+    }
+
+    async fn initialize(&self) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let pong: String = self
+            .bounded("PING", redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong != "PONG" {
+            return Err(Error::backend(format!("Redis answered PING with {pong:?}")));
+        }
+        for strategy in Strategy::ALL {
+            let script = script_for(strategy);
+            let mut conn = self.conn.clone();
+            let sha: String = self
+                .bounded("SCRIPT LOAD", script.prepare_invoke().load_async(&mut conn))
+                .await?;
+            if sha != script.get_hash() {
+                return Err(Error::backend(format!(
+                    "Redis SCRIPT LOAD returned SHA1 {sha} for the {strategy} script, expected {}",
+                    script.get_hash()
+                )));
+            }
+        }
+        if !self.persistent {
+            self.reset().await?;
+        }
+        Ok(())
+    }
+
+    async fn reset(&self) -> Result<(), Error> {
+        let pattern = format!("{}:*", glob_escape(&self.prefix));
+        let nodes = match &self.conn {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(_) => self.masters().await?.into_iter().map(Some).collect(),
+        };
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, keys): (u64, Vec<String>) = match (&self.conn, &node) {
+                    (Conn::Cluster(conn), Some((host, port))) => {
+                        let mut conn = conn.clone();
+                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        let value = self
+                            .bounded("SCAN", conn.route_command(scan, routing))
+                            .await?;
+                        redis::from_redis_value(value).map_err(|e| redis_error("SCAN", e.into()))?
+                    }
+                    _ => {
+                        let mut conn = self.conn.clone();
+                        self.bounded("SCAN", scan.query_async(&mut conn)).await?
+                    }
+                };
+                if !keys.is_empty() {
+                    // On a cluster the client splits UNLINK by slot.
+                    let mut conn = self.conn.clone();
+                    let _: i64 = self
+                        .bounded(
+                            "UNLINK",
+                            redis::cmd("UNLINK").arg(&keys).query_async(&mut conn),
+                        )
+                        .await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        if let Some(cache) = &self.deny_cache {
+            cache.clear();
+        }
+        Ok(())
+    }
+
+    /// The address of every master of the cluster, from `CLUSTER NODES`.
+    async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
+        let Conn::Cluster(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let mut conn = conn.clone();
+        let value = self
+            .bounded(
+                "CLUSTER NODES",
+                conn.route_command(
+                    redis::cmd("CLUSTER").arg("NODES").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                ),
+            )
+            .await?;
+        let text: String =
+            redis::from_redis_value(value).map_err(|e| redis_error("CLUSTER NODES", e.into()))?;
+        let masters = parse_cluster_nodes(&text);
+        if masters.is_empty() {
+            return Err(Error::backend(
+                "Redis CLUSTER NODES listed no reachable master",
+            ));
+        }
+        Ok(masters)
+    }
+}
+
+/// Masters (not failed, owning slots or not) from a `CLUSTER NODES` reply:
+/// `<id> <ip:port@cport[,hostname]> <flags> <master> ...`.
+fn parse_cluster_nodes(text: &str) -> Vec<(String, u16)> {
+    let mut masters = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 3 {
+            continue;
+        }
+        let flags: Vec<&str> = fields[2].split(',').collect();
+        if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+            continue;
+        }
+        let address = fields[1].split(['@', ',']).next().unwrap_or("");
+        let Some((host, port)) = address.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            continue;
+        }
+        masters.push((host.to_owned(), port));
+    }
+    masters
+}
+
+/// Escapes Redis glob characters so that a prefix matches only itself.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+fn redis_error(what: &str, error: RedisError) -> Error {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connection_refusal() {
+        "was refused a connection"
+    } else if error.is_io_error() || error.is_connection_dropped() {
+        "lost its connection"
+    } else {
+        "failed"
+    };
+    Error::backend_with_source(format!("Redis {what} {kind}"), error)
+}
+
+impl ThrottleBackend for RedisBackend {
+    fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        self.decide_inner(key, quota, cost, true)
+    }
+
+    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+        self.decide_inner(key, quota, cost, false)
+    }
+
+    fn reset(&self) -> BoxFuture<Result<(), Error>> {
+        let shared = self.inner.clone();
+        Box::pin(async move { shared.reset().await })
+    }
+
+    fn initialize(&self) -> BoxFuture<Result<(), Error>> {
+        let shared = self.inner.clone();
+        Box::pin(async move { shared.initialize().await })
+    }
+
+    fn close(&self) -> BoxFuture<Result<(), Error>> {
+        let backend = self.clone();
+        Box::pin(async move { backend.close().await })
+    }
+
+    fn persistent(&self) -> bool {
+        self.inner.persistent
+    }
+}
+
+/// Denied keys answered locally until their `retry_after`.
+struct DenyCache {
+    capacity: usize,
+    map: Mutex<HashMap<CacheKey, CachedDeny>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct CacheKey {
+    key: String,
+    quota: Quota,
+    cost: u64,
+}
+
+struct CachedDeny {
+    /// When the request that got the denial was sent: the server decided
+    /// later, so `sent + retry_after` is never later than the real time the
+    /// same hit is allowed.
+    sent: Instant,
+    decision: Decision,
+}
+
+impl DenyCache {
+    fn new(capacity: usize) -> Self {
+        DenyCache {
+            capacity: capacity.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &str, quota: &Quota, cost: u64, now: Instant) -> Option<Decision> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.is_empty() {
+            return None;
+        }
+        let cache_key = CacheKey {
+            key: key.to_owned(),
+            quota: *quota,
+            cost,
+        };
+        let entry = map.get(&cache_key)?;
+        let elapsed = now.saturating_duration_since(entry.sent);
+        if elapsed >= entry.decision.retry_after {
+            map.remove(&cache_key);
+            return None;
+        }
+        let mut decision = entry.decision;
+        decision.retry_after -= elapsed;
+        decision.reset_after = decision.reset_after.saturating_sub(elapsed);
+        Some(decision)
+    }
+
+    fn insert(&self, key: String, quota: Quota, cost: u64, sent: Instant, decision: Decision) {
+        if decision.retry_after.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.capacity {
+            let now = Instant::now();
+            map.retain(|_, entry| {
+                now.saturating_duration_since(entry.sent) < entry.decision.retry_after
+            });
+            if map.len() >= self.capacity {
+                return;
+            }
+        }
+        map.insert(CacheKey { key, quota, cost }, CachedDeny { sent, decision });
+    }
+
+    fn clear(&self) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+enum Target {
+    Url(String),
+    Client(Box<redis::Client>),
+    Cluster(Vec<String>),
+}
+
+/// Builder for [`RedisBackend`], from [`RedisBackend::builder`],
+/// [`RedisBackend::cluster_builder`] or [`RedisBackend::builder_with_client`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use traffik::backend::RedisBackend;
+///
+/// # async fn run() -> Result<(), traffik::Error> {
+/// let redis = RedisBackend::builder("redis://127.0.0.1:6379/0")
+///     .prefix("myapp")
+///     .persistent(false)                     // clear myapp:* on start and close
+///     .timeout(Duration::from_millis(250))   // every command
+///     .connect_timeout(Duration::from_secs(2))
+///     .deny_cache(true)
+///     .build()
+///     .await?;
+/// # let _ = redis; Ok(()) }
+/// ```
+pub struct RedisBackendBuilder {
+    target: Target,
+    prefix: String,
+    persistent: bool,
+    timeout: Duration,
+    connect_timeout: Duration,
+    deny_cache: bool,
+    deny_cache_capacity: usize,
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("prefix", &self.prefix)
+            .field("persistent", &self.persistent)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deny_cache", &self.deny_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackendBuilder {
+    fn new(target: Target) -> Self {
+        RedisBackendBuilder {
+            target,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            persistent: true,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            deny_cache: false,
+            deny_cache_capacity: DEFAULT_DENY_CACHE_CAPACITY,
+        }
+    }
+
+    /// The key prefix (default `"traffik"`); not empty, without `{` or `}`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Keep keys across `initialize()`/`close()` (default `true`).
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    /// The bound on every command, a decision's round trip included
+    /// (default 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The bound on connecting in [`build`](RedisBackendBuilder::build)
+    /// (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Answer denied keys locally until their `retry_after` (default `false`).
+    pub fn deny_cache(mut self, enabled: bool) -> Self {
+        self.deny_cache = enabled;
+        self
+    }
+
+    /// How many denied keys the deny cache remembers at most (default
+    /// 10,000); beyond it, new denials are not cached until old ones expire.
+    pub fn deny_cache_capacity(mut self, capacity: usize) -> Self {
+        self.deny_cache_capacity = capacity;
+        self
+    }
+
+    /// Connects (within the connect timeout), loads the scripts and calls
+    /// [`initialize`](RedisBackend::initialize).
+    pub async fn build(self) -> Result<RedisBackend, Error> {
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(Error::configuration(format!(
+                "invalid RedisBackend prefix {:?}: it must be non-empty and contain no '{{' or '}}' \
+                 (braces are the Redis Cluster hash tag of each key)",
+                self.prefix
+            )));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::configuration(
+                "RedisBackend timeouts must be longer than zero",
+            ));
+        }
+        let deadline = self.connect_timeout;
+        let conn = match tokio::time::timeout(deadline, self.open()).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(Error::backend(format!(
+                    "could not connect to Redis at {} within {deadline:?} (the RedisBackend connect timeout)",
+                    self.describe_target()
+                )))
+            }
+        };
+        let backend = RedisBackend {
+            inner: Arc::new(Shared {
+                conn,
+                prefix: self.prefix,
+                persistent: self.persistent,
+                timeout: self.timeout,
+                deny_cache: self
+                    .deny_cache
+                    .then(|| DenyCache::new(self.deny_cache_capacity)),
+            }),
+        };
+        backend.initialize().await?;
+        Ok(backend)
+    }
+
+    fn describe_target(&self) -> String {
+        match &self.target {
+            Target::Url(url) => match redis::Client::open(url.as_str()) {
+                Ok(client) => client.get_connection_info().addr().to_string(),
+                Err(_) => "an invalid URL".to_owned(),
+            },
+            Target::Client(client) => client.get_connection_info().addr().to_string(),
+            Target::Cluster(urls) => format!("a cluster of {} node URL(s)", urls.len()),
+        }
+    }
+
+    async fn open(&self) -> Result<Conn, Error> {
+        match &self.target {
+            Target::Url(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|e| {
+                    Error::configuration(format!("invalid Redis URL for RedisBackend: {e}"))
+                })?;
+                self.open_single(client).await
+            }
+            Target::Client(client) => self.open_single((**client).clone()).await,
+            Target::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(Error::configuration(
+                        "RedisBackend::cluster needs at least one node URL",
+                    ));
+                }
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.timeout)
+                    .build()
+                    .map_err(|e| {
+                        Error::configuration(format!(
+                            "invalid Redis Cluster URLs for RedisBackend: {e}"
+                        ))
+                    })?;
+                let conn = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| redis_error("cluster connection", e))?;
+                Ok(Conn::Cluster(conn))
+            }
+        }
+    }
+
+    async fn open_single(&self, client: redis::Client) -> Result<Conn, Error> {
+        let address = client.get_connection_info().addr().to_string();
+        // One attempt first, so that a server that is not there fails now with
+        // its real cause instead of after the manager's retries.
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout));
+        drop(
+            client
+                .get_multiplexed_async_connection_with_config(&probe)
+                .await
+                .map_err(|e| {
+                    Error::backend_with_source(
+                        format!("could not connect to Redis at {address}"),
+                        e,
+                    )
+                })?,
+        );
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| {
+                Error::backend_with_source(format!("could not connect to Redis at {address}"), e)
+            })?;
+        Ok(Conn::Single(manager))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_keys_are_hash_tagged() {
+        assert_eq!(
+            storage_key("traffik", "traffik:api:1.2.3.4:http:GET:/x", Strategy::Gcra),
+            "traffik:{api:1.2.3.4:http:GET:/x}:gcra"
+        );
+        assert_eq!(
+            storage_key("p", "other", Strategy::SlidingWindowLog),
+            "p:{other}:swl"
+        );
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn cluster_nodes_are_parsed() {
+        let text = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:7102@17102 master - 0 1426238317239 2 connected 5461-10922
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:7101@17101,host1 myself,master - 0 0 1 connected 0-5460
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:7104@17104 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238316232 1 connected
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:7103@17103 master,fail - 0 1426238318243 3 connected
+";
+        assert_eq!(
+            parse_cluster_nodes(text),
+            vec![
+                ("127.0.0.1".to_owned(), 7102),
+                ("127.0.0.1".to_owned(), 7101)
+            ]
+        );
+    }
+
+    #[test]
+    fn lua_bounds_are_checked() {
+        let rate = crate::Rate::new(1000, Duration::from_secs(3600 * 24 * 365)).unwrap();
+        let quota = Quota::new(rate, Strategy::TokenBucket).unwrap();
+        assert!(matches!(check_quota(&quota), Err(Error::Configuration(_))));
+        let quota = Quota::new("100/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
+        assert!(check_quota(&quota).is_ok());
+    }
+}

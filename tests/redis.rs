@@ -1,0 +1,965 @@
+//! The Redis backend against real servers (`cargo test --features redis`).
+//!
+//! Tests read `REDIS_URL` (default `redis://127.0.0.1:6379`). Without a server
+//! they print `SKIPPED: no Redis at ...` and return, except under `CI=true`,
+//! where they fail. Every test uses its own random prefix, so the tests run in
+//! parallel on one server. Tests that kill, pause or count commands on a
+//! server start their own `redis-server` on a free loopback port.
+#![cfg(feature = "redis")]
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use traffik::backend::{InMemoryBackend, RedisBackend, ThrottleBackend};
+use traffik::strategy::State;
+use traffik::{Decision, Error, Quota, Rate, Strategy};
+
+// ---------------------------------------------------------------- helpers
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn skip(what: &str) {
+    if ci() {
+        panic!("CI=true but {what}");
+    }
+    eprintln!("\n!!!!!!!!!! SKIPPED: {what} !!!!!!!!!!\n");
+}
+
+/// A prefix no other test (or run) uses.
+fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    format!("traffik-test-{test}-{:016x}", hasher.finish())
+}
+
+/// A non-persistent backend on `REDIS_URL` with a fresh prefix, or `None`
+/// (skipped) when no server answers.
+async fn backend(test: &str) -> Option<RedisBackend> {
+    backend_with(test, |b| b).await
+}
+
+async fn backend_with(
+    test: &str,
+    configure: impl FnOnce(
+        traffik::backend::RedisBackendBuilder,
+    ) -> traffik::backend::RedisBackendBuilder,
+) -> Option<RedisBackend> {
+    let url = redis_url();
+    let builder = RedisBackend::builder(url.clone())
+        .prefix(unique_prefix(test))
+        .persistent(false);
+    match configure(builder).build().await {
+        Ok(backend) => Some(backend),
+        Err(error) => {
+            skip(&format!("no Redis at {url} ({error})"));
+            None
+        }
+    }
+}
+
+async fn client_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn quota(rate: &str, strategy: Strategy) -> Quota {
+    Quota::new(rate.parse::<Rate>().unwrap(), strategy).unwrap()
+}
+
+/// A `redis-server` child on a free loopback port, killed on drop.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts one, or `None` (skipped) when `redis-server` is not installed.
+    async fn start() -> Option<Server> {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut server = Server { port, child: None };
+        if !server.spawn() {
+            skip("redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        server.wait_ready().await;
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => {
+                self.child = Some(child);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn(), "redis-server restarts");
+        self.wait_ready().await;
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server would not die from SIGKILL's wait otherwise.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// `calls` of `cmdstat_evalsha` in `INFO commandstats`.
+async fn evalsha_calls(url: &str) -> u64 {
+    let mut conn = client_conn(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+// ---------------------------------------------------------------- connecting
+
+#[tokio::test]
+async fn connect_to_a_closed_port_fails_within_the_connect_timeout() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let result = RedisBackend::connect(format!("redis://127.0.0.1:{port}")).await;
+    let elapsed = started.elapsed();
+    let error = result.expect_err("nothing listens there");
+    assert!(matches!(error, Error::Backend(_)), "{error}");
+    assert!(error.to_string().contains("Redis"), "{error}");
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn connect_to_a_silent_server_fails_within_the_connect_timeout() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let result = RedisBackend::builder(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .await;
+    let elapsed = started.elapsed();
+    let error = result.expect_err("the server never answers");
+    assert!(matches!(error, Error::Backend(_)), "{error}");
+    assert!(error.to_string().contains("Redis"), "{error}");
+    assert!(elapsed < Duration::from_millis(800), "took {elapsed:?}");
+    accept.abort();
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused() {
+    for prefix in ["", "a{b", "a}b"] {
+        let error = RedisBackend::builder(redis_url())
+            .prefix(prefix)
+            .build()
+            .await
+            .expect_err("invalid prefix");
+        assert!(matches!(error, Error::Configuration(_)), "{error}");
+    }
+    let error = RedisBackend::connect("not a url").await.unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error}");
+}
+
+#[tokio::test]
+async fn defaults() {
+    let Some(probe) = backend("defaults").await else {
+        return;
+    };
+    drop(probe);
+    let redis = RedisBackend::connect(redis_url()).await.unwrap();
+    assert_eq!(redis.prefix(), "traffik");
+    assert!(redis.persistent());
+    assert!(ThrottleBackend::persistent(&redis));
+    assert_eq!(redis.timeout(), Duration::from_secs(1));
+    assert!(!redis.is_cluster());
+}
+
+#[tokio::test]
+async fn from_an_existing_client() {
+    let Some(probe) = backend("from-client").await else {
+        return;
+    };
+    drop(probe);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let redis = RedisBackend::builder_with_client(client)
+        .prefix(unique_prefix("from-client"))
+        .build()
+        .await
+        .unwrap();
+    let key = format!("{}:u:k:s", redis.prefix());
+    let q = quota("2/min", Strategy::TokenBucket);
+    assert!(redis.decide(&key, &q, 1).await.unwrap().allowed);
+    redis.reset().await.unwrap();
+}
+
+#[tokio::test]
+async fn quotas_too_large_for_lua_doubles_are_configuration_errors() {
+    let Some(redis) = backend("too-large").await else {
+        return;
+    };
+    let key = format!("{}:u:k:s", redis.prefix());
+    let rate = Rate::new(1000, Duration::from_secs(86_400 * 365)).unwrap();
+    let q = Quota::new(rate, Strategy::TokenBucket).unwrap();
+    let error = redis.hit(&key, &q, 1).await.unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error}");
+    assert!(error.to_string().contains("2^5"), "{error}");
+}
+
+// ---------------------------------------------------------------- exactness
+
+#[tokio::test]
+async fn concurrent_hits_admit_exactly_the_limit_for_every_strategy() {
+    let Some(redis) = backend("concurrent").await else {
+        return;
+    };
+    const LIMIT: u64 = 25;
+    const CALLERS: usize = 100;
+    for strategy in Strategy::ALL {
+        let q = quota(&format!("{LIMIT}/day"), strategy);
+        let key = format!("{}:u:one-key:{strategy}", redis.prefix());
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let redis = redis.clone();
+                let key = key.clone();
+                tokio::spawn(async move { redis.hit(&key, &q, 1).await.unwrap() })
+            })
+            .collect();
+        let mut allowed = 0;
+        for task in tasks {
+            allowed += u64::from(task.await.unwrap().allowed);
+        }
+        assert_eq!(allowed, LIMIT, "{strategy}: {CALLERS} concurrent hits");
+    }
+    redis.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_backends_with_one_prefix_share_the_count() {
+    let Some(first) = backend("shared").await else {
+        return;
+    };
+    let second = RedisBackend::builder(redis_url())
+        .prefix(first.prefix())
+        .build()
+        .await
+        .unwrap();
+    const LIMIT: u64 = 10;
+    for strategy in Strategy::ALL {
+        let q = quota(&format!("{LIMIT}/day"), strategy);
+        let key = format!("{}:u:shared:{strategy}", first.prefix());
+        let mut allowed = 0;
+        for i in 0..(3 * LIMIT) {
+            let backend = if i % 2 == 0 { &first } else { &second };
+            allowed += u64::from(backend.hit(&key, &q, 1).await.unwrap().allowed);
+        }
+        assert_eq!(allowed, LIMIT, "{strategy}");
+        // Concurrently, from both.
+        let key = format!("{key}:concurrent");
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let backend = if i % 2 == 0 {
+                    first.clone()
+                } else {
+                    second.clone()
+                };
+                let key = key.clone();
+                tokio::spawn(async move { backend.hit(&key, &q, 1).await.unwrap().allowed })
+            })
+            .collect();
+        let mut allowed = 0;
+        for task in tasks {
+            allowed += u64::from(task.await.unwrap());
+        }
+        assert_eq!(allowed, LIMIT, "{strategy} concurrent");
+    }
+    first.close().await.unwrap();
+}
+
+/// Hit sequences within a short window at long periods (where the clock does
+/// not matter) give the in-memory backend's answers.
+#[tokio::test]
+async fn burst_sequences_match_the_in_memory_backend() {
+    let Some(redis) = backend("burst").await else {
+        return;
+    };
+    let memory = InMemoryBackend::builder().prefix(redis.prefix()).build();
+    let cases: Vec<Quota> = vec![
+        quota("5/hour", Strategy::TokenBucket),
+        quota("5/hour", Strategy::TokenBucket)
+            .with_burst(8)
+            .unwrap(),
+        quota("5/hour", Strategy::FixedWindow),
+        quota("5/day", Strategy::SlidingWindowCounter),
+        quota("5/hour", Strategy::SlidingWindowLog),
+        quota("5/hour", Strategy::Gcra),
+        quota("5/hour", Strategy::Gcra).with_burst(3).unwrap(),
+    ];
+    let costs = [1, 2, 1, 9, 1, 3, 1, 1, 1, 2, 1];
+    for (n, q) in cases.iter().enumerate() {
+        let key = format!("{}:u:burst-{n}:s", redis.prefix());
+        for (i, &cost) in costs.iter().enumerate() {
+            let peek = i % 4 == 3;
+            let (from_redis, from_memory) = if peek {
+                (
+                    redis.peek(&key, q, cost).await.unwrap(),
+                    memory.peek(&key, q, cost).await.unwrap(),
+                )
+            } else {
+                (
+                    redis.hit(&key, q, cost).await.unwrap(),
+                    memory.hit(&key, q, cost).await.unwrap(),
+                )
+            };
+            let what = format!(
+                "{:?} {} step {i} cost {cost} peek {peek}",
+                q.strategy(),
+                q.rate()
+            );
+            assert_eq!(from_redis.allowed, from_memory.allowed, "{what}");
+            assert_eq!(from_redis.remaining, from_memory.remaining, "{what}");
+            assert_eq!(from_redis.limit, from_memory.limit, "{what}");
+            // The two clocks differ by the time the steps take (and the
+            // sliding window counter's windows are aligned differently).
+            let close = |a: Duration, b: Duration| {
+                let d = a.abs_diff(b);
+                d < Duration::from_millis(500)
+                    || q.strategy() == Strategy::SlidingWindowCounter && d <= q.rate().period()
+            };
+            assert!(
+                close(from_redis.retry_after, from_memory.retry_after),
+                "{what}: {from_redis:?} vs {from_memory:?}"
+            );
+            assert!(
+                close(from_redis.reset_after, from_memory.reset_after),
+                "{what}: {from_redis:?} vs {from_memory:?}"
+            );
+        }
+    }
+    redis.close().await.unwrap();
+}
+
+/// The scripts with the server's clock replaced by a time passed in: every
+/// decision (all five fields) equals `Quota::decide_micros`, over random
+/// sequences of gaps, costs, hits and peeks.
+#[tokio::test]
+async fn scripts_mirror_the_reference_arithmetic_exactly() {
+    let Some(redis) = backend("mirror").await else {
+        return;
+    };
+    let prelude = include_str!("../src/backend/redis/prelude.lua")
+        .replace("redis.call('TIME')", "{ARGV[#ARGV - 1], ARGV[#ARGV]}")
+        // The test's clock runs faster than the server's: keep keys alive
+        // (a state past its expiry is equivalent to a fresh one anyway).
+        .replace(
+            "return int(cdiv(us, 1000) + 1)",
+            "return int(cdiv(us, 1000) + 600000)",
+        );
+    assert!(prelude.contains("ARGV[#ARGV]") && prelude.contains("600000"));
+    let body = |strategy| match strategy {
+        Strategy::TokenBucket => include_str!("../src/backend/redis/token_bucket.lua"),
+        Strategy::FixedWindow => include_str!("../src/backend/redis/fixed_window.lua"),
+        Strategy::SlidingWindowCounter => {
+            include_str!("../src/backend/redis/sliding_window_counter.lua")
+        }
+        Strategy::SlidingWindowLog => include_str!("../src/backend/redis/sliding_window_log.lua"),
+        Strategy::Gcra => include_str!("../src/backend/redis/gcra.lua"),
+    };
+    let mut conn = client_conn(&redis_url()).await;
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let rates = ["3/s", "5/2s", "10/min", "7/300ms", "1/s", "4/1500ms"];
+    let mut steps = 0;
+    for strategy in Strategy::ALL {
+        let script = redis::Script::new(&format!("{prelude}\n{}", body(strategy)));
+        for (r, rate) in rates.iter().enumerate() {
+            let mut quotas = vec![quota(rate, strategy)];
+            if matches!(strategy, Strategy::TokenBucket | Strategy::Gcra) {
+                quotas.push(quota(rate, strategy).with_burst(2 + r as u64).unwrap());
+            }
+            for (b, q) in quotas.iter().enumerate() {
+                let key = format!("{}:{{mirror-{strategy}-{r}-{b}}}", redis.prefix());
+                let mut state = State::new();
+                // A realistic Unix time in microseconds, with a random offset.
+                let mut now: u64 = 1_700_000_000_000_000 + next(1 << 40);
+                let period = q.period_micros();
+                for step in 0..150 {
+                    now += match next(6) {
+                        0 => 0,
+                        1 => next(50),
+                        2 => next(period / q.limit() + 1),
+                        3 => next(period),
+                        4 => period + next(period),
+                        _ => next(period / 4 + 1),
+                    };
+                    let cost = 1 + next(q.capacity() + 1);
+                    let record = next(5) != 0;
+                    let expected = if record {
+                        q.decide_micros(&mut state, now, cost).0
+                    } else {
+                        q.decide_micros(&mut state.clone(), now, cost).0
+                    };
+                    let mut invocation = script.key(&key);
+                    invocation.arg(if record { "1" } else { "0" });
+                    match strategy {
+                        Strategy::TokenBucket => {
+                            invocation
+                                .arg(q.limit())
+                                .arg(period)
+                                .arg(q.capacity())
+                                .arg(cost);
+                        }
+                        Strategy::Gcra => {
+                            invocation
+                                .arg(q.emission_interval())
+                                .arg(q.capacity())
+                                .arg(period)
+                                .arg(cost);
+                        }
+                        _ => {
+                            invocation.arg(q.limit()).arg(period).arg(cost);
+                        }
+                    }
+                    invocation.arg(now / 1_000_000).arg(now % 1_000_000);
+                    let [allowed, remaining, reset, retry]: [i64; 4] =
+                        invocation.invoke_async(&mut conn).await.unwrap();
+                    let got = Decision {
+                        allowed: allowed == 1,
+                        limit: q.capacity(),
+                        remaining: remaining as u64,
+                        reset_after: Duration::from_micros(reset as u64),
+                        retry_after: if allowed == 1 {
+                            Duration::ZERO
+                        } else {
+                            Duration::from_micros(retry as u64)
+                        },
+                    };
+                    assert_eq!(
+                        got,
+                        expected,
+                        "{strategy} {} burst {} step {step} now {now} cost {cost} record {record}",
+                        q.rate(),
+                        q.capacity()
+                    );
+                    steps += 1;
+                }
+            }
+        }
+    }
+    assert!(steps > 4000);
+    redis.close().await.unwrap();
+}
+
+/// A short period, waiting for the refill: `retry_after` is exact enough to
+/// wait on, and keys expire once their state is fresh again.
+#[tokio::test]
+async fn short_periods_refill_after_retry_after() {
+    let Some(redis) = backend("refill").await else {
+        return;
+    };
+    let mut conn = client_conn(&redis_url()).await;
+    for strategy in Strategy::ALL {
+        let q = quota("3/300ms", strategy);
+        let key = format!("{}:u:refill:{strategy}", redis.prefix());
+        let mut last = None;
+        for _ in 0..3 {
+            let d = redis.hit(&key, &q, 1).await.unwrap();
+            assert!(d.allowed, "{strategy}");
+            last = Some(d);
+        }
+        let denied = redis.hit(&key, &q, 1).await.unwrap();
+        assert!(!denied.allowed, "{strategy}");
+        assert_eq!(denied.remaining, 0, "{strategy}");
+        assert!(denied.retry_after > Duration::ZERO, "{strategy}");
+        assert!(
+            denied.retry_after <= Duration::from_millis(600),
+            "{strategy}: {denied:?}"
+        );
+        // Redis keeps the key, expiring when the state is fresh again.
+        let stored = redis.storage_key(&key, strategy);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&stored)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let reset_ms = last.unwrap().reset_after.as_millis() as i64;
+        assert!(
+            pttl > 0 && pttl <= reset_ms + 2,
+            "{strategy}: pttl {pttl} reset {reset_ms}"
+        );
+        tokio::time::sleep(denied.retry_after + Duration::from_millis(15)).await;
+        assert!(
+            redis.hit(&key, &q, 1).await.unwrap().allowed,
+            "{strategy} after retry_after"
+        );
+        let reset = redis.peek(&key, &q, 1).await.unwrap().reset_after;
+        tokio::time::sleep(reset + Duration::from_millis(20)).await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&stored)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "{strategy}: the key expired after reset_after");
+        let fresh = redis.peek(&key, &q, 1).await.unwrap();
+        assert_eq!(
+            fresh.remaining, 2,
+            "{strategy}: full again (peek of cost 1)"
+        );
+    }
+    redis.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn peek_never_writes() {
+    let Some(redis) = backend("peek").await else {
+        return;
+    };
+    let mut conn = client_conn(&redis_url()).await;
+    for strategy in Strategy::ALL {
+        let q = quota("4/min", strategy);
+        let key = format!("{}:u:peek:{strategy}", redis.prefix());
+        let stored = redis.storage_key(&key, strategy);
+        let first = redis.peek(&key, &q, 1).await.unwrap();
+        assert!(first.allowed, "{strategy}");
+        assert_eq!(first.remaining, 3, "{strategy}");
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&stored)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "{strategy}: peek created no key");
+        redis.hit(&key, &q, 2).await.unwrap();
+        for _ in 0..3 {
+            let peeked = redis.peek(&key, &q, 1).await.unwrap();
+            assert!(peeked.allowed, "{strategy}");
+            assert_eq!(peeked.remaining, 1, "{strategy}");
+        }
+        assert_eq!(
+            redis.hit(&key, &q, 1).await.unwrap().remaining,
+            1,
+            "{strategy}"
+        );
+    }
+    redis.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+#[tokio::test]
+async fn non_persistent_reset_removes_only_its_own_prefix() {
+    let Some(redis) = backend("reset").await else {
+        return;
+    };
+    let url = redis_url();
+    let mut conn = client_conn(&url).await;
+    let prefix = redis.prefix().to_owned();
+    // Foreign keys: another prefix, a prefix that starts like ours, no colon.
+    let foreign = [
+        format!("{prefix}x:{{u:k:s}}:tb"),
+        format!("other-{prefix}:k"),
+        prefix.clone(),
+    ];
+    for key in &foreign {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let q = quota("5/min", Strategy::TokenBucket);
+    for i in 0..2500 {
+        // Enough keys for several SCAN batches.
+        let key = format!("{prefix}:u:{i}:s");
+        redis.hit(&key, &q, 1).await.unwrap();
+    }
+    let count = |conn: &mut redis::aio::MultiplexedConnection, pattern: String| {
+        let mut conn = conn.clone();
+        async move {
+            let mut n = 0;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                n += keys.len();
+                cursor = next;
+                if cursor == 0 {
+                    return n;
+                }
+            }
+        }
+    };
+    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 2500);
+    // A second non-persistent backend on the same prefix clears it on build.
+    let again = RedisBackend::builder(url.clone())
+        .prefix(prefix.clone())
+        .persistent(false)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    for key in &foreign {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 1, "{key} survives");
+    }
+    // reset() and close() clear too.
+    redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
+    again.reset().await.unwrap();
+    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
+    again.close().await.unwrap();
+    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    // A persistent backend keeps its keys on build and close.
+    redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
+    let persistent = RedisBackend::builder(url.clone())
+        .prefix(prefix.clone())
+        .build()
+        .await
+        .unwrap();
+    persistent.close().await.unwrap();
+    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 1);
+    persistent.reset().await.unwrap();
+    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    for key in &foreign {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn glob_characters_in_the_prefix_match_only_themselves() {
+    let Some(probe) = backend("glob").await else {
+        return;
+    };
+    let base = probe.prefix().to_owned();
+    let url = redis_url();
+    let star = RedisBackend::builder(url.clone())
+        .prefix(format!("{base}*"))
+        .build()
+        .await
+        .unwrap();
+    let plain = RedisBackend::builder(url.clone())
+        .prefix(format!("{base}-plain"))
+        .build()
+        .await
+        .unwrap();
+    let q = quota("5/min", Strategy::FixedWindow);
+    let key = |b: &RedisBackend| format!("{}:u:k:s", b.prefix());
+    star.hit(&key(&star), &q, 1).await.unwrap();
+    plain.hit(&key(&plain), &q, 1).await.unwrap();
+    star.reset().await.unwrap();
+    assert_eq!(plain.peek(&key(&plain), &q, 1).await.unwrap().remaining, 3);
+    assert_eq!(star.peek(&key(&star), &q, 1).await.unwrap().remaining, 4);
+    plain.reset().await.unwrap();
+}
+
+#[tokio::test]
+async fn script_flush_is_recovered_from() {
+    let Some(redis) = backend("noscript").await else {
+        return;
+    };
+    let mut conn = client_conn(&redis_url()).await;
+    for strategy in Strategy::ALL {
+        let q = quota("5/min", strategy);
+        let key = format!("{}:u:flush:{strategy}", redis.prefix());
+        assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let d = redis.hit(&key, &q, 1).await.unwrap();
+        assert!(d.allowed, "{strategy}");
+        assert_eq!(d.remaining, 3, "{strategy}");
+    }
+    redis.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------- outages
+
+#[tokio::test]
+async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
+    let Some(mut server) = Server::start().await else {
+        return;
+    };
+    let timeout = Duration::from_millis(300);
+    let redis = RedisBackend::builder(server.url())
+        .prefix(unique_prefix("outage"))
+        .timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::TokenBucket);
+    let key = format!("{}:u:k:s", redis.prefix());
+    // Load from 8 callers while the server dies.
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let redis = redis.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let mut errors = 0;
+                let deadline = Instant::now() + Duration::from_millis(600);
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    let result = redis.hit(&key, &q, 1).await;
+                    let elapsed = started.elapsed();
+                    assert!(
+                        elapsed < timeout + Duration::from_millis(200),
+                        "a hit took {elapsed:?}"
+                    );
+                    if result.is_err() {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill();
+    let mut errors = 0;
+    for task in load {
+        errors += task.await.unwrap();
+    }
+    assert!(errors > 0, "hits failed while the server was down");
+    // Down: every hit is an Err within the timeout.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let error = redis.hit(&key, &q, 1).await.unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(matches!(error, Error::Backend(_)), "{error}");
+        assert!(error.to_string().contains("Redis"), "{error}");
+        assert!(
+            elapsed < timeout + Duration::from_millis(200),
+            "took {elapsed:?}"
+        );
+    }
+    // Back on the same port: the same backend recovers by itself.
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match redis.hit(&key, &q, 1).await {
+            Ok(decision) => {
+                assert!(decision.allowed);
+                break;
+            }
+            Err(error) => {
+                assert!(Instant::now() < deadline, "no recovery: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // The scripts were lost with the server: NOSCRIPT is recovered from.
+    for strategy in Strategy::ALL {
+        let q = quota("5/min", strategy);
+        assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_times_out() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let timeout = Duration::from_millis(250);
+    let redis = RedisBackend::builder(server.url())
+        .prefix(unique_prefix("paused"))
+        .timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let q = quota("100/min", Strategy::Gcra);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    server.signal("-STOP");
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let redis = redis.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = redis.hit(&key, &q, 1).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (result, elapsed) = task.await.unwrap();
+        let error = result.unwrap_err();
+        assert!(matches!(error, Error::Backend(_)), "{error}");
+        assert!(error.to_string().contains("Redis"), "{error}");
+        assert!(
+            elapsed < timeout + Duration::from_millis(200),
+            "took {elapsed:?}"
+        );
+    }
+    server.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.hit(&key, &q, 1).await.is_err() {
+        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- deny cache
+
+#[tokio::test]
+async fn the_deny_cache_spares_round_trips_until_retry_after() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let url = server.url();
+    let cached = RedisBackend::builder(url.clone())
+        .prefix(unique_prefix("deny"))
+        .deny_cache(true)
+        .build()
+        .await
+        .unwrap();
+    let q = quota("2/500ms", Strategy::FixedWindow);
+    let key = format!("{}:u:k:s", cached.prefix());
+    let before = evalsha_calls(&url).await;
+    assert!(cached.hit(&key, &q, 1).await.unwrap().allowed);
+    assert!(cached.hit(&key, &q, 1).await.unwrap().allowed);
+    let denied = cached.hit(&key, &q, 1).await.unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(evalsha_calls(&url).await - before, 3);
+    // Denied locally, with retry_after counting down.
+    let mut previous = denied.retry_after;
+    for _ in 0..50 {
+        let again = cached.hit(&key, &q, 1).await.unwrap();
+        assert!(!again.allowed);
+        assert!(again.retry_after <= previous);
+        previous = again.retry_after;
+    }
+    assert_eq!(evalsha_calls(&url).await - before, 3, "answered locally");
+    // Another cost or another key still asks Redis.
+    assert!(!cached.hit(&key, &q, 2).await.unwrap().allowed);
+    assert!(cached.hit(&format!("{key}2"), &q, 1).await.unwrap().allowed);
+    assert_eq!(evalsha_calls(&url).await - before, 5);
+    // After retry_after, the key is allowed again (asked to Redis).
+    tokio::time::sleep(denied.retry_after + Duration::from_millis(10)).await;
+    assert!(cached.hit(&key, &q, 1).await.unwrap().allowed);
+    assert_eq!(evalsha_calls(&url).await - before, 6);
+    // reset() forgets cached denials.
+    cached.hit(&key, &q, 1).await.unwrap();
+    assert!(!cached.hit(&key, &q, 1).await.unwrap().allowed);
+    cached.reset().await.unwrap();
+    assert!(cached.hit(&key, &q, 1).await.unwrap().allowed);
+
+    // Without the cache (the default), every denial is a round trip.
+    let plain = RedisBackend::builder(url.clone())
+        .prefix(unique_prefix("deny-off"))
+        .build()
+        .await
+        .unwrap();
+    let key = format!("{}:u:k:s", plain.prefix());
+    let before = evalsha_calls(&url).await;
+    for _ in 0..10 {
+        plain.hit(&key, &q, 1).await.unwrap();
+    }
+    assert_eq!(evalsha_calls(&url).await - before, 10);
+}
