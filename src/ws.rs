@@ -69,6 +69,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use futures_util::stream::FusedStream;
 use futures_util::{Sink, Stream};
 use pin_project_lite::pin_project;
 
@@ -670,6 +671,17 @@ where
                 }
             }
         }
+    }
+}
+
+impl<S, M, E> FusedStream for GuardedSocket<S, M>
+where
+    S: Stream<Item = Result<M, E>> + Sink<M>,
+    <S as Sink<M>>::Error: Into<E>,
+    M: WsMessage,
+{
+    fn is_terminated(&self) -> bool {
+        matches!(self.state, State::Done)
     }
 }
 
