@@ -1459,3 +1459,33 @@ async fn socket_addr_peer_for_a_throttle_hit() {
     req.extensions_mut().insert(other);
     assert!(t.hit(&req).await.is_ok());
 }
+
+#[tokio::test]
+async fn hit_in_a_handler_uses_the_throttles_custom_response() {
+    let t = HttpThrottle::builder()
+        .uid("os-handler-custom")
+        .limit(1)
+        .minutes(1)
+        .headers(RateLimitHeaders::Legacy)
+        .on_throttled(body_responder("custom from handler"))
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route(
+        "/h",
+        get(move |req: AxumRequest| {
+            let t = t.clone();
+            async move {
+                t.hit(&req).await?;
+                Ok::<_, Error>("ok")
+            }
+        }),
+    );
+    assert_eq!(send(&app, at("/h", PEER)).await.status, 200);
+    let reply = send(&app, at("/h", PEER)).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.body, "custom from handler");
+    assert!(reply.retry_after() >= 1);
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+}

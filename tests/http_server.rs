@@ -462,3 +462,72 @@ async fn slow_handlers_do_not_block_the_throttle() {
     let (ok, throttled, _) = burst(&client(), addr, Method::GET, "/slow", 4).await;
     assert_eq!((ok, throttled), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_requests_are_throttled_like_any_request() {
+    use axum::extract::ws::WebSocketUpgrade;
+
+    let t = HttpThrottle::builder()
+        .uid("sv-ws-upgrade")
+        .limit(1)
+        .hours(1)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route(
+        "/ws",
+        get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket| async move {
+                let _ = socket
+                    .send(axum::extract::ws::Message::Text("hi".into()))
+                    .await;
+            })
+        })
+        .route_layer(t.layer()),
+    );
+    let addr = serve(app).await;
+    let url = format!("ws://{addr}/ws");
+    let (mut socket, response) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the first handshake is allowed");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    use futures_util::StreamExt;
+    let first = socket.next().await.unwrap().unwrap();
+    assert_eq!(first.into_text().unwrap().as_str(), "hi");
+
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(other) => panic!("expected an HTTP 429, got {other:?}"),
+        Ok(_) => panic!("the second handshake must be throttled"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_requests_are_all_admitted_in_turn() {
+    use traffik::Exceeded;
+
+    let t = HttpThrottle::builder()
+        .uid("sv-wait")
+        .limit(1)
+        .milliseconds(300)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(10),
+        })
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    let addr = serve(app).await;
+    let start = std::time::Instant::now();
+    let (ok, throttled, _) = burst(&client(), addr, Method::GET, "/w", 3).await;
+    assert_eq!((ok, throttled), (3, 0));
+    // One admitted at once, then one per 300 ms.
+    assert!(
+        start.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        start.elapsed()
+    );
+}
