@@ -551,3 +551,42 @@ async fn one_tenant_on_redis_one_in_memory() {
     redis.reset().await.unwrap();
     redis.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn nested_scope_layers_innermost_wins() {
+    // An outer scope layer for the whole app, an inner one on one route.
+    let outer = InMemoryBackend::new();
+    let inner = InMemoryBackend::new();
+    let t = dynamic_throttle(1);
+    let (outer_select, inner_select) = (outer.clone(), inner.clone());
+    let app = Router::new()
+        .route(
+            "/inner",
+            get(|| async { "inner" })
+                .route_layer(t.layer())
+                .route_layer(BackendScopeLayer::new(move |_: &Parts| {
+                    inner_select.clone()
+                })),
+        )
+        .route("/outer", get(|| async { "outer" }).route_layer(t.layer()))
+        .layer(BackendScopeLayer::new(move |_: &Parts| {
+            outer_select.clone()
+        }));
+    assert_eq!(status(&app, "x", "/inner").await, 200);
+    assert_eq!(status(&app, "x", "/inner").await, 429);
+    assert_eq!((outer.len(), inner.len()), (0, 1));
+    assert_eq!(status(&app, "x", "/outer").await, 200);
+    assert_eq!(status(&app, "x", "/outer").await, 429);
+    assert_eq!((outer.len(), inner.len()), (1, 1));
+}
+
+#[tokio::test]
+async fn scope_returns_a_nameable_future() {
+    // `scope` returns `BackendScope<F>`, so it can be stored in a struct or
+    // used as a Tower response future.
+    let memory = InMemoryBackend::builder().prefix("named").build();
+    let future: backend::BackendScope<_> = backend::scope(memory, async {
+        backend::current().map(|b| b.prefix().to_owned())
+    });
+    assert_eq!(future.await.as_deref(), Some("named"));
+}
