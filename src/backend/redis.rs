@@ -254,6 +254,18 @@ impl RedisBackend {
         RedisBackendBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
     }
 
+    /// The SHA1 under which `strategy`'s script runs (`EVALSHA <sha> 1 <key>
+    /// ...`): for preloading with `SCRIPT LOAD` in a locked-down deployment,
+    /// or for `redis-benchmark` (scripts/bench-redis.sh).
+    ///
+    /// ```
+    /// use traffik::{backend::RedisBackend, Strategy};
+    /// assert_eq!(RedisBackend::script_sha(Strategy::TokenBucket).len(), 40);
+    /// ```
+    pub fn script_sha(strategy: Strategy) -> &'static str {
+        script_for(strategy).get_hash()
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
