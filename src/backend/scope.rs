@@ -44,7 +44,18 @@ tokio::task_local! {
 ///
 /// `backend` is taken by value, like `.backend(..)`: pass a clone
 /// (`InMemoryBackend` and the other backends are cheap to clone and clones
-/// share state) or an `Arc<dyn ThrottleBackend>`.
+/// share state) or an `Arc<dyn ThrottleBackend>`. For a backend per request,
+/// use [`BackendScopeLayer`].
+///
+/// * A throttle looks the scope up when `hit`/`peek` is **called**, not when
+///   its future is polled: write `scope(backend, async { throttle.hit(&req).await })`
+///   so that the hit is created inside the scope (a bare
+///   `scope(backend, throttle.hit(&req))` creates it outside).
+/// * The scope is a Tokio task-local: `tokio::spawn`ed tasks start outside
+///   any scope. Carry it over with `tokio::spawn(scope(current().unwrap(), future))`.
+/// * A throttle built with `.dynamic_backend()` that finds no scope fails
+///   with [`Error::Configuration`](crate::Error::Configuration) (a 500 from a
+///   layer).
 ///
 /// ```
 /// use traffik::backend::{self, InMemoryBackend};
