@@ -571,14 +571,15 @@ async fn default_429_status_headers_and_body() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sub_second_retry_after_rounds_up_to_one() {
+    // Paused time: the window cannot end between the two requests.
     let t = HttpThrottle::builder()
         .uid("os-subsecond")
         .limit(1)
         .milliseconds(300)
         .strategy(Strategy::FixedWindow)
-        .backend(InMemoryBackend::new())
+        .backend(InMemoryBackend::builder().clock(TokioClock::new()).build())
         .build()
         .unwrap();
     let app = Router::new().route("/d", get(ok).route_layer(t.layer()));
