@@ -455,11 +455,20 @@ enum State<M> {
     Done,
 }
 
-/// What comes after a notice or close frame is flushed.
+/// What comes after a notice or close frame is flushed (or fails).
 #[derive(Clone, Copy)]
 enum After {
     Read,
     End,
+}
+
+impl After {
+    fn state<M>(self) -> State<M> {
+        match self {
+            After::Read => State::Reading,
+            After::End => State::Done,
+        }
+    }
 }
 
 pin_project! {
@@ -634,12 +643,12 @@ where
                 State::Sending { message, then } => {
                     let then = *then;
                     if let Err(error) = ready!(this.socket.as_mut().poll_ready(cx)) {
-                        *this.state = State::Reading;
+                        *this.state = then.state();
                         return Poll::Ready(Some(Err(error.into())));
                     }
                     let message = message.take().expect("a message to send");
                     if let Err(error) = this.socket.as_mut().start_send(message) {
-                        *this.state = State::Reading;
+                        *this.state = then.state();
                         return Poll::Ready(Some(Err(error.into())));
                     }
                     *this.state = State::Flushing { then };
@@ -648,10 +657,7 @@ where
                 State::Flushing { then } => {
                     let then = *then;
                     let flushed = ready!(this.socket.as_mut().poll_flush(cx));
-                    *this.state = match then {
-                        After::Read => State::Reading,
-                        After::End => State::Done,
-                    };
+                    *this.state = then.state();
                     if let Err(error) = flushed {
                         return Poll::Ready(Some(Err(error.into())));
                     }
