@@ -22,6 +22,9 @@ use crate::{BoxError, Error, HttpThrottle, Throttled};
 
 type HookFn = Arc<dyn Fn(&Parts) -> BoxFuture<bool> + Send + Sync>;
 
+/// A rule's check still to be awaited.
+type PendingCheck = BoxFuture<Result<Verdict, Error>>;
+
 /// A throttle with filters, for [`ThrottleLayer`]: it applies to a request
 /// when all its filters match — `methods` (case-insensitive), `path` (a regex
 /// matched at the start of the path), and `hook` (an async predicate, checked
@@ -303,7 +306,7 @@ impl LayerConfig {
         &self,
         parts: &Parts,
         infos: &mut Vec<RateLimitInfo>,
-    ) -> Result<Option<Error>, (usize, Option<BoxFuture<Result<Verdict, Error>>>)> {
+    ) -> Result<Option<Error>, (usize, Option<PendingCheck>)> {
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(parts) {
                 continue;
@@ -328,7 +331,7 @@ impl LayerConfig {
         self: Arc<Self>,
         parts: Parts,
         start: usize,
-        pending: Option<BoxFuture<Result<Verdict, Error>>>,
+        pending: Option<PendingCheck>,
         mut infos: Vec<RateLimitInfo>,
     ) -> (Parts, Outcome) {
         if let Some(pending) = pending {
