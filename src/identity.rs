@@ -82,6 +82,27 @@ impl From<IpAddr> for Identity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     networks: Vec<IpNet>,
+    header: ForwardedHeader,
+}
+
+/// Which forwarding header a [`TrustedProxies`] set reads.
+///
+/// Name the one your proxy *writes*: a proxy that appends to
+/// `X-Forwarded-For` usually passes a client-sent `Forwarded` through
+/// untouched (and the other way round), so reading a header the proxy does
+/// not write lets clients pick their own identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` when present, else `Forwarded`, else `X-Real-IP`
+    /// (default: `X-Forwarded-For` is what most proxies and load balancers write).
+    #[default]
+    Auto,
+    /// Only `X-Forwarded-For`.
+    XForwardedFor,
+    /// Only `Forwarded` (RFC 7239, its `for=` parameters).
+    Forwarded,
+    /// Only `X-Real-IP` (a single address).
+    XRealIp,
 }
 
 impl TrustedProxies {
@@ -107,7 +128,22 @@ impl TrustedProxies {
             };
             parsed.push(net.trunc());
         }
-        Ok(TrustedProxies { networks: parsed })
+        Ok(TrustedProxies {
+            networks: parsed,
+            header: ForwardedHeader::Auto,
+        })
+    }
+
+    /// Reads only `header` (default [`ForwardedHeader::Auto`]).
+    ///
+    /// ```
+    /// use traffik::{identity::ForwardedHeader, TrustedProxies};
+    /// let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap().header(ForwardedHeader::Forwarded);
+    /// # drop(proxies);
+    /// ```
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
     }
 
     /// No trusted proxy: forwarding headers are ignored (the default).
@@ -132,7 +168,7 @@ impl TrustedProxies {
         if self.networks.is_empty() || !self.contains(peer) {
             return peer;
         }
-        let chain = forwarded_chain(headers);
+        let chain = forwarded_chain(headers, self.header);
         let mut client = peer;
         for hop in chain.iter().rev() {
             match hop {
@@ -161,11 +197,30 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The forwarding chain, left (client) to right (nearest proxy): from
-/// `Forwarded`, else `X-Forwarded-For`, else `X-Real-IP`. `None` marks an
-/// entry that is not an address (`unknown`, an obfuscated name, garbage).
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<Option<IpAddr>> = headers
+/// The forwarding chain, left (client) to right (nearest proxy), from the
+/// chosen header. `None` marks an entry that is not an address (`unknown`, an
+/// obfuscated name, garbage).
+fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
+    match header {
+        ForwardedHeader::XForwardedFor => x_forwarded_for(headers),
+        ForwardedHeader::Forwarded => forwarded(headers),
+        ForwardedHeader::XRealIp => x_real_ip(headers),
+        ForwardedHeader::Auto => {
+            let chain = x_forwarded_for(headers);
+            if !chain.is_empty() {
+                return chain;
+            }
+            let chain = forwarded(headers);
+            if !chain.is_empty() {
+                return chain;
+            }
+            x_real_ip(headers)
+        }
+    }
+}
+
+fn forwarded(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
         .get_all(http::header::FORWARDED)
         .iter()
         .filter_map(|value| value.to_str().ok())
@@ -178,20 +233,20 @@ fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
                     .then(|| parse_node(value.trim().trim_matches('"')))
             })
         })
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded;
-    }
-    let xff: Vec<Option<IpAddr>> = headers
+        .collect()
+}
+
+fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(|entry| parse_node(entry.trim()))
-        .collect();
-    if !xff.is_empty() {
-        return xff;
-    }
+        .collect()
+}
+
+fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get("x-real-ip")
         .and_then(|value| value.to_str().ok())
@@ -316,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_header_takes_precedence() {
+    fn header_choice() {
         let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
         let h = headers(&[
             (
@@ -325,13 +380,27 @@ mod tests {
             ),
             ("x-forwarded-for", "9.9.9.9"),
         ]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        // Auto: X-Forwarded-For first.
         assert_eq!(
-            proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
+            proxies.client_ip(peer, &h),
+            "9.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        let forwarded = proxies.clone().header(ForwardedHeader::Forwarded);
+        assert_eq!(
+            forwarded.client_ip(peer, &h),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+        // Only the chosen header is read.
+        let real_ip = proxies.clone().header(ForwardedHeader::XRealIp);
+        assert_eq!(real_ip.client_ip(peer, &h), peer);
         let h = headers(&[("x-real-ip", "4.4.4.4")]);
         assert_eq!(
-            proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
+            proxies.client_ip(peer, &h),
+            "4.4.4.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            real_ip.client_ip(peer, &h),
             "4.4.4.4".parse::<IpAddr>().unwrap()
         );
     }

@@ -2,7 +2,46 @@
 //!
 //! Rate limiting ("throttling") for Tower services: Axum routers, Hyper
 //! services and WebSocket message streams, with counters in memory or in
-//! Redis (Redis Cluster included).
+//! Redis (Redis Cluster included). A Rust take on the Python library Traffik.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use http::Method;
+//! use traffik::backend::InMemoryBackend;
+//! use traffik::{HttpThrottle, MiddlewareThrottle, ThrottleLayer};
+//!
+//! # fn main() -> Result<(), traffik::Error> {
+//! let memory = InMemoryBackend::new();
+//!
+//! // Per route: 5 requests per 10 seconds per client IP.
+//! let hello = HttpThrottle::builder()
+//!     .uid("hello")
+//!     .limit(5)
+//!     .seconds(10)
+//!     .backend(memory.clone())
+//!     .build()?;
+//!
+//! // Global rules, evaluated in order.
+//! let writes = HttpThrottle::builder().uid("writes").rate("10/min").build()?;
+//! let api = HttpThrottle::builder().uid("api").rate("100/min").build()?;
+//! let layer = ThrottleLayer::new(memory.clone())
+//!     .rule(MiddlewareThrottle::new(writes).methods([Method::POST, Method::PUT, Method::DELETE]))
+//!     .rule(MiddlewareThrottle::new(api).path(r"/api/"));
+//!
+//! let app: Router = Router::new()
+//!     .route("/hello", get(|| async { "hello" }).route_layer(hello.layer()))
+//!     .route("/api/items", get(|| async { "[]" }))
+//!     .layer(layer);
+//! // Serve with connect info so the default identifier sees client addresses:
+//! // axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Data flows one way: request → [rule matching](MiddlewareThrottle) →
+//! [identity](Identity) → key → [backend](backend::ThrottleBackend) decision
+//! ([`Strategy`]) → pass through, or a 429 with `Retry-After`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -18,7 +57,7 @@ mod throttle;
 pub mod ws;
 
 pub use error::{BackendError, BoxError, Error};
-pub use identity::{Identity, TrustedProxies};
+pub use identity::{ForwardedHeader, Identity, TrustedProxies};
 pub use layer::{MiddlewareThrottle, ResponseBody, ResponseFuture, ThrottleLayer, ThrottleService};
 pub use rate::Rate;
 pub use response::{RateLimitHeaders, Throttled};

@@ -422,7 +422,10 @@ pub(crate) fn route_of<'a>(extensions: &'a Extensions, uri: &'a Uri) -> &'a str 
 ///
 /// By default a request is identified by its client IP address (IPv6 masked
 /// to its /64) and counted per method and route:
-/// `{prefix}:{uid}:{ip}:http:{METHOD}:{route}`.
+/// `{prefix}:{uid}:{ip}:http:{METHOD}:{route}` (`HEAD` counts as `GET`;
+/// `route` is Axum's `MatchedPath` when present, else the URI path, so a
+/// global rule over unrouted paths counts each path apart — use
+/// `.shared_across_routes()` for a throttle meant to stop path scans).
 ///
 /// ```
 /// use traffik::{backend::InMemoryBackend, HttpThrottle, Strategy};
@@ -547,7 +550,9 @@ impl HttpInner {
                 };
                 let backend = match core.resolve_backend(fallback) {
                     Ok(backend) => backend,
-                    Err(error) => return Check::Ready(Err(error)),
+                    // No scope now: look again when the future is first
+                    // polled, which may happen inside a scope.
+                    Err(_) => return self.check_async(request, fallback, mode),
                 };
                 let key = self.key(
                     backend.prefix(),
@@ -558,7 +563,17 @@ impl HttpInner {
                 return core.decide(backend, key, quota, mode);
             }
         }
-        // Slow path: closures to await.
+        self.check_async(request, fallback, mode)
+    }
+
+    /// The general path: closures to await, a backend to find.
+    fn check_async<R: RequestHead>(
+        self: &Arc<Self>,
+        request: &R,
+        fallback: Option<&DynBackend>,
+        mode: Mode,
+    ) -> Check {
+        let core = &self.core;
         let parts = request.to_parts();
         let identity = match &self.identifier {
             Some(identifier) => IdentityStep::Future(identifier(&parts)),
@@ -570,8 +585,10 @@ impl HttpInner {
         };
         let method = parts.method.clone();
         let route = route_of(&parts.extensions, &parts.uri).to_owned();
-        // Resolve scoped backends now, at call time.
+        // Resolve scoped backends at call time; failing that, when the future
+        // is first polled (`scope(b, t.hit(&req))` works too).
         let backend = core.resolve_backend(fallback);
+        let fallback = fallback.cloned();
         let this = Arc::clone(self);
         Check::Pending(Box::pin(async move {
             let identity = match identity {
@@ -588,7 +605,10 @@ impl HttpInner {
             let Some(quota) = quota else {
                 return Ok(Verdict::exempt());
             };
-            let backend = backend?;
+            let backend = match backend {
+                Ok(backend) => backend,
+                Err(_) => this.core.resolve_backend(fallback.as_ref())?,
+            };
             let key = this.key(backend.prefix(), identity.borrowed(), &method, &route);
             this.core.decide(backend, key, quota, mode).wait().await
         }))
@@ -608,7 +628,14 @@ impl HttpInner {
         if self.shared_across_routes {
             key.push_str(":http:*");
         } else {
-            let _ = write!(key, ":http:{}:{}", method.as_str(), route);
+            // HEAD counts as GET: Axum answers HEAD with the GET handler, and a
+            // separate HEAD counter would double a client's quota.
+            let method = if method == Method::HEAD {
+                Method::GET.as_str()
+            } else {
+                method.as_str()
+            };
+            let _ = write!(key, ":http:{method}:{route}");
         }
         key
     }

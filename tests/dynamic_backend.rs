@@ -590,3 +590,20 @@ async fn scope_returns_a_nameable_future() {
     });
     assert_eq!(future.await.as_deref(), Some("named"));
 }
+
+#[tokio::test]
+async fn a_hit_created_outside_a_scope_resolves_it_when_awaited_inside() {
+    let t = dynamic_throttle(1);
+    let backend = InMemoryBackend::new();
+    // The future is created before the scope exists and awaited inside it.
+    let first = backend::scope(backend.clone(), t.hit(&request("/late"))).await;
+    assert!(first.unwrap().allowed);
+    let second = backend::scope(backend.clone(), t.hit(&request("/late"))).await;
+    assert!(matches!(second, Err(Error::Throttled(_))), "{second:?}");
+    // Awaited outside any scope: the configuration error.
+    let outside = t.hit(&request("/late")).await;
+    assert!(
+        matches!(outside, Err(Error::Configuration(_))),
+        "{outside:?}"
+    );
+}

@@ -1490,3 +1490,64 @@ async fn hit_in_a_handler_uses_the_throttles_custom_response() {
     assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
 }
+
+#[tokio::test]
+async fn head_counts_as_get() {
+    let t = HttpThrottle::builder()
+        .uid("head-as-get")
+        .limit(2)
+        .hours(1)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/page", get(ok).route_layer(t.layer()));
+    let head = || request("HEAD", "/page", Some(PEER), &[]);
+    let get_req = || request("GET", "/page", Some(PEER), &[]);
+    assert_eq!(send(&app, head()).await.status, 200);
+    assert_eq!(send(&app, get_req()).await.status, 200);
+    assert_eq!(send(&app, head()).await.status, 429);
+    assert_eq!(send(&app, get_req()).await.status, 429);
+}
+
+#[tokio::test]
+async fn auto_prefers_x_forwarded_for_and_a_chosen_header_is_the_only_one_read() {
+    use traffik::ForwardedHeader;
+    let via = |headers: &[(&str, &str)]| request("GET", "/api/x", Some("127.0.0.1:5000"), headers);
+    let proxies = TrustedProxies::new(["127.0.0.0/8"]).unwrap();
+    // Auto: a proxy writing X-Forwarded-For passes a client's Forwarded
+    // through; X-Forwarded-For wins, so the forged Forwarded changes nothing.
+    let t = HttpThrottle::builder()
+        .uid("fwd-auto")
+        .limit(1)
+        .hours(1)
+        .trusted_proxies(proxies.clone())
+        .build()
+        .unwrap();
+    let app =
+        rules_app(ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(t)));
+    let forged = |n: u8| {
+        let forwarded = format!("for=203.0.113.{n}");
+        via(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("forwarded", &forwarded),
+        ])
+    };
+    assert_eq!(send(&app, forged(1)).await.status, 200);
+    assert_eq!(send(&app, forged(2)).await.status, 429);
+    // Forwarded only: X-Forwarded-For is ignored.
+    let t = HttpThrottle::builder()
+        .uid("fwd-only")
+        .limit(1)
+        .hours(1)
+        .trusted_proxies(proxies.header(ForwardedHeader::Forwarded))
+        .build()
+        .unwrap();
+    let app =
+        rules_app(ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(t)));
+    let spoof = |n: u8| {
+        let xff = format!("203.0.113.{n}");
+        via(&[("x-forwarded-for", &xff), ("forwarded", "for=198.51.100.1")])
+    };
+    assert_eq!(send(&app, spoof(1)).await.status, 200);
+    assert_eq!(send(&app, spoof(2)).await.status, 429);
+}

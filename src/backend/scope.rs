@@ -12,11 +12,11 @@
 //!   see it. With Axum, add the scope layer *after* (outside) the throttle
 //!   layers: `.layer(throttle_layer).layer(BackendScopeLayer::new(..))`.
 //! * **In code**: [`scope`] runs a future in the scope.
-//! * A throttle looks the scope up when `hit`/`peek` is **called**, not when
-//!   its future is first polled. Write
-//!   `scope(backend, async { throttle.hit(&req).await })`, so that the hit
-//!   is created inside the scope; a bare `scope(backend, throttle.hit(&req))`
-//!   creates it outside.
+//! * A throttle looks the scope up when `hit`/`peek` is called and, if there
+//!   is none then, again when its future is first polled: both
+//!   `scope(backend, async { throttle.hit(&req).await })` and
+//!   `scope(backend, throttle.hit(&req))` work. A scope present at call time
+//!   wins.
 //! * `tokio::spawn`ed tasks start outside any scope. Carry it over with
 //!   `tokio::spawn(scope(current().unwrap(), future))`.
 //! * A throttle built with `.dynamic_backend()` that finds no scope fails
@@ -47,10 +47,10 @@ tokio::task_local! {
 /// share state) or an `Arc<dyn ThrottleBackend>`. For a backend per request,
 /// use [`BackendScopeLayer`].
 ///
-/// * A throttle looks the scope up when `hit`/`peek` is **called**, not when
-///   its future is polled: write `scope(backend, async { throttle.hit(&req).await })`
-///   so that the hit is created inside the scope (a bare
-///   `scope(backend, throttle.hit(&req))` creates it outside).
+/// * A throttle looks the scope up when `hit`/`peek` is called, and if
+///   there is none then, when its future is first polled: both
+///   `scope(backend, async { throttle.hit(&req).await })` and
+///   `scope(backend, throttle.hit(&req))` work.
 /// * The scope is a Tokio task-local: `tokio::spawn`ed tasks start outside
 ///   any scope. Carry it over with `tokio::spawn(scope(current().unwrap(), future))`.
 /// * A throttle built with `.dynamic_backend()` that finds no scope fails
@@ -70,7 +70,7 @@ tokio::task_local! {
 /// # }
 /// ```
 ///
-/// With a throttle, create the hit inside the scope:
+/// With a throttle:
 ///
 /// ```
 /// use std::net::SocketAddr;
