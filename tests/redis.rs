@@ -807,7 +807,7 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
                     let result = redis.hit(&key, &q, 1).await;
                     let elapsed = started.elapsed();
                     assert!(
-                        elapsed < timeout + Duration::from_millis(200),
+                        elapsed < timeout + Duration::from_millis(400),
                         "a hit took {elapsed:?}"
                     );
                     if result.is_err() {
@@ -834,7 +834,7 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
         assert!(matches!(error, Error::Backend(_)), "{error}");
         assert!(error.to_string().contains("Redis"), "{error}");
         assert!(
-            elapsed < timeout + Duration::from_millis(200),
+            elapsed < timeout + Duration::from_millis(400),
             "took {elapsed:?}"
         );
     }
@@ -893,7 +893,7 @@ async fn a_server_that_stops_answering_times_out() {
         assert!(matches!(error, Error::Backend(_)), "{error}");
         assert!(error.to_string().contains("Redis"), "{error}");
         assert!(
-            elapsed < timeout + Duration::from_millis(200),
+            elapsed < timeout + Duration::from_millis(400),
             "took {elapsed:?}"
         );
     }
@@ -962,4 +962,74 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
         plain.hit(&key, &q, 1).await.unwrap();
     }
     assert_eq!(evalsha_calls(&url).await - before, 10);
+}
+
+// ---------------------------------------------------------------- ACL
+
+/// The README's ACL: exactly these commands, on the prefix's keys only.
+pub const ACL_COMMANDS: &str = "+ping +evalsha +script|load +scan +unlink \
++time +get +set +del +pexpire +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange +zrevrangebyscore";
+
+#[tokio::test]
+async fn the_documented_acl_is_enough() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let mut admin = client_conn(&server.url()).await;
+    let prefix = unique_prefix("acl");
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg("traffik")
+        .arg("on")
+        .arg(">secret")
+        .arg("resetkeys")
+        .arg(format!("~{prefix}:*"))
+        .arg("resetchannels")
+        .arg("-@all");
+    for command in ACL_COMMANDS.split_whitespace() {
+        setuser.arg(command);
+    }
+    let _: () = setuser.query_async(&mut admin).await.unwrap();
+    // SCRIPT LOAD needs the script flushed to prove NOSCRIPT recovery too.
+    let url = format!("redis://traffik:secret@127.0.0.1:{}", server.port);
+    let redis = RedisBackend::builder(url.clone())
+        .prefix(prefix.clone())
+        .persistent(false)
+        .build()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    for strategy in Strategy::ALL {
+        let q = quota("2/min", strategy);
+        let key = format!("{prefix}:u:k:{strategy}");
+        assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+        assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+        assert!(!redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+        assert!(
+            !redis.peek(&key, &q, 1).await.unwrap().allowed,
+            "{strategy}"
+        );
+    }
+    redis.reset().await.unwrap();
+    redis.close().await.unwrap();
+    // Nothing outside the prefix is reachable for this user.
+    let outside = RedisBackend::builder(url)
+        .prefix(format!("{prefix}-other"))
+        .build()
+        .await
+        .unwrap();
+    let error = outside
+        .hit(
+            &format!("{prefix}-other:u:k:s"),
+            &quota("2/min", Strategy::Gcra),
+            1,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Backend(_)), "{error}");
 }

@@ -118,10 +118,19 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   decision; the cached `remaining` is the one of the original denial, with
 ///   `retry_after` and `reset_after` counted down.
 ///
-/// Redis commands used (for an ACL): `EVALSHA`, `SCRIPT LOAD`, `PING`, `SCAN`,
-/// `UNLINK`, and inside the scripts `TIME`, `GET`, `SET`, `DEL`, `PEXPIRE`,
-/// `ZADD`, `ZCARD`, `ZCOUNT`, `ZRANGEBYSCORE`, `ZREMRANGEBYSCORE`,
-/// `ZREVRANGE`; on a cluster also `CLUSTER SLOTS` and `CLUSTER NODES`.
+/// Redis commands used (for an ACL, tested): `PING`, `EVALSHA`, `SCRIPT
+/// LOAD`, `SCAN`, `UNLINK`, and inside the scripts `TIME`, `GET`, `SET`,
+/// `DEL`, `PEXPIRE`, `ZADD`, `ZCARD`, `ZCOUNT`, `ZRANGEBYSCORE`,
+/// `ZREMRANGEBYSCORE`, `ZREVRANGE`, `ZREVRANGEBYSCORE`, on keys `{prefix}:*`;
+/// on a cluster also `CLUSTER SLOTS` and `CLUSTER NODES`, and `SELECT` with a
+/// database other than 0 in the URL:
+///
+/// ```text
+/// ACL SETUSER traffik on >password resetkeys ~traffik:* resetchannels -@all
+///     +ping +evalsha +script|load +scan +unlink +time +get +set +del +pexpire
+///     +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange
+///     +zrevrangebyscore            (+cluster|slots +cluster|nodes on a cluster)
+/// ```
 ///
 /// ```no_run
 /// use std::time::Duration;
