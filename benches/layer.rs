@@ -64,9 +64,9 @@ async fn hello(_request: Request<Body>) -> Result<Response<Body>, Infallible> {
     Ok(Response::new(Body::from("Hello, world!")))
 }
 
-/// Times `service.ready().await?.call(request).await` per request. Requests
-/// are made, and responses dropped, outside the timed sections (chunks of
-/// 1024).
+/// Times `service.ready().await?.call(request).await` and the drop of the
+/// response, per request. Requests are made outside the timed sections
+/// (chunks of 128, small enough to stay in cache).
 fn bench_service<S, B>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     rt: &tokio::runtime::Runtime,
@@ -85,19 +85,17 @@ fn bench_service<S, B>(
             async move {
                 let mut total = Duration::ZERO;
                 let mut left = iters;
-                let mut responses = Vec::with_capacity(CHUNK);
+                let mut requests = Vec::with_capacity(CHUNK);
                 while left > 0 {
                     let n = left.min(CHUNK as u64) as usize;
                     left -= n as u64;
-                    let mut requests: Vec<_> = (0..n).map(|_| request()).collect();
+                    requests.extend((0..n).map(|_| request()));
                     let start = Instant::now();
                     for request in requests.drain(..) {
                         let ready = service.ready().await.unwrap();
-                        responses.push(ready.call(request).await.unwrap());
+                        black_box(ready.call(request).await.unwrap());
                     }
                     total += start.elapsed();
-                    black_box(&responses);
-                    responses.clear();
                 }
                 total
             }
@@ -105,7 +103,7 @@ fn bench_service<S, B>(
     });
 }
 
-const CHUNK: usize = 1024;
+const CHUNK: usize = 128;
 
 fn layers(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -129,5 +127,94 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers);
+/// Where traffik's per-request time goes (same request, same throttle
+/// settings as above): the whole check, then its parts done by hand.
+fn anatomy(c: &mut Criterion) {
+    use futures_util::FutureExt as _;
+    use std::fmt::Write as _;
+    use std::hash::BuildHasher as _;
+    use traffik::{Quota, Rate, Strategy};
+
+    let mut group = c.benchmark_group("anatomy");
+    let memory = InMemoryBackend::new();
+    let throttle = HttpThrottle::builder()
+        .uid("api")
+        .rate("1000000000/s")
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let req = request();
+    group.bench_function("throttle_hit", |b| {
+        b.iter(|| black_box(throttle.hit(&req).now_or_never().unwrap().unwrap()))
+    });
+    let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+    let method = http::Method::GET;
+    group.bench_function("key_with_fmt", |b| {
+        b.iter(|| {
+            let (prefix, uid, route) = ("traffik", "api", "/hello");
+            let mut key = String::with_capacity(prefix.len() + uid.len() + route.len() + 48);
+            key.push_str(prefix);
+            key.push(':');
+            key.push_str(uid);
+            key.push(':');
+            let _ = write!(key, "{}", black_box(ip));
+            let _ = write!(key, ":http:{}:{}", method.as_str(), route);
+            black_box(key)
+        })
+    });
+    group.bench_function("key_without_fmt", |b| {
+        b.iter(|| {
+            let (prefix, uid, route) = ("traffik", "api", "/hello");
+            let mut key = String::with_capacity(prefix.len() + uid.len() + route.len() + 48);
+            key.push_str(prefix);
+            key.push(':');
+            key.push_str(uid);
+            key.push(':');
+            if let std::net::IpAddr::V4(v4) = black_box(ip) {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        key.push('.');
+                    }
+                    let mut digits = [0u8; 3];
+                    let mut n = octet;
+                    let mut len = 0;
+                    loop {
+                        digits[2 - len] = b'0' + n % 10;
+                        len += 1;
+                        n /= 10;
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    key.push_str(std::str::from_utf8(&digits[3 - len..]).unwrap());
+                }
+            }
+            key.push_str(":http:");
+            key.push_str(method.as_str());
+            key.push(':');
+            key.push_str(route);
+            black_box(key)
+        })
+    });
+    let key = "traffik:api:10.0.0.1:http:GET:/hello".to_owned();
+    let quota = Quota::new(Rate::per_second(1_000_000_000).unwrap(), Strategy::TokenBucket).unwrap();
+    group.bench_function("memory_decide", |b| {
+        b.iter(|| black_box(memory.decide(black_box(&key), &quota, 1).unwrap()))
+    });
+    let sip = std::hash::RandomState::new();
+    group.bench_function("siphash13_key", |b| {
+        b.iter(|| black_box(sip.hash_one(black_box(key.as_str()))))
+    });
+    let fold = foldhash::quality::RandomState::default();
+    group.bench_function("foldhash_key", |b| {
+        b.iter(|| black_box(fold.hash_one(black_box(key.as_str()))))
+    });
+    let arc: std::sync::Arc<dyn Send + Sync> = std::sync::Arc::new(0u64);
+    group.bench_function("arc_clone_drop", |b| {
+        b.iter(|| black_box(std::sync::Arc::clone(black_box(&arc))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers, anatomy);
 criterion_main!(benches);
