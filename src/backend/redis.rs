@@ -389,7 +389,19 @@ impl RedisBackend {
             }
             let mut conn = shared.conn.clone();
             let reply: [i64; 4] = shared
-                .bounded("EVALSHA", invocation.invoke_async(&mut conn))
+                .bounded("EVALSHA", async {
+                    // `invoke_async` loads the script on NOSCRIPT and retries
+                    // once; a second SCRIPT FLUSH in between gets one more try.
+                    match invocation.invoke_async(&mut conn).await {
+                        Err(e)
+                            if e.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            invocation.invoke_async(&mut conn).await
+                        }
+                        result => result,
+                    }
+                })
                 .await?;
             let decision = decision_from_reply(&quota, reply);
             if let (Some(key), Some(cache)) = (cache_key, &shared.deny_cache) {
