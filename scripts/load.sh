@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# HTTP throughput of a minimal Axum app with and without traffik's
+# ThrottleLayer (in-memory, a limit never reached), loaded with wrk over
+# loopback: examples/load_server.rs.
+#
+#   scripts/load.sh                       # 10 s per run, 2 rounds, 64 connections
+#   DURATION=5 ROUNDS=1 scripts/load.sh
+#   CONNECTIONS=128 scripts/load.sh
+#
+# With 2+ CPUs the server is pinned to CPU 0 (one Tokio worker) and wrk to
+# CPU 1, so that they do not fight for the same core; runs alternate
+# (none, traffik, none, traffik, ...) so that drift in a shared machine's load
+# hits both sides alike. The figure per side is the mean of its rounds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-2}"
+CONNECTIONS="${CONNECTIONS:-64}"
+PORT="${PORT:-3917}"
+
+if ! command -v wrk >/dev/null; then
+    echo "load.sh: wrk not found; installing it (apt-get install -y wrk)" >&2
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+fi
+
+cargo build --release --example load_server
+server_bin=target/release/examples/load_server
+
+cpus="$(nproc)"
+server_cpu=() wrk_cpu=() threads=()
+if [ "$cpus" -ge 2 ] && command -v taskset >/dev/null; then
+    server_cpu=(taskset -c 0)
+    wrk_cpu=(taskset -c 1)
+    threads=(--threads 1)
+fi
+
+server_pid=""
+cleanup() { if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+
+# run LAYER -> prints requests/s
+run() {
+    local layer="$1"
+    PORT="$PORT" "${server_cpu[@]}" "$server_bin" --layer "$layer" "${threads[@]}" >/dev/null &
+    server_pid=$!
+    for _ in $(seq 50); do
+        curl -sf "http://127.0.0.1:$PORT/hello" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    local status
+    status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/hello")"
+    [ "$status" = 200 ] || { echo "load.sh: server ($layer) answered $status" >&2; exit 1; }
+    # Warm-up, then the measured run.
+    "${wrk_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/hello" >/dev/null
+    local out
+    out="$("${wrk_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PORT/hello")"
+    if grep -q "Non-2xx" <<<"$out"; then
+        echo "load.sh: non-2xx responses with layer $layer:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+    awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+}
+
+declare -a none_rps traffik_rps
+for round in $(seq "$ROUNDS"); do
+    r="$(run none)";    none_rps+=("$r");    echo "round $round  without layer: $r req/s"
+    r="$(run traffik)"; traffik_rps+=("$r"); echo "round $round  with traffik:   $r req/s"
+done
+
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.0f", s/NR}'; }
+none_mean="$(mean "${none_rps[@]}")"
+traffik_mean="$(mean "${traffik_rps[@]}")"
+ratio="$(awk -v a="$traffik_mean" -v b="$none_mean" 'BEGIN {printf "%.1f", 100*a/b}')"
+
+echo
+echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, loopback, GET /hello, $ROUNDS round(s) each, $cpus CPU(s)${threads:+, server pinned to CPU 0 with 1 worker, wrk to CPU 1}"
+echo
+echo "| app | requests/s |"
+echo "|---|---|"
+echo "| Axum, no layer | $none_mean |"
+echo "| Axum + traffik ThrottleLayer (in-memory) | $traffik_mean |"
+echo "| with / without | ${ratio}% |"
