@@ -323,6 +323,22 @@ impl AddressIdentity {
     /// Writes the identity of a client address into a key buffer
     /// (`2001:db8:1:2::/64` for masked IPv6).
     pub(crate) fn write(&self, ip: IpAddr, out: &mut String) {
+        if let IpAddr::V4(v4) = ip {
+            // Without `fmt`: a third of the cost of `write!`.
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+            return;
+        }
         let _ = write!(out, "{ip}");
         if ip.is_ipv6() && self.ipv6_prefix < 128 {
             let _ = write!(out, "/{}", self.ipv6_prefix);

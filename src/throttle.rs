@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -222,7 +221,7 @@ impl Core {
     /// backend answers at once and no wait is needed.
     pub(crate) fn decide(
         self: &Arc<Self>,
-        backend: DynBackend,
+        backend: &DynBackend,
         key: String,
         quota: Quota,
         mode: Mode,
@@ -235,9 +234,10 @@ impl Core {
             Ok(result) => self.after(result, backend, key, quota, mode),
             Err(pending) => {
                 let core = Arc::clone(self);
+                let backend = Arc::clone(backend);
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
-                    core.after(result, backend, key, quota, mode).wait().await
+                    core.after(result, &backend, key, quota, mode).wait().await
                 }))
             }
         }
@@ -246,7 +246,7 @@ impl Core {
     fn after(
         self: &Arc<Self>,
         result: Result<Decision, Error>,
-        backend: DynBackend,
+        backend: &DynBackend,
         key: String,
         quota: Quota,
         mode: Mode,
@@ -276,6 +276,7 @@ impl Core {
         match &self.exceeded {
             Exceeded::Wait { max } if decision.retry_after <= *max => {
                 let core = Arc::clone(self);
+                let backend = Arc::clone(backend);
                 let max = *max;
                 Check::Pending(Box::pin(async move {
                     core.wait_until_allowed(decision, backend, key, quota, max)
@@ -548,11 +549,20 @@ impl HttpInner {
                     Ok(ip) => ip,
                     Err(error) => return Check::Ready(Err(error)),
                 };
-                let backend = match core.resolve_backend(fallback) {
-                    Ok(backend) => backend,
-                    // No scope now: look again when the future is first
-                    // polled, which may happen inside a scope.
-                    Err(_) => return self.check_async(request, fallback, mode),
+                // Borrowed when possible: no Arc count traffic per request.
+                let owned;
+                let backend: &DynBackend = match (&core.backend, fallback) {
+                    (BackendChoice::Fixed(backend), _) => backend,
+                    (BackendChoice::Inherit, Some(backend)) => backend,
+                    _ => match core.resolve_backend(fallback) {
+                        Ok(backend) => {
+                            owned = backend;
+                            &owned
+                        }
+                        // No scope now: look again when the future is first
+                        // polled, which may happen inside a scope.
+                        Err(_) => return self.check_async(request, fallback, mode),
+                    },
                 };
                 let key = self.key(
                     backend.prefix(),
@@ -610,7 +620,7 @@ impl HttpInner {
                 Err(_) => this.core.resolve_backend(fallback.as_ref())?,
             };
             let key = this.key(backend.prefix(), identity.borrowed(), &method, &route);
-            this.core.decide(backend, key, quota, mode).wait().await
+            this.core.decide(&backend, key, quota, mode).wait().await
         }))
     }
 
@@ -635,7 +645,10 @@ impl HttpInner {
             } else {
                 method.as_str()
             };
-            let _ = write!(key, ":http:{method}:{route}");
+            key.push_str(":http:");
+            key.push_str(method);
+            key.push(':');
+            key.push_str(route);
         }
         key
     }

@@ -613,7 +613,7 @@ where
                             quota,
                         } => {
                             let check = throttle.core.decide(
-                                Arc::clone(backend),
+                                backend,
                                 key.clone(),
                                 *quota,
                                 Mode::Hit,
