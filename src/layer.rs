@@ -293,7 +293,7 @@ struct Outcome {
 
 fn record(infos: &mut Vec<RateLimitInfo>, verdict: Verdict) {
     if let Some(info) = verdict.info {
-        infos.push(info);
+        infos.push(*info);
     }
 }
 

@@ -68,7 +68,10 @@ pub(crate) struct Policy {
 /// that made it. Carried by [`Error::Throttled`] and passed to
 /// `.on_throttled(..)` closures.
 #[derive(Clone)]
-pub struct Throttled {
+pub struct Throttled(Box<ThrottledInner>);
+
+#[derive(Clone)]
+struct ThrottledInner {
     decision: Decision,
     window: Duration,
     policy: Policy,
@@ -77,44 +80,44 @@ pub struct Throttled {
 impl fmt::Debug for Throttled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttled")
-            .field("throttle", &self.policy.name)
-            .field("decision", &self.decision)
+            .field("throttle", &self.0.policy.name)
+            .field("decision", &self.0.decision)
             .finish()
     }
 }
 
 impl Throttled {
     pub(crate) fn new(decision: Decision, window: Duration, policy: Policy) -> Self {
-        Throttled {
+        Throttled(Box::new(ThrottledInner {
             decision,
             window,
             policy,
-        }
+        }))
     }
 
     /// The decision that rejected the request.
     pub fn decision(&self) -> &Decision {
-        &self.decision
+        &self.0.decision
     }
 
     /// The exact wait until the request would be allowed.
     pub fn retry_after(&self) -> Duration {
-        self.decision.retry_after
+        self.0.decision.retry_after
     }
 
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
-        self.decision.retry_after_secs()
+        self.0.decision.retry_after_secs()
     }
 
     /// The uid of the throttle that rejected the request.
     pub fn throttle(&self) -> &str {
-        &self.policy.name
+        &self.0.policy.name
     }
 
     /// The throttle's period.
     pub fn window(&self) -> Duration {
-        self.window
+        self.0.window
     }
 
     /// The response for this rejection: the throttle's `on_throttled`
@@ -126,7 +129,7 @@ impl Throttled {
     /// The response, with a fallback responder (a layer's `on_throttled`)
     /// used when the throttle has none of its own.
     pub(crate) fn response_with(&self, fallback: Option<&ThrottledResponder>) -> Response<BoxBody> {
-        let mut response = match self.policy.responder.as_ref().or(fallback) {
+        let mut response = match self.0.policy.responder.as_ref().or(fallback) {
             Some(responder) => responder(self),
             None => default_429(self),
         };
@@ -135,7 +138,7 @@ impl Throttled {
             headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
         }
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        RateLimitInfo::new(&self.policy, self.decision, self.window).apply(headers);
+        RateLimitInfo::new(&self.0.policy, self.0.decision, self.0.window).apply(headers);
         response
     }
 }

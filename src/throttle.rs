@@ -141,7 +141,9 @@ pub(crate) struct Core {
 #[derive(Clone)]
 pub(crate) struct Verdict {
     pub(crate) decision: Decision,
-    pub(crate) info: Option<RateLimitInfo>,
+    /// Rate-limit headers to add, for throttles that have them on (boxed:
+    /// verdicts are moved around on the hot path).
+    pub(crate) info: Option<Box<RateLimitInfo>>,
 }
 
 impl Verdict {
@@ -315,8 +317,13 @@ impl Core {
     }
 
     fn verdict(&self, decision: Decision, quota: &Quota) -> Verdict {
-        let info = (self.policy.headers != RateLimitHeaders::None)
-            .then(|| RateLimitInfo::new(&self.policy, decision, quota.rate().period()));
+        let info = (self.policy.headers != RateLimitHeaders::None).then(|| {
+            Box::new(RateLimitInfo::new(
+                &self.policy,
+                decision,
+                quota.rate().period(),
+            ))
+        });
         Verdict { decision, info }
     }
 

@@ -173,6 +173,7 @@ impl InMemoryBackend {
     }
 }
 
+#[inline]
 fn lock(map: &Mutex<ShardMap>) -> MutexGuard<'_, ShardMap> {
     map.lock().unwrap_or_else(PoisonError::into_inner)
 }
