@@ -207,7 +207,9 @@ async fn connect_to_a_closed_port_fails_within_the_connect_timeout() {
     let error = result.expect_err("nothing listens there");
     assert!(matches!(error, Error::Backend(_)), "{error}");
     assert!(error.to_string().contains("Redis"), "{error}");
-    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
+    // A liveness bound with a generous margin (never a performance figure):
+    // without the connect timeout this would hang.
+    assert!(elapsed < Duration::from_millis(3000), "took {elapsed:?}");
 }
 
 #[tokio::test]
@@ -230,7 +232,7 @@ async fn connect_to_a_silent_server_fails_within_the_connect_timeout() {
     let error = result.expect_err("the server never answers");
     assert!(matches!(error, Error::Backend(_)), "{error}");
     assert!(error.to_string().contains("Redis"), "{error}");
-    assert!(elapsed < Duration::from_millis(800), "took {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2000), "took {elapsed:?}");
     accept.abort();
 }
 
@@ -823,7 +825,7 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
                     let result = redis.hit(&key, &q, 1).await;
                     let elapsed = started.elapsed();
                     assert!(
-                        elapsed < timeout + Duration::from_millis(400),
+                        elapsed < timeout + Duration::from_millis(1500),
                         "a hit took {elapsed:?}"
                     );
                     if result.is_err() {
@@ -850,7 +852,7 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
         assert!(matches!(error, Error::Backend(_)), "{error}");
         assert!(error.to_string().contains("Redis"), "{error}");
         assert!(
-            elapsed < timeout + Duration::from_millis(400),
+            elapsed < timeout + Duration::from_millis(1500),
             "took {elapsed:?}"
         );
     }
@@ -909,7 +911,7 @@ async fn a_server_that_stops_answering_times_out() {
         assert!(matches!(error, Error::Backend(_)), "{error}");
         assert!(error.to_string().contains("Redis"), "{error}");
         assert!(
-            elapsed < timeout + Duration::from_millis(400),
+            elapsed < timeout + Duration::from_millis(1500),
             "took {elapsed:?}"
         );
     }
