@@ -204,6 +204,8 @@ pub struct Quota {
     capacity: u64,
     limit: u64,
     period: u64,
+    /// `period / limit`, at least 1 (GCRA's emission interval).
+    interval: u64,
 }
 
 /// Largest product of numbers the strategies multiply (kept well inside u64).
@@ -226,6 +228,7 @@ impl Quota {
             capacity: rate.limit(),
             limit: rate.limit(),
             period: rate.period_micros(),
+            interval: (rate.period_micros() / rate.limit()).max(1),
         };
         quota.check()?;
         Ok(quota)
@@ -320,7 +323,7 @@ impl Quota {
     /// GCRA's emission interval in whole microseconds: `period / limit`,
     /// rounded down.
     pub fn emission_interval(&self) -> u64 {
-        (self.period / self.limit).max(1)
+        self.interval
     }
 
     /// Decides a hit of `cost` at `now` (time since the clock's origin) and
@@ -369,27 +372,32 @@ impl Quota {
     /// Tokens are counted in units of 1/period so that refilling `limit`
     /// tokens per period adds exactly `limit` units per microsecond.
     fn token_bucket(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
-        let period = u128::from(self.period);
-        let limit = u128::from(self.limit);
-        let full = u128::from(self.capacity) * period;
+        // Plain u64 arithmetic: `check` keeps capacity × period ≤ 2^62, and
+        // sums that could go past it saturate before being capped at `full`.
+        let (period, limit) = (self.period, self.limit);
+        let full = self.capacity * period;
         let (mut units, last) = match state.stored_words() {
-            Some([units, last]) => (u128::from(units), last),
+            Some([units, last]) => (units, last),
             None => (full, now),
         };
-        let elapsed = u128::from(now.saturating_sub(last));
-        units = (units + elapsed * limit).min(full);
-        let need = u128::from(cost) * period;
+        let elapsed = now.saturating_sub(last);
+        units = units
+            .saturating_add(elapsed.saturating_mul(limit))
+            .min(full);
         let (allowed, retry) = if cost > self.capacity {
             (false, self.period)
-        } else if need <= units {
-            units -= need;
-            (true, 0)
         } else {
-            (false, ceil_div(need - units, limit) as u64)
+            let need = cost * period;
+            if need <= units {
+                units -= need;
+                (true, 0)
+            } else {
+                (false, (need - units).div_ceil(limit))
+            }
         };
-        *state = State::from_words([units as u64, now.max(last)]);
-        let reset = ceil_div(full - units, limit) as u64;
-        let remaining = (units / period) as u64;
+        *state = State::from_words([units, now.max(last)]);
+        let reset = (full - units).div_ceil(limit);
+        let remaining = units / period;
         (self.decision(allowed, remaining, reset, retry), now + reset)
     }
 
@@ -539,8 +547,4 @@ impl Quota {
         let reset = expires.saturating_sub(now);
         (self.decision(allowed, remaining, reset, retry), expires)
     }
-}
-
-fn ceil_div(a: u128, b: u128) -> u128 {
-    a.div_ceil(b)
 }

@@ -55,7 +55,7 @@ pub struct InMemoryBackend {
 struct Shared {
     prefix: String,
     persistent: bool,
-    clock: Arc<dyn Clock>,
+    clock: ClockSource,
     hasher: RandomState,
     shards: Box<[Shard]>,
     shard_mask: usize,
@@ -170,6 +170,22 @@ impl InMemoryBackend {
     /// Decides synchronously (the in-memory backend never waits).
     pub fn decide(&self, key: &str, quota: &Quota, cost: u64) -> Result<Decision, Error> {
         self.inner.decide(key, quota, cost, true)
+    }
+}
+
+/// The system clock called directly (inlined on the hot path), or any other.
+enum ClockSource {
+    System(SystemClock),
+    Other(Arc<dyn Clock>),
+}
+
+impl ClockSource {
+    #[inline]
+    fn now(&self) -> Duration {
+        match self {
+            ClockSource::System(clock) => clock.now(),
+            ClockSource::Other(clock) => clock.now(),
+        }
     }
 }
 
@@ -314,7 +330,7 @@ impl ThrottleBackend for InMemoryBackend {
 pub struct InMemoryBackendBuilder {
     prefix: String,
     persistent: bool,
-    clock: Arc<dyn Clock>,
+    clock: ClockSource,
     max_keys: usize,
     shards: usize,
     sweep_interval: Duration,
@@ -325,7 +341,7 @@ impl Default for InMemoryBackendBuilder {
         InMemoryBackendBuilder {
             prefix: "traffik".to_owned(),
             persistent: false,
-            clock: Arc::new(SystemClock::new()),
+            clock: ClockSource::System(SystemClock::new()),
             max_keys: DEFAULT_MAX_KEYS,
             shards: DEFAULT_SHARDS,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
@@ -349,7 +365,7 @@ impl InMemoryBackendBuilder {
     /// The time source (default [`SystemClock`]); pass a
     /// [`ManualClock`](crate::clock::ManualClock) in tests.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = ClockSource::Other(Arc::new(clock));
         self
     }
 
