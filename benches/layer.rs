@@ -25,13 +25,13 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
+use governor::clock::QuantaInstant;
+use governor::middleware::NoOpMiddleware;
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 use tower_governor::GovernorLayer;
-use governor::clock::QuantaInstant;
-use governor::middleware::NoOpMiddleware;
 use traffik::backend::InMemoryBackend;
 use traffik::{HttpThrottle, MiddlewareThrottle, ThrottleLayer};
 
@@ -116,14 +116,24 @@ fn layers(c: &mut Criterion) {
     let bare = tower::service_fn(hello);
     bench_service(&mut group, &rt, "bare", bare);
     bench_service(&mut group, &rt, "traffik", traffik_layer().layer(bare));
-    bench_service(&mut group, &rt, "tower_governor", governor_layer().layer(bare));
+    bench_service(
+        &mut group,
+        &rt,
+        "tower_governor",
+        governor_layer().layer(bare),
+    );
     group.finish();
 
     let mut group = c.benchmark_group("layer_axum_router");
     let router = || Router::new().route("/hello", get(|| async { "Hello, world!" }));
     bench_service(&mut group, &rt, "bare", router());
     bench_service(&mut group, &rt, "traffik", router().layer(traffik_layer()));
-    bench_service(&mut group, &rt, "tower_governor", router().layer(governor_layer()));
+    bench_service(
+        &mut group,
+        &rt,
+        "tower_governor",
+        router().layer(governor_layer()),
+    );
     group.finish();
 }
 
@@ -197,7 +207,11 @@ fn anatomy(c: &mut Criterion) {
         })
     });
     let key = "traffik:api:10.0.0.1:http:GET:/hello".to_owned();
-    let quota = Quota::new(Rate::per_second(1_000_000_000).unwrap(), Strategy::TokenBucket).unwrap();
+    let quota = Quota::new(
+        Rate::per_second(1_000_000_000).unwrap(),
+        Strategy::TokenBucket,
+    )
+    .unwrap();
     group.bench_function("memory_decide", |b| {
         b.iter(|| black_box(memory.decide(black_box(&key), &quota, 1).unwrap()))
     });

@@ -85,23 +85,22 @@ pub struct TrustedProxies {
     header: ForwardedHeader,
 }
 
-/// Which forwarding header a [`TrustedProxies`] set reads.
+/// Which forwarding header a [`TrustedProxies`] set reads: exactly one.
 ///
-/// Name the one your proxy *writes*: a proxy that appends to
-/// `X-Forwarded-For` usually passes a client-sent `Forwarded` through
-/// untouched (and the other way round), so reading a header the proxy does
-/// not write lets clients pick their own identity.
+/// Name the one your proxy *writes* (appends to): a proxy that appends to
+/// `X-Forwarded-For` usually passes a client-sent `Forwarded` or `X-Real-IP`
+/// through untouched (and the other way round), so reading a header the
+/// proxy does not write would let clients pick their own identity. Only one
+/// header is ever read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ForwardedHeader {
-    /// `X-Forwarded-For` when present, else `Forwarded`, else `X-Real-IP`
-    /// (default: `X-Forwarded-For` is what most proxies and load balancers write).
+    /// `X-Forwarded-For` (default: what most proxies and load balancers
+    /// append to).
     #[default]
-    Auto,
-    /// Only `X-Forwarded-For`.
     XForwardedFor,
-    /// Only `Forwarded` (RFC 7239, its `for=` parameters).
+    /// `Forwarded` (RFC 7239, its `for=` parameters).
     Forwarded,
-    /// Only `X-Real-IP` (a single address).
+    /// `X-Real-IP` (a single address, set by the proxy).
     XRealIp,
 }
 
@@ -130,11 +129,11 @@ impl TrustedProxies {
         }
         Ok(TrustedProxies {
             networks: parsed,
-            header: ForwardedHeader::Auto,
+            header: ForwardedHeader::XForwardedFor,
         })
     }
 
-    /// Reads only `header` (default [`ForwardedHeader::Auto`]).
+    /// The header to read (default [`ForwardedHeader::XForwardedFor`]).
     ///
     /// ```
     /// use traffik::{identity::ForwardedHeader, TrustedProxies};
@@ -205,17 +204,6 @@ fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<I
         ForwardedHeader::XForwardedFor => x_forwarded_for(headers),
         ForwardedHeader::Forwarded => forwarded(headers),
         ForwardedHeader::XRealIp => x_real_ip(headers),
-        ForwardedHeader::Auto => {
-            let chain = x_forwarded_for(headers);
-            if !chain.is_empty() {
-                return chain;
-            }
-            let chain = forwarded(headers);
-            if !chain.is_empty() {
-                return chain;
-            }
-            x_real_ip(headers)
-        }
     }
 }
 
@@ -225,13 +213,17 @@ fn forwarded(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (name, value) = pair.split_once('=')?;
-                name.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| parse_node(value.trim().trim_matches('"')))
-            })
+        // An element without `for=` is an unreadable hop: the chain stops there.
+        .map(|element| {
+            element
+                .split(';')
+                .find_map(|pair| {
+                    let (name, value) = pair.split_once('=')?;
+                    name.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_node(value.trim().trim_matches('"')))
+                })
+                .flatten()
         })
         .collect()
 }
@@ -395,9 +387,10 @@ mod tests {
                 "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
             ),
             ("x-forwarded-for", "9.9.9.9"),
+            ("x-real-ip", "4.4.4.4"),
         ]);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        // Auto: X-Forwarded-For first.
+        // Default: X-Forwarded-For only.
         assert_eq!(
             proxies.client_ip(peer, &h),
             "9.9.9.9".parse::<IpAddr>().unwrap()
@@ -407,18 +400,18 @@ mod tests {
             forwarded.client_ip(peer, &h),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
-        // Only the chosen header is read.
         let real_ip = proxies.clone().header(ForwardedHeader::XRealIp);
-        assert_eq!(real_ip.client_ip(peer, &h), peer);
-        let h = headers(&[("x-real-ip", "4.4.4.4")]);
-        assert_eq!(
-            proxies.client_ip(peer, &h),
-            "4.4.4.4".parse::<IpAddr>().unwrap()
-        );
         assert_eq!(
             real_ip.client_ip(peer, &h),
             "4.4.4.4".parse::<IpAddr>().unwrap()
         );
+        // Only the chosen header is read: without it, the proxy is the client.
+        let only_xff = headers(&[("x-forwarded-for", "9.9.9.9")]);
+        assert_eq!(real_ip.client_ip(peer, &only_xff), peer);
+        assert_eq!(forwarded.client_ip(peer, &only_xff), peer);
+        // A `Forwarded` element without `for=` stops the chain.
+        let h = headers(&[("forwarded", "for=6.6.6.6, proto=https")]);
+        assert_eq!(forwarded.client_ip(peer, &h), peer);
     }
 
     #[test]

@@ -170,6 +170,39 @@ impl Check {
     }
 }
 
+/// A request read and keyed, its decision not yet asked for.
+pub(crate) enum Prepared<'a> {
+    /// Decided without a backend (exempt, or an error).
+    Done(Result<Verdict, Error>),
+    /// Ask `backend` about `key`.
+    Decide {
+        backend: Cow<'a, DynBackend>,
+        key: String,
+        quota: Quota,
+    },
+    /// The general path (a lazy future).
+    Later(Check),
+}
+
+impl Prepared<'_> {
+    /// Detaches from borrowed backends (one `Arc` clone).
+    pub(crate) fn into_owned(self) -> Prepared<'static> {
+        match self {
+            Prepared::Done(result) => Prepared::Done(result),
+            Prepared::Decide {
+                backend,
+                key,
+                quota,
+            } => Prepared::Decide {
+                backend: Cow::Owned(backend.into_owned()),
+                key,
+                quota,
+            },
+            Prepared::Later(check) => Prepared::Later(check),
+        }
+    }
+}
+
 /// Whether a check records the hit or only looks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -342,6 +375,13 @@ impl Core {
     }
 
     fn failed(&self, error: Error, key: &str) -> Result<Verdict, Error> {
+        if let Error::Configuration(_) = error {
+            // Not an outage: a quota the backend cannot hold (e.g. too large
+            // for Redis's exact arithmetic). Failing open would silently turn
+            // the throttle off.
+            tracing::error!(throttle = self.uid(), key = %key, %error, "traffik cannot decide this request");
+            return Err(error);
+        }
         match self.failure_mode {
             FailureMode::Open => {
                 tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; letting the request through (FailureMode::Open)");
@@ -486,7 +526,9 @@ impl HttpThrottle {
     /// Returns the [`Decision`], or `Err(Error::Throttled(_))` when the
     /// request is over its limit — which, with the `axum` feature, turns into
     /// the 429 response when returned from a handler with `?`. The future is
-    /// `Send + 'static`: everything it needs is read from the request first.
+    /// `Send + 'static`: everything it needs is read from the request first;
+    /// like any future it does nothing until polled (a dropped, never-awaited
+    /// `hit` counts nothing).
     ///
     /// ```
     /// use axum::{extract::Request, routing::get, Router};
@@ -509,8 +551,16 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let check = self.inner.check(request, None, Mode::Hit);
-        async move { check.wait().await.map(|verdict| verdict.decision) }
+        // Read the request now; ask the backend only when polled.
+        let prepared = self.inner.prepare(request, None, Mode::Hit).into_owned();
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner
+                .run(prepared, Mode::Hit)
+                .wait()
+                .await
+                .map(|verdict| verdict.decision)
+        }
     }
 
     /// The [`Decision`] a hit would get now, without counting it. A request
@@ -519,8 +569,16 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let check = self.inner.check(request, None, Mode::Peek);
-        async move { check.wait().await.map(|verdict| verdict.decision) }
+        // Read the request now; ask the backend only when polled.
+        let prepared = self.inner.prepare(request, None, Mode::Peek).into_owned();
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner
+                .run(prepared, Mode::Peek)
+                .wait()
+                .await
+                .map(|verdict| verdict.decision)
+        }
     }
 
     /// Like [`hit`](HttpThrottle::hit), for request parts.
@@ -528,8 +586,16 @@ impl HttpThrottle {
         &self,
         parts: &Parts,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let check = self.inner.check(parts, None, Mode::Hit);
-        async move { check.wait().await.map(|verdict| verdict.decision) }
+        // Read the request now; ask the backend only when polled.
+        let prepared = self.inner.prepare(parts, None, Mode::Hit).into_owned();
+        let inner = Arc::clone(&self.inner);
+        async move {
+            inner
+                .run(prepared, Mode::Hit)
+                .wait()
+                .await
+                .map(|verdict| verdict.decision)
+        }
     }
 }
 
@@ -543,32 +609,55 @@ impl HttpInner {
         fallback: Option<&DynBackend>,
         mode: Mode,
     ) -> Check {
+        let prepared = self.prepare(request, fallback, mode);
+        self.run(prepared, mode)
+    }
+
+    /// Asks the backend for a prepared request.
+    pub(crate) fn run(&self, prepared: Prepared<'_>, mode: Mode) -> Check {
+        match prepared {
+            Prepared::Done(result) => Check::Ready(result),
+            Prepared::Decide {
+                backend,
+                key,
+                quota,
+            } => self.core.decide(&backend, key, quota, mode),
+            Prepared::Later(check) => check,
+        }
+    }
+
+    /// Reads what the decision needs from the request (identity, key,
+    /// backend, quota) without touching the backend.
+    pub(crate) fn prepare<'a, R: RequestHead>(
+        self: &'a Arc<Self>,
+        request: &R,
+        fallback: Option<&'a DynBackend>,
+        mode: Mode,
+    ) -> Prepared<'a> {
         let core = &self.core;
         if core.cost == 0 {
-            return Check::Ready(Ok(Verdict::exempt()));
+            return Prepared::Done(Ok(Verdict::exempt()));
         }
         if self.identifier.is_none() {
             if let RateSource::Static(quota) = &core.rate {
                 let Some(quota) = *quota else {
-                    return Check::Ready(Ok(Verdict::exempt()));
+                    return Prepared::Done(Ok(Verdict::exempt()));
                 };
                 let ip = match self.address.client(request.extensions(), request.headers()) {
                     Ok(ip) => ip,
-                    Err(error) => return Check::Ready(Err(error)),
+                    Err(error) => return Prepared::Done(Err(error)),
                 };
                 // Borrowed when possible: no Arc count traffic per request.
-                let owned;
-                let backend: &DynBackend = match (&core.backend, fallback) {
-                    (BackendChoice::Fixed(backend), _) => backend,
-                    (BackendChoice::Inherit, Some(backend)) => backend,
+                let backend: Cow<'a, DynBackend> = match (&core.backend, fallback) {
+                    (BackendChoice::Fixed(backend), _) => Cow::Borrowed(backend),
+                    (BackendChoice::Inherit, Some(backend)) => Cow::Borrowed(backend),
                     _ => match core.resolve_backend(fallback) {
-                        Ok(backend) => {
-                            owned = backend;
-                            &owned
-                        }
+                        Ok(backend) => Cow::Owned(backend),
                         // No scope now: look again when the future is first
                         // polled, which may happen inside a scope.
-                        Err(_) => return self.check_async(request, fallback, mode),
+                        Err(_) => {
+                            return Prepared::Later(self.check_async(request, fallback, mode))
+                        }
                     },
                 };
                 let key = self.key(
@@ -577,10 +666,14 @@ impl HttpInner {
                     request.method(),
                     route_of(request.extensions(), request.uri()),
                 );
-                return core.decide(backend, key, quota, mode);
+                return Prepared::Decide {
+                    backend,
+                    key,
+                    quota,
+                };
             }
         }
-        self.check_async(request, fallback, mode)
+        Prepared::Later(self.check_async(request, fallback, mode))
     }
 
     /// The general path: closures to await, a backend to find.

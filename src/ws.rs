@@ -612,12 +612,10 @@ where
                             key,
                             quota,
                         } => {
-                            let check = throttle.core.decide(
-                                backend,
-                                key.clone(),
-                                *quota,
-                                Mode::Hit,
-                            );
+                            let check =
+                                throttle
+                                    .core
+                                    .decide(backend, key.clone(), *quota, Mode::Hit);
                             match check {
                                 Check::Ready(result) => settle(throttle, result, message),
                                 Check::Pending(check) => {

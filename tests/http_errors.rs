@@ -525,3 +525,53 @@ async fn exempt_identities_never_reach_a_failing_backend() {
     assert_eq!(statuses(&app, 3, || at("/f", PEER)).await, [200; 3]);
     assert_eq!(backend.calls.load(Ordering::SeqCst), 0);
 }
+
+/// A backend that cannot hold the quota it is asked about.
+#[derive(Clone)]
+struct RefusingBackend;
+
+impl traffik::backend::ThrottleBackend for RefusingBackend {
+    fn prefix(&self) -> &str {
+        "refusing"
+    }
+    fn hit(
+        &self,
+        _key: &str,
+        _quota: &traffik::Quota,
+        _cost: u64,
+    ) -> traffik::backend::BackendFuture {
+        traffik::backend::BackendFuture::ready(Err(Error::configuration(
+            "quota too large for this backend",
+        )))
+    }
+    fn peek(
+        &self,
+        key: &str,
+        quota: &traffik::Quota,
+        cost: u64,
+    ) -> traffik::backend::BackendFuture {
+        self.hit(key, quota, cost)
+    }
+    fn reset(&self) -> traffik::backend::BoxFuture<Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_configuration_error_from_the_backend_is_not_failed_open() {
+    // FailureMode::Open lets requests through on outages, but a quota the
+    // backend cannot hold is a configuration error: a 500, not a silently
+    // disabled throttle.
+    let t = HttpThrottle::builder()
+        .uid("refused-quota")
+        .rate("5/min")
+        .backend(RefusingBackend)
+        .build()
+        .unwrap();
+    let app = Router::new().route("/r", get(|| async { "ok" }).route_layer(t.layer()));
+    let reply = send(&app, at("/r", "10.0.0.1:1")).await;
+    assert_eq!(reply.status, 500);
+    assert!(reply.body.contains("quota too large"), "{}", reply.body);
+    let error = t.hit(&at("/r", "10.0.0.1:1")).await.unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error:?}");
+}

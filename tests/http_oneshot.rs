@@ -889,7 +889,18 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
             .status,
         200
     );
-    // `Forwarded` (RFC 7239), IPv4 and quoted IPv6 with a port.
+    // `Forwarded` (RFC 7239), IPv4 and quoted IPv6 with a port, when the
+    // proxies are said to write it.
+    let proxies = TrustedProxies::new(["127.0.0.0/8"])
+        .unwrap()
+        .header(traffik::ForwardedHeader::Forwarded);
+    let app = ip_app("os-forwarded-trusted", Some(proxies));
+    assert_eq!(
+        send(&app, via(&[("forwarded", "for=2.2.2.2;proto=https")]))
+            .await
+            .status,
+        200
+    );
     assert_eq!(
         send(&app, via(&[("forwarded", "for=2.2.2.2;proto=https")]))
             .await
@@ -909,7 +920,11 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
         429,
         "same /64"
     );
-    // X-Real-IP.
+    // X-Real-IP, when the proxies are said to write it.
+    let proxies = TrustedProxies::new(["127.0.0.0/8"])
+        .unwrap()
+        .header(traffik::ForwardedHeader::XRealIp);
+    let app = ip_app("os-real-ip-trusted", Some(proxies));
     assert_eq!(
         send(&app, via(&[("x-real-ip", "5.5.5.5")])).await.status,
         200
@@ -918,8 +933,14 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
         send(&app, via(&[("x-real-ip", "5.5.5.5")])).await.status,
         429
     );
-    // No header: the proxy itself is the client.
-    assert_eq!(send(&app, via(&[])).await.status, 200);
+    // No header (or only one the proxies do not write): the proxy itself is
+    // the client.
+    assert_eq!(
+        send(&app, via(&[("x-forwarded-for", "3.3.3.3")]))
+            .await
+            .status,
+        200
+    );
     assert_eq!(send(&app, via(&[])).await.status, 429);
 
     // An untrusted peer's headers are ignored.
@@ -1510,14 +1531,14 @@ async fn head_counts_as_get() {
 }
 
 #[tokio::test]
-async fn auto_prefers_x_forwarded_for_and_a_chosen_header_is_the_only_one_read() {
+async fn only_the_header_the_proxy_writes_is_read() {
     use traffik::ForwardedHeader;
     let via = |headers: &[(&str, &str)]| request("GET", "/api/x", Some("127.0.0.1:5000"), headers);
     let proxies = TrustedProxies::new(["127.0.0.0/8"]).unwrap();
-    // Auto: a proxy writing X-Forwarded-For passes a client's Forwarded
-    // through; X-Forwarded-For wins, so the forged Forwarded changes nothing.
+    // Default: X-Forwarded-For. A proxy appending to it passes a client's
+    // Forwarded or X-Real-IP through untouched: forging them changes nothing.
     let t = HttpThrottle::builder()
-        .uid("fwd-auto")
+        .uid("fwd-default")
         .limit(1)
         .hours(1)
         .trusted_proxies(proxies.clone())
@@ -1526,10 +1547,12 @@ async fn auto_prefers_x_forwarded_for_and_a_chosen_header_is_the_only_one_read()
     let app =
         rules_app(ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(t)));
     let forged = |n: u8| {
-        let forwarded = format!("for=203.0.113.{n}");
+        let forged = format!("203.0.113.{n}");
+        let forwarded = format!("for={forged}");
         via(&[
             ("x-forwarded-for", "198.51.100.1"),
             ("forwarded", &forwarded),
+            ("x-real-ip", &forged),
         ])
     };
     assert_eq!(send(&app, forged(1)).await.status, 200);
@@ -1550,4 +1573,23 @@ async fn auto_prefers_x_forwarded_for_and_a_chosen_header_is_the_only_one_read()
     };
     assert_eq!(send(&app, spoof(1)).await.status, 200);
     assert_eq!(send(&app, spoof(2)).await.status, 429);
+}
+
+#[tokio::test]
+async fn hit_and_peek_futures_do_nothing_until_polled() {
+    let t = HttpThrottle::builder()
+        .uid("lazy-futures")
+        .rate("2/min")
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let req = at("/lazy", PEER);
+    // Created and dropped without being awaited: nothing is counted.
+    drop((t.hit(&req), t.hit(&req), t.hit(&req)));
+    let first = t.peek(&req);
+    assert_eq!(t.hit(&req).await.unwrap().remaining, 1);
+    // The peek created before that hit sees the state when it is awaited.
+    assert_eq!(first.await.unwrap().remaining, 0);
+    assert!(t.hit(&req).await.unwrap().allowed);
+    assert!(matches!(t.hit(&req).await, Err(Error::Throttled(_))));
 }

@@ -507,3 +507,19 @@ fn the_backend_future_is_ready_at_once() {
     let ready = ThrottleBackend::hit(&backend, "k", &quota, 1).into_ready();
     assert!(ready.expect("ready").unwrap().allowed);
 }
+
+#[test]
+fn a_key_rebuilt_with_another_strategy_starts_fresh() {
+    let backend = InMemoryBackend::new();
+    let bucket = quota("100/min", Strategy::TokenBucket);
+    for _ in 0..100 {
+        assert!(backend.decide("k", &bucket, 1).unwrap().allowed);
+    }
+    assert!(!backend.decide("k", &bucket, 1).unwrap().allowed);
+    // The same key under another strategy (a throttle rebuilt with the same
+    // uid) must not read the token bucket's state as its own.
+    let window = quota("100/min", Strategy::SlidingWindowCounter);
+    let decision = backend.decide("k", &window, 1).unwrap();
+    assert!(decision.allowed, "{decision:?}");
+    assert_eq!(decision.remaining, 99);
+}

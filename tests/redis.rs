@@ -654,8 +654,10 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
     let mut conn = client_conn(&url).await;
     let prefix = redis.prefix().to_owned();
     // Foreign keys: another prefix, a prefix that starts like ours, no colon.
+    // And a backend whose prefix extends ours ("{prefix}:t1").
     let foreign = [
         format!("{prefix}x:{{u:k:s}}:tb"),
+        format!("{prefix}:t1:{{u:k:s}}:tb"),
         format!("other-{prefix}:k"),
         prefix.clone(),
     ];
@@ -675,6 +677,7 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
         let key = format!("{prefix}:u:{i}:s");
         redis.hit(&key, &q, 1).await.unwrap();
     }
+    // Counts this backend's own keys (`{prefix}:{...}`).
     let count = |conn: &mut redis::aio::MultiplexedConnection, pattern: String| {
         let mut conn = conn.clone();
         async move {
@@ -698,7 +701,7 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
             }
         }
     };
-    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 2500);
+    assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 2500);
     // A second non-persistent backend on the same prefix clears it on build.
     let again = RedisBackend::builder(url.clone())
         .prefix(prefix.clone())
@@ -706,7 +709,7 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
         .build()
         .await
         .unwrap();
-    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 0);
     for key in &foreign {
         let exists: i64 = redis::cmd("EXISTS")
             .arg(key)
@@ -718,10 +721,10 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
     // reset() and close() clear too.
     redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
     again.reset().await.unwrap();
-    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 0);
     redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
     again.close().await.unwrap();
-    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 0);
     // A persistent backend keeps its keys on build and close.
     redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
     let persistent = RedisBackend::builder(url.clone())
@@ -730,9 +733,9 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
         .await
         .unwrap();
     persistent.close().await.unwrap();
-    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 1);
+    assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 1);
     persistent.reset().await.unwrap();
-    assert_eq!(count(&mut conn, format!("{prefix}:*")).await, 0);
+    assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 0);
     for key in &foreign {
         let _: i64 = redis::cmd("DEL")
             .arg(key)

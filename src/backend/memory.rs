@@ -245,7 +245,9 @@ impl Shared {
 
     #[inline]
     fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> Result<Decision, Error> {
-        let digest = self.hasher.hash_one(key);
+        // The strategy is part of the identity of a state: a throttle rebuilt
+        // with another strategy must not read the old layout.
+        let digest = self.hasher.hash_one((key, quota.strategy()));
         let shard = &self.shards[(digest >> 32) as usize & self.shard_mask];
         let mut swept_all = false;
         loop {

@@ -536,7 +536,9 @@ impl Shared {
     }
 
     async fn reset(&self) -> Result<(), Error> {
-        let pattern = format!("{}:*", glob_escape(&self.prefix));
+        // Stored keys are `{prefix}:{...}`: matching the brace keeps a
+        // backend whose prefix starts with this one ("app:t1" for "app") safe.
+        let pattern = format!("{}:{{*", glob_escape(&self.prefix));
         let nodes = match &self.conn {
             Conn::Single(_) => vec![None],
             Conn::Cluster(_) => self.masters().await?.into_iter().map(Some).collect(),
