@@ -174,9 +174,9 @@ impl Check {
 pub(crate) enum Prepared<'a> {
     /// Decided without a backend (exempt, or an error).
     Done(Result<Verdict, Error>),
-    /// Ask `backend` about `key`.
+    /// Ask `backend` (`None`: the throttle's own `.backend(..)`) about `key`.
     Decide {
-        backend: Cow<'a, DynBackend>,
+        backend: Option<Cow<'a, DynBackend>>,
         key: String,
         quota: Quota,
     },
@@ -185,7 +185,8 @@ pub(crate) enum Prepared<'a> {
 }
 
 impl Prepared<'_> {
-    /// Detaches from borrowed backends (one `Arc` clone).
+    /// Detaches from borrowed backends (an `Arc` clone for a layer's
+    /// backend; none for the throttle's own).
     pub(crate) fn into_owned(self) -> Prepared<'static> {
         match self {
             Prepared::Done(result) => Prepared::Done(result),
@@ -194,7 +195,7 @@ impl Prepared<'_> {
                 key,
                 quota,
             } => Prepared::Decide {
-                backend: Cow::Owned(backend.into_owned()),
+                backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
                 key,
                 quota,
             },
@@ -618,10 +619,21 @@ impl HttpInner {
         match prepared {
             Prepared::Done(result) => Check::Ready(result),
             Prepared::Decide {
-                backend,
+                backend: Some(backend),
                 key,
                 quota,
             } => self.core.decide(&backend, key, quota, mode),
+            Prepared::Decide {
+                backend: None,
+                key,
+                quota,
+            } => match &self.core.backend {
+                BackendChoice::Fixed(backend) => self.core.decide(backend, key, quota, mode),
+                _ => Check::Ready(Err(Error::configuration(format!(
+                    "throttle {:?} lost its backend",
+                    self.core.uid()
+                )))),
+            },
             Prepared::Later(check) => check,
         }
     }
@@ -648,11 +660,11 @@ impl HttpInner {
                     Err(error) => return Prepared::Done(Err(error)),
                 };
                 // Borrowed when possible: no Arc count traffic per request.
-                let backend: Cow<'a, DynBackend> = match (&core.backend, fallback) {
-                    (BackendChoice::Fixed(backend), _) => Cow::Borrowed(backend),
-                    (BackendChoice::Inherit, Some(backend)) => Cow::Borrowed(backend),
+                let backend: Option<Cow<'a, DynBackend>> = match (&core.backend, fallback) {
+                    (BackendChoice::Fixed(_), _) => None,
+                    (BackendChoice::Inherit, Some(backend)) => Some(Cow::Borrowed(backend)),
                     _ => match core.resolve_backend(fallback) {
-                        Ok(backend) => Cow::Owned(backend),
+                        Ok(backend) => Some(Cow::Owned(backend)),
                         // No scope now: look again when the future is first
                         // polled, which may happen inside a scope.
                         Err(_) => {
@@ -660,8 +672,13 @@ impl HttpInner {
                         }
                     },
                 };
+                let prefix = match (&backend, &core.backend) {
+                    (Some(backend), _) => backend.prefix(),
+                    (None, BackendChoice::Fixed(backend)) => backend.prefix(),
+                    (None, _) => "",
+                };
                 let key = self.key(
-                    backend.prefix(),
+                    prefix,
                     KeyIdentity::Ip(ip),
                     request.method(),
                     route_of(request.extensions(), request.uri()),
