@@ -298,10 +298,11 @@ fn record(infos: &mut Vec<RateLimitInfo>, verdict: Verdict) {
 }
 
 impl LayerConfig {
-    /// Runs the rules from `start` synchronously until one needs to wait.
-    /// `Ok(outcome)` when done; `Err((index, pending))` to continue
-    /// asynchronously at `index` (with the check of rule `index - 1` pending,
-    /// if any).
+    /// Runs the rules in order, synchronously, recording header infos.
+    /// `Ok(None)`: every matching rule allowed the request; `Ok(Some(error))`:
+    /// one refused it; `Err((index, pending))`: continue asynchronously at
+    /// rule `index` (a hook to await), after awaiting `pending` (the check of
+    /// rule `index - 1` that a backend answers later), if any.
     fn run_sync(
         &self,
         parts: &Parts,

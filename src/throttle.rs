@@ -216,6 +216,14 @@ impl Core {
         &self.uid.0
     }
 
+    /// The backend given with `.backend(..)`, if any.
+    fn fixed_backend(&self) -> Option<&DynBackend> {
+        match &self.backend {
+            BackendChoice::Fixed(backend) => Some(backend),
+            _ => None,
+        }
+    }
+
     pub(crate) fn resolve_backend(
         &self,
         fallback: Option<&DynBackend>,
@@ -552,16 +560,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        // Read the request now; ask the backend only when polled.
-        let prepared = self.inner.prepare(request, None, Mode::Hit).into_owned();
-        let inner = Arc::clone(&self.inner);
-        async move {
-            inner
-                .run(prepared, Mode::Hit)
-                .wait()
-                .await
-                .map(|verdict| verdict.decision)
-        }
+        self.lazy(request, Mode::Hit)
     }
 
     /// The [`Decision`] a hit would get now, without counting it. A request
@@ -570,15 +569,20 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        // Read the request now; ask the backend only when polled.
-        let prepared = self.inner.prepare(request, None, Mode::Peek).into_owned();
+        self.lazy(request, Mode::Peek)
+    }
+
+    /// Reads the request now; asks the backend only when polled.
+    fn lazy<R: RequestHead>(
+        &self,
+        request: &R,
+        mode: Mode,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
+        let prepared = self.inner.prepare(request, None, mode).into_owned();
         let inner = Arc::clone(&self.inner);
         async move {
-            inner
-                .run(prepared, Mode::Peek)
-                .wait()
-                .await
-                .map(|verdict| verdict.decision)
+            let verdict = inner.run(prepared, mode).wait().await?;
+            Ok(verdict.decision)
         }
     }
 
@@ -587,16 +591,7 @@ impl HttpThrottle {
         &self,
         parts: &Parts,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        // Read the request now; ask the backend only when polled.
-        let prepared = self.inner.prepare(parts, None, Mode::Hit).into_owned();
-        let inner = Arc::clone(&self.inner);
-        async move {
-            inner
-                .run(prepared, Mode::Hit)
-                .wait()
-                .await
-                .map(|verdict| verdict.decision)
-        }
+        self.lazy(parts, Mode::Hit)
     }
 }
 
@@ -619,17 +614,12 @@ impl HttpInner {
         match prepared {
             Prepared::Done(result) => Check::Ready(result),
             Prepared::Decide {
-                backend: Some(backend),
+                backend,
                 key,
                 quota,
-            } => self.core.decide(&backend, key, quota, mode),
-            Prepared::Decide {
-                backend: None,
-                key,
-                quota,
-            } => match &self.core.backend {
-                BackendChoice::Fixed(backend) => self.core.decide(backend, key, quota, mode),
-                _ => Check::Ready(Err(Error::configuration(format!(
+            } => match backend.as_deref().or(self.core.fixed_backend()) {
+                Some(backend) => self.core.decide(backend, key, quota, mode),
+                None => Check::Ready(Err(Error::configuration(format!(
                     "throttle {:?} lost its backend",
                     self.core.uid()
                 )))),
@@ -672,11 +662,10 @@ impl HttpInner {
                         }
                     },
                 };
-                let prefix = match (&backend, &core.backend) {
-                    (Some(backend), _) => backend.prefix(),
-                    (None, BackendChoice::Fixed(backend)) => backend.prefix(),
-                    (None, _) => "",
-                };
+                let prefix = backend
+                    .as_deref()
+                    .or(core.fixed_backend())
+                    .map_or("", |backend| backend.prefix());
                 let key = self.key(
                     prefix,
                     KeyIdentity::Ip(ip),
