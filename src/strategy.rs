@@ -342,6 +342,7 @@ impl Quota {
     /// Decides at `now` microseconds; also returns the time (microseconds)
     /// from which the new state is equivalent to a fresh one and can be
     /// deleted.
+    #[inline]
     pub fn decide_micros(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
         let cost = cost.max(1);
         match self.strategy {
@@ -353,6 +354,7 @@ impl Quota {
         }
     }
 
+    #[inline]
     fn decision(
         &self,
         allowed: bool,
@@ -371,6 +373,7 @@ impl Quota {
 
     /// Tokens are counted in units of 1/period so that refilling `limit`
     /// tokens per period adds exactly `limit` units per microsecond.
+    #[inline]
     fn token_bucket(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
         // Plain u64 arithmetic: `check` keeps capacity × period ≤ 2^62, and
         // sums that could go past it saturate before being capped at `full`.
@@ -401,6 +404,7 @@ impl Quota {
         (self.decision(allowed, remaining, reset, retry), now + reset)
     }
 
+    #[inline]
     fn gcra(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
         let interval = self.emission_interval();
         let tolerance = self.capacity * interval;
@@ -427,6 +431,7 @@ impl Quota {
         (self.decision(allowed, remaining, reset, retry), busy_until)
     }
 
+    #[inline]
     fn fixed_window(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
         let (start, mut count) = match state.stored_words() {
             Some([start, count]) if now < start.saturating_add(self.period) => (start, count),

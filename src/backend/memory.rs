@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{BackendFuture, BoxFuture, ThrottleBackend};
 use crate::clock::{Clock, SystemClock};
-use crate::strategy::State;
+use crate::strategy::{State, Strategy};
 use crate::{Decision, Error, Quota};
 
 /// Default cap on live keys.
@@ -24,10 +24,13 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// * Exact under concurrency: each decision runs under the lock of one of 64
 ///   shards (no lock is held across an `.await`; a decision takes well under a
 ///   microsecond).
-/// * Keys are stored as 64-bit SipHash-1-3 digests under a random secret per
-///   backend, so a key costs the same few bytes whatever its length. Two of a
-///   million live keys share a digest with a probability below 1 in 30
-///   million, and a client cannot aim for a collision without the secret.
+/// * Keys are stored as 64-bit SipHash-1-3 digests under random secrets of
+///   each backend (one per strategy), so a key costs the same few bytes
+///   whatever its length: a 32-byte table entry (digest, two words of state,
+///   expiry) for every strategy but the sliding-window log, whose log is
+///   boxed. Two of a million live keys share a digest with a probability
+///   below 1 in 30 million, and a client cannot aim for a collision without
+///   the secret.
 /// * Expired keys are reclaimed by the backend itself: each shard sweeps its
 ///   expired keys at most once per sweep interval (default 1 s), during a hit,
 ///   and before refusing a new key at the cap (then every shard, at most once
@@ -56,7 +59,10 @@ struct Shared {
     prefix: String,
     persistent: bool,
     clock: ClockSource,
-    hasher: RandomState,
+    /// One SipHash secret per strategy: the strategy is part of the
+    /// identity of a state (a throttle rebuilt with another strategy must not
+    /// read the old layout), at no cost per hit.
+    hashers: [RandomState; Strategy::ALL.len()],
     shards: Box<[Shard]>,
     shard_mask: usize,
     live_keys: AtomicUsize,
@@ -71,14 +77,88 @@ struct Shard {
     map: Mutex<ShardMap>,
 }
 
+type Table<S> = HashMap<u64, S, BuildHasherDefault<DigestHasher>>;
+
 struct ShardMap {
-    slots: HashMap<u64, Slot, BuildHasherDefault<DigestHasher>>,
+    /// Every strategy but the sliding-window log: 32-byte buckets (digest,
+    /// two words, expiry), so that a bucket never straddles two cache lines.
+    words: Table<WordSlot>,
+    /// Sliding-window logs.
+    logs: Table<LogSlot>,
     next_sweep: u64,
+    /// The latest time a decision in this shard used: time never moves
+    /// backwards for a key, even when racing threads read the clock in
+    /// another order than they take the lock.
+    last_now: u64,
 }
 
-struct Slot {
+/// A state of two words.
+struct WordSlot {
+    words: [u64; 2],
+    expires: u64,
+}
+
+/// A sliding-window log (boxed inside the state).
+struct LogSlot {
     state: State,
     expires: u64,
+}
+
+/// A stored state: how to decide on it and when it expires.
+trait Slot: Sized {
+    fn table(map: &mut ShardMap) -> &mut Table<Self>;
+    fn new(state: State, expires: u64) -> Self;
+    fn expires(&self) -> u64;
+    fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision;
+}
+
+impl Slot for WordSlot {
+    #[inline]
+    fn table(map: &mut ShardMap) -> &mut Table<Self> {
+        &mut map.words
+    }
+    #[inline]
+    fn new(state: State, expires: u64) -> Self {
+        WordSlot {
+            words: state.words().unwrap_or_default(),
+            expires,
+        }
+    }
+    #[inline]
+    fn expires(&self) -> u64 {
+        self.expires
+    }
+    #[inline]
+    fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision {
+        let mut state = State::from_words(self.words);
+        let (decision, expires) = quota.decide_micros(&mut state, now, cost);
+        if record {
+            self.words = state.words().unwrap_or_default();
+            self.expires = expires;
+        }
+        decision
+    }
+}
+
+impl Slot for LogSlot {
+    fn table(map: &mut ShardMap) -> &mut Table<Self> {
+        &mut map.logs
+    }
+    fn new(state: State, expires: u64) -> Self {
+        LogSlot { state, expires }
+    }
+    fn expires(&self) -> u64 {
+        self.expires
+    }
+    fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision {
+        if record {
+            let (decision, expires) = quota.decide_micros(&mut self.state, now, cost);
+            self.expires = expires;
+            return decision;
+        }
+        let mut state = self.state.clone();
+        quota.decide_micros(&mut state, now, cost).0
+    }
 }
 
 /// The map keys are already uniform digests: hash them as they are.
@@ -179,16 +259,6 @@ enum ClockSource {
     Other(Arc<dyn Clock>),
 }
 
-impl ClockSource {
-    #[inline]
-    fn now(&self) -> Duration {
-        match self {
-            ClockSource::System(clock) => clock.now(),
-            ClockSource::Other(clock) => clock.now(),
-        }
-    }
-}
-
 #[inline]
 fn lock(map: &Mutex<ShardMap>) -> MutexGuard<'_, ShardMap> {
     map.lock().unwrap_or_else(PoisonError::into_inner)
@@ -197,23 +267,28 @@ fn lock(map: &Mutex<ShardMap>) -> MutexGuard<'_, ShardMap> {
 impl Shared {
     #[inline]
     fn now(&self) -> u64 {
-        self.clock.now().as_micros() as u64
+        match &self.clock {
+            ClockSource::System(clock) => clock.now_micros(),
+            ClockSource::Other(clock) => clock.now().as_micros() as u64,
+        }
     }
 
     fn clear(&self) {
         for shard in self.shards.iter() {
             let mut map = lock(&shard.map);
-            let removed = map.slots.len();
-            map.slots.clear();
+            let removed = map.words.len() + map.logs.len();
+            map.words.clear();
+            map.logs.clear();
             self.live_keys.fetch_sub(removed, Ordering::Relaxed);
         }
     }
 
     fn sweep(&self, map: &mut ShardMap, now: u64) {
-        let before = map.slots.len();
-        map.slots.retain(|_, slot| slot.expires > now);
+        let before = map.words.len() + map.logs.len();
+        map.words.retain(|_, slot| slot.expires() > now);
+        map.logs.retain(|_, slot| slot.expires() > now);
         self.live_keys
-            .fetch_sub(before - map.slots.len(), Ordering::Relaxed);
+            .fetch_sub(before - map.words.len() - map.logs.len(), Ordering::Relaxed);
         map.next_sweep = now.saturating_add(self.sweep_interval);
     }
 
@@ -245,27 +320,37 @@ impl Shared {
 
     #[inline]
     fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> Result<Decision, Error> {
-        // The strategy is part of the identity of a state: a throttle rebuilt
-        // with another strategy must not read the old layout.
-        let digest = self.hasher.hash_one((key, quota.strategy()));
+        let mut hasher = self.hashers[quota.strategy() as usize].build_hasher();
+        hasher.write(key.as_bytes());
+        let digest = hasher.finish();
+        match quota.strategy() {
+            Strategy::SlidingWindowLog => self.decide_in::<LogSlot>(digest, quota, cost, record),
+            _ => self.decide_in::<WordSlot>(digest, quota, cost, record),
+        }
+    }
+
+    #[inline]
+    fn decide_in<S: Slot>(
+        &self,
+        digest: u64,
+        quota: &Quota,
+        cost: u64,
+        record: bool,
+    ) -> Result<Decision, Error> {
         let shard = &self.shards[(digest >> 32) as usize & self.shard_mask];
         let mut swept_all = false;
         loop {
+            // The clock is read before the lock (shorter critical section);
+            // the shard's latest time keeps it monotonic per key.
+            let read = self.now();
             let mut map = lock(&shard.map);
-            // The clock is read under the lock, so that each key sees time
-            // only move forward even when threads race for it.
-            let now = self.now();
+            let now = read.max(map.last_now);
+            map.last_now = now;
             if now >= map.next_sweep {
                 self.sweep(&mut map, now);
             }
-            if let Some(slot) = map.slots.get_mut(&digest) {
-                if record {
-                    let (decision, expires) = quota.decide_micros(&mut slot.state, now, cost);
-                    slot.expires = expires;
-                    return Ok(decision);
-                }
-                let mut state = slot.state.clone();
-                return Ok(quota.decide_micros(&mut state, now, cost).0);
+            if let Some(slot) = S::table(&mut map).get_mut(&digest) {
+                return Ok(slot.decide(quota, now, cost, record));
             }
             let mut state = State::new();
             let (decision, expires) = quota.decide_micros(&mut state, now, cost);
@@ -290,7 +375,7 @@ impl Shared {
                     continue;
                 }
             }
-            map.slots.insert(digest, Slot { state, expires });
+            S::table(&mut map).insert(digest, S::new(state, expires));
             return Ok(decision);
         }
     }
@@ -394,8 +479,10 @@ impl InMemoryBackendBuilder {
         let shards = (0..self.shards)
             .map(|_| Shard {
                 map: Mutex::new(ShardMap {
-                    slots: HashMap::default(),
+                    words: HashMap::default(),
+                    logs: HashMap::default(),
                     next_sweep: 0,
+                    last_now: 0,
                 }),
             })
             .collect();
@@ -404,7 +491,7 @@ impl InMemoryBackendBuilder {
                 prefix: self.prefix,
                 persistent: self.persistent,
                 clock: self.clock,
-                hasher: RandomState::new(),
+                hashers: std::array::from_fn(|_| RandomState::new()),
                 shards,
                 shard_mask: self.shards - 1,
                 live_keys: AtomicUsize::new(0),
