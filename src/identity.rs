@@ -1,12 +1,12 @@
 //! Who a request comes from: [`Identity`], client address resolution and
 //! [`TrustedProxies`].
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
+use crate::key::{put_ipv4, KeyOut, Overflow};
 use crate::Error;
 
 /// What an identifier returns for a request.
@@ -314,26 +314,13 @@ impl AddressIdentity {
 
     /// Writes the identity of a client address into a key buffer
     /// (`2001:db8:1:2::/64` for masked IPv6).
-    pub(crate) fn write(&self, ip: IpAddr, out: &mut String) {
-        if let IpAddr::V4(v4) = ip {
-            // Without `fmt`: a third of the cost of `write!`.
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
+    pub(crate) fn write(&self, ip: IpAddr, out: &mut impl KeyOut) -> Result<(), Overflow> {
+        match ip {
+            IpAddr::V4(v4) => put_ipv4(out, v4),
+            IpAddr::V6(_) if self.ipv6_prefix < 128 => {
+                write!(out, "{ip}/{}", self.ipv6_prefix).map_err(|_| Overflow)
             }
-            return;
-        }
-        let _ = write!(out, "{ip}");
-        if ip.is_ipv6() && self.ipv6_prefix < 128 {
-            let _ = write!(out, "/{}", self.ipv6_prefix);
+            IpAddr::V6(_) => write!(out, "{ip}").map_err(|_| Overflow),
         }
     }
 }
@@ -419,7 +406,7 @@ mod tests {
         let identity = AddressIdentity::default();
         let ip = identity.mask("2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap());
         let mut out = String::new();
-        identity.write(ip, &mut out);
+        assert!(identity.write(ip, &mut out).is_ok());
         assert_eq!(out, "2001:db8:1:2::/64");
         let v4 = identity.mask("1.2.3.4".parse().unwrap());
         assert_eq!(v4.to_string(), "1.2.3.4");

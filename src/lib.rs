@@ -49,6 +49,7 @@ pub mod backend;
 pub mod clock;
 mod error;
 pub mod identity;
+mod key;
 mod layer;
 pub mod rate;
 pub mod response;

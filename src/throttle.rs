@@ -15,11 +15,13 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 use crate::backend::{self, BoxFuture, DynBackend, IntoBackend};
 use crate::identity::AddressIdentity;
+use crate::key::{KeyBuf, KeyOut, Overflow, INLINE};
 use crate::rate::IntoRate;
 use crate::response::{responder, Policy, RateLimitHeaders, RateLimitInfo, ThrottledResponder};
 use crate::{
     BoxError, Decision, Error, Identity, Quota, Rate, Strategy, Throttled, TrustedProxies,
 };
+use arrayvec::ArrayString;
 
 /// What happens when the backend fails (error or timeout).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -170,24 +172,26 @@ impl Check {
     }
 }
 
-/// A request read and keyed, its decision not yet asked for.
-pub(crate) enum Prepared<'a> {
+/// A request read and keyed, its decision not yet asked for. The key is
+/// borrowed from the stack of [`HttpInner::prepare`] (`&str`) or owned
+/// ([`KeyBuf`], for futures that outlive the request).
+pub(crate) enum Prepared<'a, K> {
     /// Decided without a backend (exempt, or an error).
     Done(Result<Verdict, Error>),
     /// Ask `backend` (`None`: the throttle's own `.backend(..)`) about `key`.
     Decide {
         backend: Option<Cow<'a, DynBackend>>,
-        key: String,
+        key: K,
         quota: Quota,
     },
     /// The general path (a lazy future).
     Later(Check),
 }
 
-impl Prepared<'_> {
-    /// Detaches from borrowed backends (an `Arc` clone for a layer's
-    /// backend; none for the throttle's own).
-    pub(crate) fn into_owned(self) -> Prepared<'static> {
+impl Prepared<'_, &str> {
+    /// Detaches from the request and from borrowed backends (an `Arc` clone
+    /// for a layer's backend; none for the throttle's own).
+    pub(crate) fn into_owned(self) -> Prepared<'static, KeyBuf> {
         match self {
             Prepared::Done(result) => Prepared::Done(result),
             Prepared::Decide {
@@ -196,7 +200,7 @@ impl Prepared<'_> {
                 quota,
             } => Prepared::Decide {
                 backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
-                key,
+                key: KeyBuf::from(key),
                 quota,
             },
             Prepared::Later(check) => Prepared::Later(check),
@@ -266,22 +270,23 @@ impl Core {
     pub(crate) fn decide(
         self: &Arc<Self>,
         backend: &DynBackend,
-        key: String,
+        key: &str,
         quota: Quota,
         mode: Mode,
     ) -> Check {
         let answer = match mode {
-            Mode::Hit => backend.hit(&key, &quota, self.cost),
-            Mode::Peek => backend.peek(&key, &quota, self.cost),
+            Mode::Hit => backend.hit(key, &quota, self.cost),
+            Mode::Peek => backend.peek(key, &quota, self.cost),
         };
         match answer.into_ready() {
             Ok(result) => self.after(result, backend, key, quota, mode),
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
+                let key = key.to_owned();
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
-                    core.after(result, &backend, key, quota, mode).wait().await
+                    core.after(result, &backend, &key, quota, mode).wait().await
                 }))
             }
         }
@@ -291,13 +296,13 @@ impl Core {
         self: &Arc<Self>,
         result: Result<Decision, Error>,
         backend: &DynBackend,
-        key: String,
+        key: &str,
         quota: Quota,
         mode: Mode,
     ) -> Check {
         let decision = match result {
             Ok(decision) => decision,
-            Err(error) => return Check::Ready(self.failed(error, &key)),
+            Err(error) => return Check::Ready(self.failed(error, key)),
         };
         if mode == Mode::Peek {
             return Check::Ready(Ok(self.verdict(decision, &quota)));
@@ -322,12 +327,13 @@ impl Core {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
                 let max = *max;
+                let key = key.to_owned();
                 Check::Pending(Box::pin(async move {
                     core.wait_until_allowed(decision, backend, key, quota, max)
                         .await
                 }))
             }
-            _ => Check::Ready(Err(self.throttled(decision, &quota, &key))),
+            _ => Check::Ready(Err(self.throttled(decision, &quota, key))),
         }
     }
 
@@ -578,7 +584,9 @@ impl HttpThrottle {
         request: &R,
         mode: Mode,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let prepared = self.inner.prepare(request, None, mode).into_owned();
+        let prepared = self
+            .inner
+            .prepare(request, None, mode, |prepared| prepared.into_owned());
         let inner = Arc::clone(&self.inner);
         async move {
             let verdict = inner.run(prepared, mode).wait().await?;
@@ -605,12 +613,11 @@ impl HttpInner {
         fallback: Option<&DynBackend>,
         mode: Mode,
     ) -> Check {
-        let prepared = self.prepare(request, fallback, mode);
-        self.run(prepared, mode)
+        self.prepare(request, fallback, mode, |prepared| self.run(prepared, mode))
     }
 
     /// Asks the backend for a prepared request.
-    pub(crate) fn run(&self, prepared: Prepared<'_>, mode: Mode) -> Check {
+    pub(crate) fn run<K: AsRef<str>>(&self, prepared: Prepared<'_, K>, mode: Mode) -> Check {
         match prepared {
             Prepared::Done(result) => Check::Ready(result),
             Prepared::Decide {
@@ -618,7 +625,7 @@ impl HttpInner {
                 key,
                 quota,
             } => match backend.as_deref().or(self.core.fixed_backend()) {
-                Some(backend) => self.core.decide(backend, key, quota, mode),
+                Some(backend) => self.core.decide(backend, key.as_ref(), quota, mode),
                 None => Check::Ready(Err(Error::configuration(format!(
                     "throttle {:?} lost its backend",
                     self.core.uid()
@@ -629,25 +636,27 @@ impl HttpInner {
     }
 
     /// Reads what the decision needs from the request (identity, key,
-    /// backend, quota) without touching the backend.
-    pub(crate) fn prepare<'a, R: RequestHead>(
+    /// backend, quota) without touching the backend, and hands it to `then`
+    /// (the key is built on this function's stack when it fits).
+    pub(crate) fn prepare<'a, R: RequestHead, T>(
         self: &'a Arc<Self>,
         request: &R,
         fallback: Option<&'a DynBackend>,
         mode: Mode,
-    ) -> Prepared<'a> {
+        then: impl FnOnce(Prepared<'a, &str>) -> T,
+    ) -> T {
         let core = &self.core;
         if core.cost == 0 {
-            return Prepared::Done(Ok(Verdict::exempt()));
+            return then(Prepared::Done(Ok(Verdict::exempt())));
         }
         if self.identifier.is_none() {
             if let RateSource::Static(quota) = &core.rate {
                 let Some(quota) = *quota else {
-                    return Prepared::Done(Ok(Verdict::exempt()));
+                    return then(Prepared::Done(Ok(Verdict::exempt())));
                 };
                 let ip = match self.address.client(request.extensions(), request.headers()) {
                     Ok(ip) => ip,
-                    Err(error) => return Prepared::Done(Err(error)),
+                    Err(error) => return then(Prepared::Done(Err(error))),
                 };
                 // Borrowed when possible: no Arc count traffic per request.
                 let backend: Option<Cow<'a, DynBackend>> = match (&core.backend, fallback) {
@@ -658,7 +667,7 @@ impl HttpInner {
                         // No scope now: look again when the future is first
                         // polled, which may happen inside a scope.
                         Err(_) => {
-                            return Prepared::Later(self.check_async(request, fallback, mode))
+                            return then(Prepared::Later(self.check_async(request, fallback, mode)))
                         }
                     },
                 };
@@ -666,20 +675,26 @@ impl HttpInner {
                     .as_deref()
                     .or(core.fixed_backend())
                     .map_or("", |backend| backend.prefix());
-                let key = self.key(
-                    prefix,
-                    KeyIdentity::Ip(ip),
-                    request.method(),
-                    route_of(request.extensions(), request.uri()),
-                );
-                return Prepared::Decide {
+                let route = route_of(request.extensions(), request.uri());
+                let identity = KeyIdentity::Ip(ip);
+                let mut inline = ArrayString::<INLINE>::new();
+                let heap;
+                let key =
+                    match self.write_key(&mut inline, prefix, identity, request.method(), route) {
+                        Ok(()) => inline.as_str(),
+                        Err(Overflow) => {
+                            heap = self.key(prefix, identity, request.method(), route);
+                            heap.as_str()
+                        }
+                    };
+                return then(Prepared::Decide {
                     backend,
                     key,
                     quota,
-                };
+                });
             }
         }
-        Prepared::Later(self.check_async(request, fallback, mode))
+        then(Prepared::Later(self.check_async(request, fallback, mode)))
     }
 
     /// The general path: closures to await, a backend to find.
@@ -726,37 +741,49 @@ impl HttpInner {
                 Err(_) => this.core.resolve_backend(fallback.as_ref())?,
             };
             let key = this.key(backend.prefix(), identity.borrowed(), &method, &route);
-            this.core.decide(&backend, key, quota, mode).wait().await
+            this.core.decide(&backend, &key, quota, mode).wait().await
         }))
     }
 
+    /// `{prefix}:{uid}:{identity}:http:{METHOD}:{route}`.
     fn key(&self, prefix: &str, identity: KeyIdentity<'_>, method: &Method, route: &str) -> String {
-        let uid = self.core.uid();
-        let mut key = String::with_capacity(prefix.len() + uid.len() + route.len() + 48);
-        key.push_str(prefix);
-        key.push(':');
-        key.push_str(uid);
-        key.push(':');
+        let mut key = String::with_capacity(prefix.len() + route.len() + 64);
+        // A `String` never overflows.
+        let _ = self.write_key(&mut key, prefix, identity, method, route);
+        key
+    }
+
+    #[inline]
+    fn write_key(
+        &self,
+        out: &mut impl KeyOut,
+        prefix: &str,
+        identity: KeyIdentity<'_>,
+        method: &Method,
+        route: &str,
+    ) -> Result<(), Overflow> {
+        out.put(prefix)?;
+        out.put(":")?;
+        out.put(self.core.uid())?;
+        out.put(":")?;
         match identity {
-            KeyIdentity::Ip(ip) => self.address.write(ip, &mut key),
-            KeyIdentity::Key(k) => key.push_str(k),
+            KeyIdentity::Ip(ip) => self.address.write(ip, out)?,
+            KeyIdentity::Key(k) => out.put(k)?,
         }
         if self.shared_across_routes {
-            key.push_str(":http:*");
-        } else {
-            // HEAD counts as GET: Axum answers HEAD with the GET handler, and a
-            // separate HEAD counter would double a client's quota.
-            let method = if method == Method::HEAD {
-                Method::GET.as_str()
-            } else {
-                method.as_str()
-            };
-            key.push_str(":http:");
-            key.push_str(method);
-            key.push(':');
-            key.push_str(route);
+            return out.put(":http:*");
         }
-        key
+        // HEAD counts as GET: Axum answers HEAD with the GET handler, and a
+        // separate HEAD counter would double a client's quota.
+        let method = if method == Method::HEAD {
+            Method::GET.as_str()
+        } else {
+            method.as_str()
+        };
+        out.put(":http:")?;
+        out.put(method)?;
+        out.put(":")?;
+        out.put(route)
     }
 }
 
@@ -770,6 +797,7 @@ enum RateStep {
     Future(BoxFuture<Rate>),
 }
 
+#[derive(Clone, Copy)]
 enum KeyIdentity<'a> {
     Ip(IpAddr),
     Key(&'a str),
