@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::backend::{BoxFuture, DynBackend, IntoBackend};
 use crate::response::{error_response, responder, BoxBody, RateLimitInfo, ThrottledResponder};
-use crate::throttle::{Check, Mode, Verdict};
+use crate::throttle::{Check, Mode, RequestHead, Verdict};
 use crate::{BoxError, Error, HttpThrottle, Throttled};
 
 type HookFn = Arc<dyn Fn(&Parts) -> BoxFuture<bool> + Send + Sync>;
@@ -138,15 +138,15 @@ impl MiddlewareThrottle {
     }
 
     /// The method and path filters.
-    fn matches(&self, parts: &Parts) -> bool {
+    fn matches(&self, request: &impl RequestHead) -> bool {
         if let Some(methods) = &self.methods {
-            let method = parts.method.as_str();
+            let method = request.method().as_str();
             if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
                 return false;
             }
         }
         match &self.path {
-            Some(path) => path.is_match(parts.uri.path()),
+            Some(path) => path.is_match(request.uri().path()),
             None => true,
         }
     }
@@ -305,11 +305,11 @@ impl LayerConfig {
     /// rule `index - 1` that a backend answers later), if any.
     fn run_sync(
         &self,
-        parts: &Parts,
+        request: &impl RequestHead,
         infos: &mut Vec<RateLimitInfo>,
     ) -> Result<Option<Error>, (usize, Option<PendingCheck>)> {
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.matches(parts) {
+            if !rule.matches(request) {
                 continue;
             }
             if rule.hook.is_some() {
@@ -318,7 +318,7 @@ impl LayerConfig {
             match rule
                 .throttle
                 .inner
-                .check(parts, self.backend.as_ref(), Mode::Hit)
+                .check(request, self.backend.as_ref(), Mode::Hit)
             {
                 Check::Ready(Ok(verdict)) => record(infos, verdict),
                 Check::Ready(Err(error)) => return Ok(Some(error)),
@@ -384,11 +384,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = request.into_parts();
         let mut infos = Vec::new();
-        match self.config.run_sync(&parts, &mut infos) {
+        match self.config.run_sync(&request, &mut infos) {
             Ok(None) => {
-                let future = self.inner.call(Request::from_parts(parts, body));
+                let future = self.inner.call(request);
                 ResponseFuture {
                     state: State::Calling { future },
                     infos,
@@ -396,11 +395,13 @@ where
             }
             Ok(Some(error)) => ResponseFuture {
                 state: State::Done {
-                    response: Some(self.config.reject(&error)),
+                    response: Some(Box::new(self.config.reject(&error))),
                 },
                 infos,
             },
             Err((start, pending)) => {
+                // Hooks and backends that answer later need the head owned.
+                let (parts, body) = request.into_parts();
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
                 let config = Arc::clone(&self.config);
@@ -459,8 +460,9 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        // Boxed: a response is large, and would make every future larger.
         Done {
-            response: Option<Response<BoxBody>>,
+            response: Option<Box<Response<BoxBody>>>,
         },
     }
 }
@@ -487,7 +489,7 @@ where
                     *this.infos = outcome.infos;
                     let next = match outcome.error {
                         Some(error) => State::Done {
-                            response: Some(config.reject(&error)),
+                            response: Some(Box::new(config.reject(&error))),
                         },
                         None => {
                             let body = body.take().expect("request body taken once");
@@ -507,7 +509,7 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Done { response } => {
-                    let mut response = response.take().expect("polled after completion");
+                    let mut response = *response.take().expect("polled after completion");
                     for info in this.infos.iter() {
                         info.apply(response.headers_mut());
                     }
