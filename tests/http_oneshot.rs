@@ -1593,3 +1593,46 @@ async fn hit_and_peek_futures_do_nothing_until_polled() {
     assert!(t.hit(&req).await.unwrap().allowed);
     assert!(matches!(t.hit(&req).await, Err(Error::Throttled(_))));
 }
+
+// ------------------------------------------- keys past the inline key buffer
+
+/// Keys longer than the 120 bytes built on the stack move to the heap whole:
+/// two routes that differ only past that point keep separate counters, in the
+/// layer and in a handler's `hit()`.
+#[tokio::test]
+async fn long_keys_are_counted_whole() {
+    let long = format!("/{}", "segment".repeat(25));
+    let (route_a, route_b) = (format!("{long}/a"), format!("{long}/b"));
+    let memory = InMemoryBackend::new();
+    let throttle = HttpThrottle::builder()
+        .uid("long-keys")
+        .limit(1)
+        .hours(1)
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(&route_a, get(ok))
+        .route(&route_b, get(ok))
+        .layer(throttle.layer());
+    let peer = "[2001:db8:aaaa:bbbb::1]:4000";
+    assert_eq!(statuses(&app, 2, || at(&route_a, peer)).await, [200, 429]);
+    assert_eq!(statuses(&app, 2, || at(&route_b, peer)).await, [200, 429]);
+    assert_eq!(memory.len(), 2);
+
+    let direct = HttpThrottle::builder()
+        .uid("long-keys-direct")
+        .limit(1)
+        .hours(1)
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let first = direct.hit(&at(&route_a, peer)).await.unwrap();
+    assert!(first.allowed);
+    assert!(matches!(
+        direct.hit(&at(&route_a, peer)).await,
+        Err(Error::Throttled(_))
+    ));
+    assert!(direct.hit(&at(&route_b, peer)).await.unwrap().allowed);
+    assert_eq!(memory.len(), 4);
+}

@@ -523,3 +523,36 @@ fn a_key_rebuilt_with_another_strategy_starts_fresh() {
     assert!(decision.allowed, "{decision:?}");
     assert_eq!(decision.remaining, 99);
 }
+
+/// Word-sized states and sliding-window logs live in separate tables of a
+/// shard: `len()`, the key cap, `reset()` and the sweep see both.
+#[tokio::test]
+async fn every_strategy_shares_one_count_of_keys_and_one_cap() {
+    let clock = ManualClock::starting_at(Duration::from_secs(1_000));
+    let backend = InMemoryBackend::builder()
+        .clock(clock.clone())
+        .shards(1)
+        .max_keys(Strategy::ALL.len())
+        .build();
+    let quotas: Vec<Quota> = Strategy::ALL
+        .iter()
+        .map(|&strategy| quota("1/min", strategy))
+        .collect();
+    for quota in &quotas {
+        assert!(backend.decide("k", quota, 1).unwrap().allowed);
+        assert!(!backend.decide("k", quota, 1).unwrap().allowed);
+    }
+    assert_eq!(backend.len(), Strategy::ALL.len());
+    // The cap counts logs and words alike: one more key of either kind fails.
+    for quota in &quotas {
+        expect_full(backend.decide("other", quota, 1));
+    }
+    backend.reset().await.unwrap();
+    assert!(backend.is_empty());
+    for quota in &quotas {
+        assert!(backend.decide("k", quota, 1).unwrap().allowed);
+    }
+    forget(&clock, &quotas[0]);
+    backend.purge_expired();
+    assert!(backend.is_empty(), "{} keys left", backend.len());
+}
