@@ -10,7 +10,6 @@ use arrayvec::ArrayString;
 pub(crate) const INLINE: usize = 120;
 
 /// A key: on the stack while it fits, else a `String`.
-#[derive(Clone)]
 pub(crate) enum KeyBuf {
     Inline(ArrayString<INLINE>),
     Heap(String),
@@ -63,18 +62,6 @@ impl From<&str> for KeyBuf {
 impl AsRef<str> for KeyBuf {
     fn as_ref(&self) -> &str {
         self.as_str()
-    }
-}
-
-impl fmt::Display for KeyBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for KeyBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 

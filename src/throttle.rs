@@ -675,7 +675,12 @@ impl HttpInner {
                     .as_deref()
                     .or(core.fixed_backend())
                     .map_or("", |backend| backend.prefix());
-                let route = route_of(request.extensions(), request.uri());
+                // A shared counter has no route in its key: no lookup.
+                let route = if self.shared_across_routes {
+                    ""
+                } else {
+                    route_of(request.extensions(), request.uri())
+                };
                 let identity = KeyIdentity::Ip(ip);
                 let mut inline = ArrayString::<INLINE>::new();
                 let heap;
