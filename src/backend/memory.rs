@@ -320,12 +320,17 @@ impl Shared {
 
     #[inline]
     fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> Result<Decision, Error> {
+        // The clock is read first: the counter's latency overlaps the hashing
+        // (and the lock is not held while it runs).
+        let read = self.now();
         let mut hasher = self.hashers[quota.strategy() as usize].build_hasher();
         hasher.write(key.as_bytes());
         let digest = hasher.finish();
         match quota.strategy() {
-            Strategy::SlidingWindowLog => self.decide_in::<LogSlot>(digest, quota, cost, record),
-            _ => self.decide_in::<WordSlot>(digest, quota, cost, record),
+            Strategy::SlidingWindowLog => {
+                self.decide_in::<LogSlot>(digest, read, quota, cost, record)
+            }
+            _ => self.decide_in::<WordSlot>(digest, read, quota, cost, record),
         }
     }
 
@@ -333,6 +338,7 @@ impl Shared {
     fn decide_in<S: Slot>(
         &self,
         digest: u64,
+        mut read: u64,
         quota: &Quota,
         cost: u64,
         record: bool,
@@ -340,9 +346,8 @@ impl Shared {
         let shard = &self.shards[(digest >> 32) as usize & self.shard_mask];
         let mut swept_all = false;
         loop {
-            // The clock is read before the lock (shorter critical section);
+            // The clock was read before the lock (shorter critical section);
             // the shard's latest time keeps it monotonic per key.
-            let read = self.now();
             let mut map = lock(&shard.map);
             let now = read.max(map.last_now);
             map.last_now = now;
@@ -372,6 +377,7 @@ impl Shared {
                     drop(map);
                     self.purge_all();
                     swept_all = true;
+                    read = self.now();
                     continue;
                 }
             }
