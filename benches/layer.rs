@@ -1,6 +1,8 @@
 //! Per-request cost of the middleware, never throttled: traffik's
 //! `ThrottleService` (in-memory backend) beside the bare service and
 //! tower_governor's `GovernorLayer` (peer-IP key), in one harness and one run.
+//! traffik is measured twice: with its default key (client, method and route)
+//! and with `.shared_across_routes()` (client only, tower_governor's key).
 //!
 //! ```sh
 //! cargo bench --bench layer
@@ -43,9 +45,21 @@ fn request() -> Request<Body> {
     request
 }
 
+/// traffik's default: one counter per client, method and route.
 fn traffik_layer() -> ThrottleLayer {
     let throttle = HttpThrottle::builder()
         .rate("1000000000/s")
+        .build()
+        .unwrap();
+    ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(throttle))
+}
+
+/// One counter per client IP for every route and method: what
+/// tower_governor's `PeerIpKeyExtractor` counts.
+fn traffik_per_ip_layer() -> ThrottleLayer {
+    let throttle = HttpThrottle::builder()
+        .rate("1000000000/s")
+        .shared_across_routes()
         .build()
         .unwrap();
     ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(throttle))
@@ -119,6 +133,12 @@ fn layers(c: &mut Criterion) {
     bench_service(
         &mut group,
         &rt,
+        "traffik_per_ip",
+        traffik_per_ip_layer().layer(bare),
+    );
+    bench_service(
+        &mut group,
+        &rt,
         "tower_governor",
         governor_layer().layer(bare),
     );
@@ -128,6 +148,12 @@ fn layers(c: &mut Criterion) {
     let router = || Router::new().route("/hello", get(|| async { "Hello, world!" }));
     bench_service(&mut group, &rt, "bare", router());
     bench_service(&mut group, &rt, "traffik", router().layer(traffik_layer()));
+    bench_service(
+        &mut group,
+        &rt,
+        "traffik_per_ip",
+        router().layer(traffik_per_ip_layer()),
+    );
     bench_service(
         &mut group,
         &rt,

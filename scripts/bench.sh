@@ -79,16 +79,18 @@ if "hit/direct_backend" in res or "hit/scoped_dynamic_backend" in res:
 groups = [("layer_service_fn", "`tower::service_fn`"), ("layer_axum_router", "axum `Router`, one route")]
 if any(f"{g}/bare" in res for g, _ in groups):
     print("\n### Per-request cost of the middleware (never throttled), ns\n")
-    print("| inner service | bare | + traffik ThrottleLayer | + tower_governor GovernorLayer "
+    print("| inner service | traffik key | bare | + traffik ThrottleLayer | + tower_governor GovernorLayer "
           "| traffik overhead | tower_governor overhead | overhead traffik / tower_governor |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for g, label in groups:
-        b, t, gv = (res.get(f"{g}/{k}") for k in ("bare", "traffik", "tower_governor"))
-        if b is None:
-            continue
-        to = t - b if t is not None else None
-        go = gv - b if gv is not None else None
-        print(f"| {label} | {f(b)} | {f(t)} | {f(gv)} | {f(to)} | {f(go)} | {ratio(to, go)} |")
+        for case, key in (("traffik", "client, method, route (default)"),
+                          ("traffik_per_ip", "client only (`shared_across_routes`)")):
+            b, t, gv = (res.get(f"{g}/{k}") for k in ("bare", case, "tower_governor"))
+            if b is None or t is None:
+                continue
+            to = t - b
+            go = gv - b if gv is not None else None
+            print(f"| {label} | {key} | {f(b)} | {f(t)} | {f(gv)} | {f(to)} | {f(go)} | {ratio(to, go)} |")
 if any(k.startswith("anatomy/") for k in res):
     print("\n### Anatomy of one traffik check (in-memory, hot cache), ns\n")
     print("| step | ns |\n|---|---|")
