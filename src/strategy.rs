@@ -120,6 +120,10 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// What deciding on a two-word state gives: the new words, the decision and
+/// the time (microseconds) from which the key can be deleted.
+pub(crate) type Outcome = ([u64; 2], Decision, u64);
+
 /// Stored state of one key. Opaque, but convertible to and from plain
 /// numbers so that custom backends can persist it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -344,13 +348,32 @@ impl Quota {
     /// deleted.
     #[inline]
     pub fn decide_micros(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+        if self.strategy == Strategy::SlidingWindowLog {
+            return self.sliding_window_log(state, now, cost.max(1));
+        }
+        let (words, decision, expires) = self.decide_words(state.stored_words(), now, cost);
+        *state = State::from_words(words);
+        (decision, expires)
+    }
+
+    /// [`decide_micros`](Quota::decide_micros) for the strategies whose state
+    /// is two words (every one but the sliding-window log), on the words
+    /// themselves: `stored` is `None` for a fresh key; returns the new words,
+    /// the decision and the expiry. The in-memory backend's hot path.
+    #[inline]
+    pub(crate) fn decide_words(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
         let cost = cost.max(1);
         match self.strategy {
-            Strategy::TokenBucket => self.token_bucket(state, now, cost),
-            Strategy::FixedWindow => self.fixed_window(state, now, cost),
-            Strategy::SlidingWindowCounter => self.sliding_window_counter(state, now, cost),
-            Strategy::SlidingWindowLog => self.sliding_window_log(state, now, cost),
-            Strategy::Gcra => self.gcra(state, now, cost),
+            Strategy::TokenBucket => self.token_bucket(stored, now, cost),
+            Strategy::FixedWindow => self.fixed_window(stored, now, cost),
+            Strategy::SlidingWindowCounter => self.sliding_window_counter(stored, now, cost),
+            Strategy::Gcra => self.gcra(stored, now, cost),
+            // Never stored as words (backends keep logs apart): decided on a
+            // fresh log, whose words are meaningless.
+            Strategy::SlidingWindowLog => {
+                let (decision, expires) = self.sliding_window_log(&mut State::new(), now, cost);
+                ([0, 0], decision, expires)
+            }
         }
     }
 
@@ -374,12 +397,12 @@ impl Quota {
     /// Tokens are counted in units of 1/period so that refilling `limit`
     /// tokens per period adds exactly `limit` units per microsecond.
     #[inline]
-    fn token_bucket(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+    fn token_bucket(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
         // Plain u64 arithmetic: `check` keeps capacity × period ≤ 2^62, and
         // sums that could go past it saturate before being capped at `full`.
         let (period, limit) = (self.period, self.limit);
         let full = self.capacity * period;
-        let (mut units, last) = match state.stored_words() {
+        let (mut units, last) = match stored {
             Some([units, last]) => (units, last),
             None => (full, now),
         };
@@ -398,17 +421,21 @@ impl Quota {
                 (false, (need - units).div_ceil(limit))
             }
         };
-        *state = State::from_words([units, now.max(last)]);
+        let words = [units, now.max(last)];
         let reset = (full - units).div_ceil(limit);
         let remaining = units / period;
-        (self.decision(allowed, remaining, reset, retry), now + reset)
+        (
+            words,
+            self.decision(allowed, remaining, reset, retry),
+            now + reset,
+        )
     }
 
     #[inline]
-    fn gcra(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+    fn gcra(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
         let interval = self.emission_interval();
         let tolerance = self.capacity * interval;
-        let tat = match state.stored_words() {
+        let tat = match stored {
             Some([tat, _]) => tat,
             None => now,
         };
@@ -422,18 +449,22 @@ impl Quota {
         } else {
             (false, tat, new_tat - tolerance - now)
         };
-        *state = State::from_words([tat, 0]);
+        let words = [tat, 0];
         let busy_until = tat.max(now);
         // Saturating: a backend whose clock stepped back may pass a `now`
         // earlier than the one that set `tat`.
         let remaining = (now + tolerance).saturating_sub(busy_until) / interval;
         let reset = busy_until - now;
-        (self.decision(allowed, remaining, reset, retry), busy_until)
+        (
+            words,
+            self.decision(allowed, remaining, reset, retry),
+            busy_until,
+        )
     }
 
     #[inline]
-    fn fixed_window(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
-        let (start, mut count) = match state.stored_words() {
+    fn fixed_window(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
+        let (start, mut count) = match stored {
             Some([start, count]) if now < start.saturating_add(self.period) => (start, count),
             _ => (now, 0),
         };
@@ -445,7 +476,7 @@ impl Quota {
         if allowed {
             count += cost;
         }
-        *state = State::from_words([start, count]);
+        let words = [start, count];
         let reset = end - now;
         // A cost above the limit never fits in a window: one period, as documented.
         let retry = if cost > self.limit {
@@ -454,22 +485,23 @@ impl Quota {
             reset
         };
         (
+            words,
             // Saturating: the state may come from a quota with a higher limit.
             self.decision(allowed, self.limit.saturating_sub(count), reset, retry),
             end,
         )
     }
 
-    fn sliding_window_counter(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
+    fn sliding_window_counter(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
         let p = self.period;
         // A clock that stepped back into an earlier window decides at the
         // start of the stored one (going back would shift and lose counts).
-        let now = match state.stored_words() {
+        let now = match stored {
             Some([start, _]) => now.max(start),
             None => now,
         };
         let current = now - now % p;
-        let (prev, mut curr) = match state.stored_words() {
+        let (prev, mut curr) = match stored {
             Some([start, packed]) => {
                 let (prev, curr) = (packed >> 32, packed & u64::from(u32::MAX));
                 if start >= current {
@@ -504,7 +536,7 @@ impl Quota {
         if allowed {
             curr += cost;
         }
-        *state = State::from_words([current, (prev << 32) | curr]);
+        let words = [current, (prev << 32) | curr];
         let used = u128::from(prev) * weight + u128::from(curr) * pp;
         let remaining = ((l * pp).saturating_sub(used) / pp) as u64;
         let reset = if curr > 0 {
@@ -514,7 +546,11 @@ impl Quota {
         } else {
             0
         };
-        (self.decision(allowed, remaining, reset, retry), now + reset)
+        (
+            words,
+            self.decision(allowed, remaining, reset, retry),
+            now + reset,
+        )
     }
 
     fn sliding_window_log(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {

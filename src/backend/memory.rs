@@ -130,10 +130,9 @@ impl Slot for WordSlot {
     }
     #[inline]
     fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision {
-        let mut state = State::from_words(self.words);
-        let (decision, expires) = quota.decide_micros(&mut state, now, cost);
+        let (words, decision, expires) = quota.decide_words(Some(self.words), now, cost);
         if record {
-            self.words = state.words().unwrap_or_default();
+            self.words = words;
             self.expires = expires;
         }
         decision
