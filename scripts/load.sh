@@ -9,7 +9,7 @@
 #
 # With 2+ CPUs the server is pinned to CPU 0 (one Tokio worker) and wrk to
 # CPU 1, so that they do not fight for the same core; runs alternate
-# (none, traffik, none, traffik, ...) so that drift in a shared machine's load
+# (none, traffik, traffik, none, ...) so that drift in a shared machine's load
 # hits both sides alike. Reported: each side's best run and mean, and the
 # median of the per-round ratios.
 set -euo pipefail
@@ -66,9 +66,16 @@ run() {
 }
 
 declare -a none_rps traffik_rps
+# The order alternates between rounds (none first, then traffik first), so
+# that a bias of the first or second run of a pair hits both sides alike.
 for round in $(seq "$ROUNDS"); do
-    r="$(run none)";    none_rps+=("$r");    echo "round $round  without layer: $r req/s"
-    r="$(run traffik)"; traffik_rps+=("$r"); echo "round $round  with traffik:   $r req/s"
+    if [ $((round % 2)) -eq 1 ]; then
+        r="$(run none)";    none_rps+=("$r");    echo "round $round  without layer: $r req/s"
+        r="$(run traffik)"; traffik_rps+=("$r"); echo "round $round  with traffik:   $r req/s"
+    else
+        r="$(run traffik)"; traffik_rps+=("$r"); echo "round $round  with traffik:   $r req/s"
+        r="$(run none)";    none_rps+=("$r");    echo "round $round  without layer: $r req/s"
+    fi
 done
 
 # On a shared machine other jobs steal CPU from some runs: the best run of
