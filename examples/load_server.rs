@@ -1,10 +1,11 @@
 //! A minimal Axum server for load tests (`scripts/load.sh`): `GET /hello`,
 //! with or without a traffik `ThrottleLayer` (in-memory, per client IP, a
 //! limit no load test reaches), so that a load generator measures the
-//! layer's overhead rather than 429s.
+//! layer's overhead rather than 429s. `--layer governor` serves the same app
+//! behind tower_governor's `GovernorLayer` instead, for comparison.
 //!
 //! ```sh
-//! cargo run --release --example load_server -- --layer traffik   # or: none
+//! cargo run --release --example load_server -- --layer traffik   # or: none, governor
 //! PORT=3001 cargo run --release --example load_server -- --layer none
 //! ```
 //!
@@ -47,7 +48,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(throttle)),
             )
         }
-        other => return Err(format!("--layer {other:?}: expected traffik or none").into()),
+        // The peer, for scripts/load.sh PEER=governor: a per-IP limit never
+        // reached (1 per ns, burst 2^32 - 1).
+        "governor" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .ok_or("tower_governor rejected its configuration")?;
+            app.layer(tower_governor::GovernorLayer::new(config))
+        }
+        other => {
+            return Err(format!("--layer {other:?}: expected traffik, governor or none").into())
+        }
     };
 
     runtime.block_on(async move {

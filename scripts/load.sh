@@ -6,6 +6,7 @@
 #   scripts/load.sh                       # 10 s per run, 3 rounds, 64 connections
 #   DURATION=5 ROUNDS=1 scripts/load.sh
 #   CONNECTIONS=128 scripts/load.sh
+#   PEER=governor scripts/load.sh         # tower_governor's layer too, same rounds
 #
 # With 2+ CPUs the server is pinned to CPU 0 (one Tokio worker) and wrk to
 # CPU 1, so that they do not fight for the same core; runs alternate
@@ -65,39 +66,49 @@ run() {
     awk '/^Requests\/sec:/ {print $2}' <<<"$out"
 }
 
-declare -a none_rps traffik_rps
-# The order alternates between rounds (none first, then traffik first), so
-# that a bias of the first or second run of a pair hits both sides alike.
+# Sides measured in each round: the plain app, traffik, and with
+# PEER=governor tower_governor's GovernorLayer (peer-IP key) as well. The
+# order rotates between rounds, so that a bias of the first or last run of a
+# round hits every side alike.
+sides=(none traffik)
+[ "${PEER:-}" = governor ] && sides+=(governor)
+declare -A rps
 for round in $(seq "$ROUNDS"); do
-    if [ $((round % 2)) -eq 1 ]; then
-        r="$(run none)";    none_rps+=("$r");    echo "round $round  without layer: $r req/s"
-        r="$(run traffik)"; traffik_rps+=("$r"); echo "round $round  with traffik:   $r req/s"
-    else
-        r="$(run traffik)"; traffik_rps+=("$r"); echo "round $round  with traffik:   $r req/s"
-        r="$(run none)";    none_rps+=("$r");    echo "round $round  without layer: $r req/s"
-    fi
+    n=${#sides[@]}
+    for k in $(seq 0 $((n - 1))); do
+        side="${sides[$(((k + round - 1) % n))]}"
+        r="$(run "$side")"
+        rps[$side]+="$r "
+        echo "round $round  $side: $r req/s"
+    done
 done
 
 # On a shared machine other jobs steal CPU from some runs: the best run of
-# each side approximates its uncontended capacity, and each round's paired
-# ratio (runs back to back) is less sensitive to slow drifts than the means.
+# each side approximates its uncontended capacity, and each round's ratio
+# (runs back to back) is less sensitive to slow drifts than the means.
 max() { printf '%s\n' "$@" | sort -g | tail -n1 | awk '{printf "%.0f", $1}'; }
 mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.0f", s/NR}'; }
-ratios=()
-for i in "${!none_rps[@]}"; do
-    ratios+=("$(awk -v a="${traffik_rps[$i]}" -v b="${none_rps[$i]}" 'BEGIN {printf "%.1f", 100*a/b}')")
-done
-median_ratio="$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else printf "%.1f", (v[NR/2]+v[NR/2+1])/2}')"
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else printf "%.1f", (v[NR/2]+v[NR/2+1])/2}'; }
+read -r -a none_rps <<<"${rps[none]}"
 none_best="$(max "${none_rps[@]}")"
-traffik_best="$(max "${traffik_rps[@]}")"
-best_ratio="$(awk -v a="$traffik_best" -v b="$none_best" 'BEGIN {printf "%.1f", 100*a/b}')"
 
 echo
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, loopback, GET /hello, $ROUNDS round(s) each, $cpus CPU(s)${threads:+, server pinned to CPU 0 with 1 worker, wrk to CPU 1}"
-echo "per-round ratios (with / without): ${ratios[*]} %"
+declare -A label=([traffik]="Axum + traffik ThrottleLayer (in-memory)" [governor]="Axum + tower_governor GovernorLayer")
+rows=()
+for side in "${sides[@]:1}"; do
+    read -r -a side_rps <<<"${rps[$side]}"
+    ratios=()
+    for i in "${!none_rps[@]}"; do
+        ratios+=("$(awk -v a="${side_rps[$i]}" -v b="${none_rps[$i]}" 'BEGIN {printf "%.1f", 100*a/b}')")
+    done
+    echo "per-round ratios, $side / none: ${ratios[*]} %"
+    best="$(max "${side_rps[@]}")"
+    best_ratio="$(awk -v a="$best" -v b="$none_best" 'BEGIN {printf "%.1f", 100*a/b}')"
+    rows+=("| ${label[$side]} | $best | $(mean "${side_rps[@]}") | ${best_ratio}% | $(median "${ratios[@]}")% |")
+done
 echo
-echo "| app | best requests/s | mean requests/s |"
-echo "|---|---|---|"
-echo "| Axum, no layer | $none_best | $(mean "${none_rps[@]}") |"
-echo "| Axum + traffik ThrottleLayer (in-memory) | $traffik_best | $(mean "${traffik_rps[@]}") |"
-echo "| with / without | ${best_ratio}% (best runs) | median of per-round ratios: ${median_ratio}% |"
+echo "| app | best requests/s | mean requests/s | best / best without | median of per-round ratios |"
+echo "|---|---|---|---|---|"
+echo "| Axum, no layer | $none_best | $(mean "${none_rps[@]}") | | |"
+printf '%s\n' "${rows[@]}"
