@@ -9,9 +9,9 @@
 #   PEER=governor scripts/load.sh         # tower_governor's layer too, same rounds
 #
 # With 2+ CPUs the server is pinned to CPU 0 (one Tokio worker) and wrk to
-# CPU 1, so that they do not fight for the same core; runs alternate
-# (none, traffik, traffik, none, ...) so that drift in a shared machine's load
-# hits both sides alike. Reported: each side's best run and mean, and the
+# CPU 1, so that they do not fight for the same core; the order of the sides
+# rotates between rounds (none, traffik, then traffik, none, ...) so that
+# drift in a shared machine's load hits every side alike. Reported: each side's best run and mean, and the
 # median of the per-round ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1239,3 +1239,37 @@ impl ThrottleBuilder<HttpOptions> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_every_method_and_count_head_as_get() {
+        let throttle = HttpThrottle::builder()
+            .uid("key-text-per-method")
+            .rate("1/s")
+            .build()
+            .unwrap();
+        let ip = KeyIdentity::Ip(IpAddr::from([10, 0, 0, 1]));
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        let cases = [
+            (Method::GET, "GET"),
+            (Method::HEAD, "GET"),
+            (Method::POST, "POST"),
+            (Method::PUT, "PUT"),
+            (Method::DELETE, "DELETE"),
+            (Method::PATCH, "PATCH"),
+            (Method::OPTIONS, "OPTIONS"),
+            (Method::CONNECT, "CONNECT"),
+            (Method::TRACE, "TRACE"),
+            (purge, "PURGE"),
+        ];
+        for (method, name) in cases {
+            assert_eq!(
+                throttle.inner.key("traffik", ip, &method, "/items/{id}"),
+                format!("traffik:key-text-per-method:10.0.0.1:http:{name}:/items/{{id}}")
+            );
+        }
+    }
+}
