@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BackendFuture, BoxFuture, ThrottleBackend};
@@ -21,7 +21,7 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Counters in this process's memory.
 ///
 /// * `new()` instances are independent; clones share state.
-/// * Exact under concurrency: each decision runs under the lock of one of 64
+/// * Exact under concurrency: each decision runs under the spin lock of one of 64
 ///   shards (no lock is held across an `.await`; a decision takes well under a
 ///   microsecond).
 /// * Keys are stored as 64-bit SipHash-1-3 digests under random secrets of
@@ -74,8 +74,20 @@ struct Shared {
 
 #[repr(align(128))]
 struct Shard {
-    map: Mutex<ShardMap>,
+    map: ShardLock,
 }
+
+/// A shard's lock: a spin lock that yields to the scheduler when it spins
+/// for long.
+///
+/// A decision holds it for a few tens of nanoseconds (a table lookup and a
+/// little arithmetic, never an `.await`), so a waiter is usually served
+/// within a few spins. Unlocking is a plain store, where a parking mutex
+/// must swap to learn about sleepers: one atomic read-modify-write less per
+/// decision (about 5 ns, a tenth of a decision). The rare long holds (a
+/// shard's sweep, a table growing) make waiters yield rather than spin.
+type ShardLock = spin::mutex::SpinMutex<ShardMap>;
+type ShardGuard<'a> = spin::mutex::SpinMutexGuard<'a, ShardMap>;
 
 type Table<S> = HashMap<u64, S, BuildHasherDefault<DigestHasher>>;
 
@@ -258,9 +270,35 @@ enum ClockSource {
     Other(Arc<dyn Clock>),
 }
 
+/// Spins before yielding, when the lock is taken.
+const SPINS_BEFORE_YIELD: u32 = 64;
+
 #[inline]
-fn lock(map: &Mutex<ShardMap>) -> MutexGuard<'_, ShardMap> {
-    map.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(map: &ShardLock) -> ShardGuard<'_> {
+    match map.try_lock() {
+        Some(guard) => guard,
+        None => lock_contended(map),
+    }
+}
+
+#[cold]
+fn lock_contended(map: &ShardLock) -> ShardGuard<'_> {
+    let mut spins = 0;
+    loop {
+        // Read-only waiting: the lock's cache line is not bounced between
+        // waiters while it is held.
+        while map.is_locked() {
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        if let Some(guard) = map.try_lock() {
+            return guard;
+        }
+    }
 }
 
 impl Shared {
@@ -483,7 +521,7 @@ impl InMemoryBackendBuilder {
     pub fn build(self) -> InMemoryBackend {
         let shards = (0..self.shards)
             .map(|_| Shard {
-                map: Mutex::new(ShardMap {
+                map: ShardLock::new(ShardMap {
                     words: HashMap::default(),
                     logs: HashMap::default(),
                     next_sweep: 0,
@@ -505,5 +543,64 @@ impl InMemoryBackendBuilder {
                 next_full_sweep: AtomicU64::new(0),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn empty_map() -> ShardMap {
+        ShardMap {
+            words: HashMap::default(),
+            logs: HashMap::default(),
+            next_sweep: 0,
+            last_now: 0,
+        }
+    }
+
+    /// A waiter that finds the lock taken spins, then yields, and gets the
+    /// lock only once the holder lets go, seeing everything it wrote.
+    #[test]
+    fn a_long_hold_makes_waiters_wait_then_serves_them() {
+        let shard = ShardLock::new(empty_map());
+        let waiting = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let mut held = lock(&shard);
+            let waiter = s.spawn(|| {
+                waiting.store(true, Ordering::SeqCst);
+                let map = lock(&shard);
+                (map.last_now, map.next_sweep)
+            });
+            while !waiting.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            // Long enough for the waiter to exhaust its spins and yield.
+            for step in 0..10_000 {
+                held.last_now = step;
+                std::thread::yield_now();
+            }
+            held.next_sweep = 42;
+            drop(held);
+            assert_eq!(waiter.join().unwrap(), (9_999, 42));
+        });
+    }
+
+    /// Threads that contend for one shard each count under the lock:
+    /// nothing is lost.
+    #[test]
+    fn contended_increments_are_all_kept() {
+        let shard = ShardLock::new(empty_map());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        lock(&shard).last_now += 1;
+                    }
+                });
+            }
+        });
+        assert_eq!(lock(&shard).last_now, 80_000);
     }
 }
