@@ -47,6 +47,7 @@
 
 pub mod backend;
 pub mod clock;
+mod divisor;
 mod error;
 pub mod identity;
 mod key;

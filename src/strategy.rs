@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
+use crate::divisor::Divisor;
 use crate::{Error, Rate};
 
 /// A rate-limiting algorithm. All are exact under concurrency on every backend.
@@ -209,7 +210,12 @@ pub struct Quota {
     limit: u64,
     period: u64,
     /// `period / limit`, at least 1 (GCRA's emission interval).
-    interval: u64,
+    interval: Divisor,
+    /// Divides by `period` (the token bucket's remaining tokens, the sliding
+    /// window counter's windows).
+    per_period: Divisor,
+    /// Divides by `limit` (the token bucket's refill times).
+    per_limit: Divisor,
 }
 
 /// Largest product of numbers the strategies multiply (kept well inside u64).
@@ -232,7 +238,9 @@ impl Quota {
             capacity: rate.limit(),
             limit: rate.limit(),
             period: rate.period_micros(),
-            interval: (rate.period_micros() / rate.limit()).max(1),
+            interval: Divisor::new((rate.period_micros() / rate.limit()).max(1)),
+            per_period: Divisor::new(rate.period_micros()),
+            per_limit: Divisor::new(rate.limit()),
         };
         quota.check()?;
         Ok(quota)
@@ -327,7 +335,7 @@ impl Quota {
     /// GCRA's emission interval in whole microseconds: `period / limit`,
     /// rounded down.
     pub fn emission_interval(&self) -> u64 {
-        self.interval
+        self.interval.get()
     }
 
     /// Decides a hit of `cost` at `now` (time since the clock's origin) and
@@ -418,12 +426,12 @@ impl Quota {
                 units -= need;
                 (true, 0)
             } else {
-                (false, (need - units).div_ceil(limit))
+                (false, self.per_limit.div_ceil(need - units))
             }
         };
         let words = [units, now.max(last)];
-        let reset = (full - units).div_ceil(limit);
-        let remaining = units / period;
+        let reset = self.per_limit.div_ceil(full - units);
+        let remaining = self.per_period.div(units);
         (
             words,
             self.decision(allowed, remaining, reset, retry),
@@ -453,7 +461,9 @@ impl Quota {
         let busy_until = tat.max(now);
         // Saturating: a backend whose clock stepped back may pass a `now`
         // earlier than the one that set `tat`.
-        let remaining = (now + tolerance).saturating_sub(busy_until) / interval;
+        let remaining = self
+            .interval
+            .div((now + tolerance).saturating_sub(busy_until));
         let reset = busy_until - now;
         (
             words,
@@ -500,7 +510,7 @@ impl Quota {
             Some([start, _]) => now.max(start),
             None => now,
         };
-        let current = now - now % p;
+        let current = now - self.per_period.rem(now);
         let (prev, mut curr) = match stored {
             Some([start, packed]) => {
                 let (prev, curr) = (packed >> 32, packed & u64::from(u32::MAX));
@@ -538,7 +548,8 @@ impl Quota {
         }
         let words = [current, (prev << 32) | curr];
         let used = u128::from(prev) * weight + u128::from(curr) * pp;
-        let remaining = ((l * pp).saturating_sub(used) / pp) as u64;
+        // At most limit × period ≤ 2^62 (checked when the quota is built).
+        let remaining = self.per_period.div((l * pp).saturating_sub(used) as u64);
         let reset = if curr > 0 {
             current + 2 * p - now
         } else if prev > 0 {
