@@ -408,10 +408,12 @@ where
                 let check = Box::pin(config.run_async(parts, start, pending, infos));
                 ResponseFuture {
                     state: State::Checking {
-                        check,
-                        body: Some(body),
-                        service: Some(service),
-                        config: Arc::clone(&self.config),
+                        checking: Box::new(Checking {
+                            check,
+                            body: Some(body),
+                            service: Some(service),
+                            config: Arc::clone(&self.config),
+                        }),
                     },
                     infos: Vec::new(),
                 }
@@ -444,17 +446,25 @@ pin_project! {
     }
 }
 
+/// What a request that awaits its check holds: the check, then what calling
+/// the inner service takes.
+struct Checking<S, ReqBody> {
+    check: Pin<Box<dyn Future<Output = (Parts, Outcome)> + Send>>,
+    body: Option<ReqBody>,
+    service: Option<S>,
+    config: Arc<LayerConfig>,
+}
+
 pin_project! {
     #[project = StateProj]
     enum State<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
     {
+        // Boxed: only hooks and backends that answer later need it, and
+        // the future of every request would carry its size.
         Checking {
-            check: Pin<Box<dyn Future<Output = (Parts, Outcome)> + Send>>,
-            body: Option<ReqBody>,
-            service: Option<S>,
-            config: Arc<LayerConfig>,
+            checking: Box<Checking<S, ReqBody>>,
         },
         Calling {
             #[pin]
@@ -479,12 +489,13 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Checking {
-                    check,
-                    body,
-                    service,
-                    config,
-                } => {
+                StateProj::Checking { checking } => {
+                    let Checking {
+                        check,
+                        body,
+                        service,
+                        config,
+                    } = &mut **checking;
                     let (parts, outcome) = ready!(check.as_mut().poll(cx));
                     *this.infos = outcome.infos;
                     let next = match outcome.error {

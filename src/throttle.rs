@@ -2,7 +2,7 @@
 //! [`WebSocketThrottle`](crate::WebSocketThrottle); key building; the
 //! decision pipeline (backend → failure mode → shadow → wait or reject).
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
@@ -175,23 +175,24 @@ impl Check {
 /// A request read and keyed, its decision not yet asked for. The key is
 /// borrowed from the stack of [`HttpInner::prepare`] (`&str`) or owned
 /// ([`KeyBuf`], for futures that outlive the request).
-pub(crate) enum Prepared<'a, K> {
+pub(crate) enum Prepared<'a, K, Q> {
     /// Decided without a backend (exempt, or an error).
     Done(Result<Verdict, Error>),
     /// Ask `backend` (`None`: the throttle's own `.backend(..)`) about `key`.
     Decide {
         backend: Option<Cow<'a, DynBackend>>,
         key: K,
-        quota: Quota,
+        /// Borrowed from the throttle (`&Quota`) or owned.
+        quota: Q,
     },
     /// The general path (a lazy future).
     Later(Check),
 }
 
-impl Prepared<'_, &str> {
+impl Prepared<'_, &str, &Quota> {
     /// Detaches from the request and from borrowed backends (an `Arc` clone
     /// for a layer's backend; none for the throttle's own).
-    pub(crate) fn into_owned(self) -> Prepared<'static, KeyBuf> {
+    pub(crate) fn into_owned(self) -> Prepared<'static, KeyBuf, Quota> {
         match self {
             Prepared::Done(result) => Prepared::Done(result),
             Prepared::Decide {
@@ -201,7 +202,7 @@ impl Prepared<'_, &str> {
             } => Prepared::Decide {
                 backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
                 key: KeyBuf::from(key),
-                quota,
+                quota: *quota,
             },
             Prepared::Later(check) => Prepared::Later(check),
         }
@@ -271,12 +272,12 @@ impl Core {
         self: &Arc<Self>,
         backend: &DynBackend,
         key: &str,
-        quota: Quota,
+        quota: &Quota,
         mode: Mode,
     ) -> Check {
         let answer = match mode {
-            Mode::Hit => backend.hit(key, &quota, self.cost),
-            Mode::Peek => backend.peek(key, &quota, self.cost),
+            Mode::Hit => backend.hit(key, quota, self.cost),
+            Mode::Peek => backend.peek(key, quota, self.cost),
         };
         match answer.into_ready() {
             Ok(result) => self.after(result, backend, key, quota, mode),
@@ -284,9 +285,12 @@ impl Core {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
                 let key = key.to_owned();
+                let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
-                    core.after(result, &backend, &key, quota, mode).wait().await
+                    core.after(result, &backend, &key, &quota, mode)
+                        .wait()
+                        .await
                 }))
             }
         }
@@ -297,7 +301,7 @@ impl Core {
         result: Result<Decision, Error>,
         backend: &DynBackend,
         key: &str,
-        quota: Quota,
+        quota: &Quota,
         mode: Mode,
     ) -> Check {
         let decision = match result {
@@ -305,13 +309,13 @@ impl Core {
             Err(error) => return Check::Ready(self.failed(error, key)),
         };
         if mode == Mode::Peek {
-            return Check::Ready(Ok(self.verdict(decision, &quota)));
+            return Check::Ready(Ok(self.verdict(decision, quota)));
         }
         if let Some(on_decision) = &self.on_decision {
             on_decision(&decision);
         }
         if decision.allowed {
-            return Check::Ready(Ok(self.verdict(decision, &quota)));
+            return Check::Ready(Ok(self.verdict(decision, quota)));
         }
         if self.shadow {
             tracing::info!(
@@ -320,7 +324,7 @@ impl Core {
                 retry_after_ms = decision.retry_after.as_millis() as u64,
                 "shadow mode: request would be throttled"
             );
-            return Check::Ready(Ok(self.verdict(decision, &quota)));
+            return Check::Ready(Ok(self.verdict(decision, quota)));
         }
         match &self.exceeded {
             Exceeded::Wait { max } if decision.retry_after <= *max => {
@@ -328,12 +332,13 @@ impl Core {
                 let backend = Arc::clone(backend);
                 let max = *max;
                 let key = key.to_owned();
+                let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     core.wait_until_allowed(decision, backend, key, quota, max)
                         .await
                 }))
             }
-            _ => Check::Ready(Err(self.throttled(decision, &quota, key))),
+            _ => Check::Ready(Err(self.throttled(decision, quota, key))),
         }
     }
 
@@ -619,7 +624,11 @@ impl HttpInner {
     }
 
     /// Asks the backend for a prepared request.
-    pub(crate) fn run<K: AsRef<str>>(&self, prepared: Prepared<'_, K>, mode: Mode) -> Check {
+    pub(crate) fn run<K: AsRef<str>, Q: Borrow<Quota>>(
+        &self,
+        prepared: Prepared<'_, K, Q>,
+        mode: Mode,
+    ) -> Check {
         match prepared {
             Prepared::Done(result) => Check::Ready(result),
             Prepared::Decide {
@@ -627,7 +636,9 @@ impl HttpInner {
                 key,
                 quota,
             } => match backend.as_deref().or(self.core.fixed_backend()) {
-                Some(backend) => self.core.decide(backend, key.as_ref(), quota, mode),
+                Some(backend) => self
+                    .core
+                    .decide(backend, key.as_ref(), quota.borrow(), mode),
                 None => Check::Ready(Err(Error::configuration(format!(
                     "throttle {:?} lost its backend",
                     self.core.uid()
@@ -645,7 +656,7 @@ impl HttpInner {
         request: &R,
         fallback: Option<&'a DynBackend>,
         mode: Mode,
-        then: impl FnOnce(Prepared<'a, &str>) -> T,
+        then: impl FnOnce(Prepared<'a, &str, &'a Quota>) -> T,
     ) -> T {
         let core = &self.core;
         if core.cost == 0 {
@@ -653,7 +664,7 @@ impl HttpInner {
         }
         if self.identifier.is_none() {
             if let RateSource::Static(quota) = &core.rate {
-                let Some(quota) = *quota else {
+                let Some(quota) = quota else {
                     return then(Prepared::Done(Ok(Verdict::exempt())));
                 };
                 let ip = match self.address.client(request.extensions(), request.headers()) {
@@ -748,7 +759,7 @@ impl HttpInner {
                 Err(_) => this.core.resolve_backend(fallback.as_ref())?,
             };
             let key = this.key(backend.prefix(), identity.borrowed(), &method, &route);
-            this.core.decide(&backend, &key, quota, mode).wait().await
+            this.core.decide(&backend, &key, &quota, mode).wait().await
         }))
     }
 
