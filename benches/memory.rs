@@ -1,7 +1,7 @@
 //! In-memory decisions: traffik's `InMemoryBackend::decide` for every
 //! strategy beside governor's keyed `check_key` (GCRA, default clock), at 1
-//! key and 100k keys, on 1 and 2 threads; and a hit through a scoped
-//! (dynamic) backend against a hit on a fixed one.
+//! key and 100k keys, on 1 and 2 threads; one hot key on 16 threads; and a
+//! hit through a scoped (dynamic) backend against a hit on a fixed one.
 //!
 //! ```sh
 //! cargo bench --bench memory
@@ -186,6 +186,35 @@ fn decisions(c: &mut Criterion) {
     }
 }
 
+/// One hot key hammered by more threads than cores (16 on this project's 2
+/// vCPUs): lock holders get preempted, and waiters must not burn their time
+/// slices spinning. traffik's shard lock spins briefly, then yields.
+fn oversubscribed(c: &mut Criterion) {
+    const THREADS: usize = 16;
+    let mut group = c.benchmark_group("oversubscribed_16t");
+    let keys = key_strings(1);
+    for strategy in [Strategy::Gcra, Strategy::TokenBucket] {
+        let memory = memory_backend();
+        let quota = quota(strategy);
+        group.bench_function(format!("traffik_{}", strategy.name()), |b| {
+            b.iter_custom(|iters| {
+                threaded(THREADS, 1, iters, |i| {
+                    black_box(memory.decide(&keys[i], &quota, 1).unwrap());
+                })
+            })
+        });
+    }
+    let limiter = RateLimiter::keyed(governor_quota());
+    group.bench_function("governor_string", |b| {
+        b.iter_custom(|iters| {
+            threaded(THREADS, 1, iters, |i| {
+                let _ = black_box(limiter.check_key(&keys[i]));
+            })
+        })
+    });
+    group.finish();
+}
+
 /// Where the time of one decision goes: reading the clock, and a decision
 /// with a clock that costs one atomic load.
 fn clocks(c: &mut Criterion) {
@@ -268,5 +297,5 @@ fn scoped(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, clocks, scoped);
+criterion_group!(benches, decisions, oversubscribed, clocks, scoped);
 criterion_main!(benches);

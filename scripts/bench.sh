@@ -65,6 +65,12 @@ if any(k.startswith("decide_") for k in res):
                 continue
             print(f"| {t} | {n:,} | " + " | ".join(f(v) for v in row + gov)
                   + f" | {ratio(g('traffik_gcra'), g('governor_string'))} |")
+if any(k.startswith("oversubscribed_16t/") for k in res):
+    g = lambda k: res.get(f"oversubscribed_16t/{k}")
+    print("\n### One hot key, 16 threads on the machine's cores, ns per decision\n")
+    print("| traffik gcra | traffik token_bucket | governor String | traffik gcra / governor String |\n|---|---|---|---|")
+    print(f"| {f(g('traffik_gcra'))} | {f(g('traffik_token_bucket'))} | {f(g('governor_string'))} "
+          f"| {ratio(g('traffik_gcra'), g('governor_string'))} |")
 if any(k.startswith("clock/") for k in res):
     print("\n### Clock reads and decisions without the system clock, ns\n")
     print("| case | ns |\n|---|---|")
