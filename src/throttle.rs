@@ -790,7 +790,7 @@ impl HttpInner {
             return out.put(":http:*");
         }
         match method_infix(method) {
-            Some(infix) => out.put(infix)?,
+            Some((infix, len)) => out.put_first(infix, len)?,
             None => {
                 out.put(":http:")?;
                 out.put(method.as_str())?;
@@ -805,19 +805,48 @@ impl HttpInner {
 /// as GET: Axum answers HEAD with the GET handler, and a separate HEAD
 /// counter would double a client's quota.
 #[inline]
-fn method_infix(method: &Method) -> Option<&'static str> {
-    Some(match *method {
-        Method::GET | Method::HEAD => ":http:GET:",
-        Method::POST => ":http:POST:",
-        Method::PUT => ":http:PUT:",
-        Method::DELETE => ":http:DELETE:",
-        Method::PATCH => ":http:PATCH:",
-        Method::OPTIONS => ":http:OPTIONS:",
-        Method::CONNECT => ":http:CONNECT:",
-        Method::TRACE => ":http:TRACE:",
+fn method_infix(method: &Method) -> Option<(&'static str, usize)> {
+    let index = match *method {
+        Method::GET | Method::HEAD => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::OPTIONS => 5,
+        Method::CONNECT => 6,
+        Method::TRACE => 7,
         _ => return None,
-    })
+    };
+    let (at, len) = METHOD_INFIXES[index];
+    Some((&METHOD_INFIX_TEXT[at..at + 16], len))
 }
+
+/// `":http:{METHOD}:"` of the standard methods, 16 bytes each (NUL-padded):
+/// appended with one fixed-size copy.
+const METHOD_INFIX_TEXT: &str = concat!(
+    ":http:GET:\0\0\0\0\0\0",
+    ":http:POST:\0\0\0\0\0",
+    ":http:PUT:\0\0\0\0\0\0",
+    ":http:DELETE:\0\0\0",
+    ":http:PATCH:\0\0\0\0",
+    ":http:OPTIONS:\0\0",
+    ":http:CONNECT:\0\0",
+    ":http:TRACE:\0\0\0\0",
+);
+
+const _: () = assert!(METHOD_INFIX_TEXT.len() == 8 * 16);
+
+/// Where each infix starts in [`METHOD_INFIX_TEXT`], and its length.
+const METHOD_INFIXES: [(usize, usize); 8] = [
+    (0, 10),
+    (16, 11),
+    (32, 10),
+    (48, 13),
+    (64, 12),
+    (80, 14),
+    (96, 14),
+    (112, 12),
+];
 
 enum IdentityStep {
     Future(BoxFuture<Identity>),
