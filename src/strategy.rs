@@ -207,15 +207,13 @@ pub struct Quota {
     rate: Rate,
     strategy: Strategy,
     capacity: u64,
-    limit: u64,
-    period: u64,
+    /// Hits per period; divides the token bucket's refill times.
+    limit: Divisor,
+    /// The period in microseconds; divides the token bucket's remaining
+    /// tokens and the sliding window counter's windows.
+    period: Divisor,
     /// `period / limit`, at least 1 (GCRA's emission interval).
     interval: Divisor,
-    /// Divides by `period` (the token bucket's remaining tokens, the sliding
-    /// window counter's windows).
-    per_period: Divisor,
-    /// Divides by `limit` (the token bucket's refill times).
-    per_limit: Divisor,
 }
 
 /// Largest product of numbers the strategies multiply (kept well inside u64).
@@ -236,11 +234,9 @@ impl Quota {
             rate,
             strategy,
             capacity: rate.limit(),
-            limit: rate.limit(),
-            period: rate.period_micros(),
+            limit: Divisor::new(rate.limit()),
+            period: Divisor::new(rate.period_micros()),
             interval: Divisor::new((rate.period_micros() / rate.limit()).max(1)),
-            per_period: Divisor::new(rate.period_micros()),
-            per_limit: Divisor::new(rate.limit()),
         };
         quota.check()?;
         Ok(quota)
@@ -274,12 +270,12 @@ impl Quota {
         };
         match self.strategy {
             Strategy::TokenBucket => {
-                if u128::from(self.capacity) * u128::from(self.period) > MAX_PRODUCT {
+                if u128::from(self.capacity) * u128::from(self.period.get()) > MAX_PRODUCT {
                     return too_big("capacity × period in microseconds exceeds 2^62");
                 }
             }
             Strategy::Gcra => {
-                if self.period < self.limit {
+                if self.period.get() < self.limit.get() {
                     return Err(Error::configuration(format!(
                         "rate {} is too fast for Strategy::Gcra (at most one hit per microsecond); use Strategy::TokenBucket",
                         self.rate
@@ -290,15 +286,15 @@ impl Quota {
                 }
             }
             Strategy::SlidingWindowCounter => {
-                if self.limit > u64::from(u32::MAX) {
+                if self.limit.get() > u64::from(u32::MAX) {
                     return too_big("the limit exceeds 2^32 - 1");
                 }
-                if u128::from(self.limit) * u128::from(self.period) > MAX_PRODUCT {
+                if u128::from(self.limit.get()) * u128::from(self.period.get()) > MAX_PRODUCT {
                     return too_big("limit × period in microseconds exceeds 2^62");
                 }
             }
             Strategy::SlidingWindowLog => {
-                if self.limit > 1_000_000 {
+                if self.limit.get() > 1_000_000 {
                     return too_big("a sliding window log keeps one entry per hit; use SlidingWindowCounter above 1,000,000 per period");
                 }
             }
@@ -319,7 +315,7 @@ impl Quota {
 
     /// Hits allowed per period.
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.get()
     }
 
     /// The bucket capacity: `burst` if set, else the limit.
@@ -329,7 +325,7 @@ impl Quota {
 
     /// The period in microseconds.
     pub fn period_micros(&self) -> u64 {
-        self.period
+        self.period.get()
     }
 
     /// GCRA's emission interval in whole microseconds: `period / limit`,
@@ -408,7 +404,7 @@ impl Quota {
     fn token_bucket(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
         // Plain u64 arithmetic: `check` keeps capacity × period ≤ 2^62, and
         // sums that could go past it saturate before being capped at `full`.
-        let (period, limit) = (self.period, self.limit);
+        let (period, limit) = (self.period.get(), self.limit.get());
         let full = self.capacity * period;
         let (mut units, last) = match stored {
             Some([units, last]) => (units, last),
@@ -419,19 +415,19 @@ impl Quota {
             .saturating_add(elapsed.saturating_mul(limit))
             .min(full);
         let (allowed, retry) = if cost > self.capacity {
-            (false, self.period)
+            (false, self.period.get())
         } else {
             let need = cost * period;
             if need <= units {
                 units -= need;
                 (true, 0)
             } else {
-                (false, self.per_limit.div_ceil(need - units))
+                (false, self.limit.div_ceil(need - units))
             }
         };
         let words = [units, now.max(last)];
-        let reset = self.per_limit.div_ceil(full - units);
-        let remaining = self.per_period.div(units);
+        let reset = self.limit.div_ceil(full - units);
+        let remaining = self.period.div(units);
         (
             words,
             self.decision(allowed, remaining, reset, retry),
@@ -451,7 +447,7 @@ impl Quota {
         // Saturating: a cost far above the capacity must not overflow (it is denied below).
         let new_tat = base.saturating_add(cost.saturating_mul(interval));
         let (allowed, tat, retry) = if cost > self.capacity {
-            (false, tat, self.period)
+            (false, tat, self.period.get())
         } else if new_tat <= now + tolerance {
             (true, new_tat, 0)
         } else {
@@ -475,42 +471,47 @@ impl Quota {
     #[inline]
     fn fixed_window(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
         let (start, mut count) = match stored {
-            Some([start, count]) if now < start.saturating_add(self.period) => (start, count),
+            Some([start, count]) if now < start.saturating_add(self.period.get()) => (start, count),
             _ => (now, 0),
         };
         // A clock that stepped back stays in the stored window (moving its
         // start back would end it early and admit more than the limit).
         let now = now.max(start);
-        let end = start + self.period;
-        let allowed = cost <= self.limit && count + cost <= self.limit;
+        let end = start + self.period.get();
+        let allowed = cost <= self.limit.get() && count + cost <= self.limit.get();
         if allowed {
             count += cost;
         }
         let words = [start, count];
         let reset = end - now;
         // A cost above the limit never fits in a window: one period, as documented.
-        let retry = if cost > self.limit {
-            self.period
+        let retry = if cost > self.limit.get() {
+            self.period.get()
         } else {
             reset
         };
         (
             words,
             // Saturating: the state may come from a quota with a higher limit.
-            self.decision(allowed, self.limit.saturating_sub(count), reset, retry),
+            self.decision(
+                allowed,
+                self.limit.get().saturating_sub(count),
+                reset,
+                retry,
+            ),
             end,
         )
     }
 
     fn sliding_window_counter(&self, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Outcome {
-        let p = self.period;
+        let p = self.period.get();
         // A clock that stepped back into an earlier window decides at the
         // start of the stored one (going back would shift and lose counts).
         let now = match stored {
             Some([start, _]) => now.max(start),
             None => now,
         };
-        let current = now - self.per_period.rem(now);
+        let current = now - self.period.rem(now);
         let (prev, mut curr) = match stored {
             Some([start, packed]) => {
                 let (prev, curr) = (packed >> 32, packed & u64::from(u32::MAX));
@@ -525,13 +526,17 @@ impl Quota {
             None => (0, 0),
         };
         let elapsed = now - current;
-        let (l, pp, c) = (u128::from(self.limit), u128::from(p), u128::from(cost));
+        let (l, pp, c) = (
+            u128::from(self.limit.get()),
+            u128::from(p),
+            u128::from(cost),
+        );
         let weight = u128::from(p - elapsed);
         let used = u128::from(prev) * weight + u128::from(curr) * pp;
-        let allowed = cost <= self.limit && used + c * pp <= l * pp;
+        let allowed = cost <= self.limit.get() && used + c * pp <= l * pp;
         let retry = if allowed {
             0
-        } else if cost > self.limit {
+        } else if cost > self.limit.get() {
             p
         } else if u128::from(curr) + c <= l {
             // Wait inside this window until the previous window weighs little enough.
@@ -549,7 +554,7 @@ impl Quota {
         let words = [current, (prev << 32) | curr];
         let used = u128::from(prev) * weight + u128::from(curr) * pp;
         // At most limit × period ≤ 2^62 (checked when the quota is built).
-        let remaining = self.per_period.div((l * pp).saturating_sub(used) as u64);
+        let remaining = self.period.div((l * pp).saturating_sub(used) as u64);
         let reset = if curr > 0 {
             current + 2 * p - now
         } else if prev > 0 {
@@ -565,7 +570,7 @@ impl Quota {
     }
 
     fn sliding_window_log(&self, state: &mut State, now: u64, cost: u64) -> (Decision, u64) {
-        let p = self.period;
+        let p = self.period.get();
         let mut log = match std::mem::take(&mut state.0) {
             Repr::Log(log) => log,
             _ => Box::default(),
@@ -576,13 +581,13 @@ impl Quota {
             log.pop_front();
         }
         let count = log.len() as u64;
-        let allowed = cost <= self.limit && count + cost <= self.limit;
+        let allowed = cost <= self.limit.get() && count + cost <= self.limit.get();
         let retry = if allowed {
             0
-        } else if cost > self.limit {
+        } else if cost > self.limit.get() {
             p
         } else {
-            let must_expire = (count + cost - self.limit) as usize;
+            let must_expire = (count + cost - self.limit.get()) as usize;
             let oldest_needed = log[must_expire - 1];
             (oldest_needed + p).saturating_sub(now)
         };
@@ -593,7 +598,7 @@ impl Quota {
         }
         let newest = log.back().copied();
         // Saturating: the log may come from a quota with a higher limit.
-        let remaining = self.limit.saturating_sub(log.len() as u64);
+        let remaining = self.limit.get().saturating_sub(log.len() as u64);
         state.0 = Repr::Log(log);
         let expires = newest.map_or(now, |t| t + p);
         let reset = expires.saturating_sub(now);

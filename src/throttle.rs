@@ -817,8 +817,8 @@ fn method_infix(method: &Method) -> Option<(&'static str, usize)> {
         Method::TRACE => 7,
         _ => return None,
     };
-    let (at, len) = METHOD_INFIXES[index];
-    Some((&METHOD_INFIX_TEXT[at..at + 16], len))
+    let at = index * 16;
+    Some((&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index]))
 }
 
 /// `":http:{METHOD}:"` of the standard methods, 16 bytes each (NUL-padded):
@@ -836,17 +836,8 @@ const METHOD_INFIX_TEXT: &str = concat!(
 
 const _: () = assert!(METHOD_INFIX_TEXT.len() == 8 * 16);
 
-/// Where each infix starts in [`METHOD_INFIX_TEXT`], and its length.
-const METHOD_INFIXES: [(usize, usize); 8] = [
-    (0, 10),
-    (16, 11),
-    (32, 10),
-    (48, 13),
-    (64, 12),
-    (80, 14),
-    (96, 14),
-    (112, 12),
-];
+/// The length of each infix of [`METHOD_INFIX_TEXT`] without its padding.
+const METHOD_INFIX_LENS: [usize; 8] = [10, 11, 10, 13, 12, 14, 14, 12];
 
 enum IdentityStep {
     Future(BoxFuture<Identity>),
