@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use arrayvec::ArrayString;
+use arrayvec::{ArrayString, ArrayVec};
 
 /// Room for keys built on the stack: `traffik:api:10.0.0.1:http:GET:/hello`
 /// is 36 bytes; a masked IPv6 address and a long route still fit.
@@ -82,6 +82,134 @@ impl From<&str> for KeyBuf {
 impl AsRef<str> for KeyBuf {
     fn as_ref(&self) -> &str {
         self.as_str()
+    }
+}
+
+/// The key of one decision, as the two kinds of backends want it.
+///
+/// * Network and custom backends get the text,
+///   `{prefix}:{uid}:{identity}:{scope}`, written only when one asks.
+/// * The in-memory backend hashes [`memory_bytes`](DecisionKey::memory_bytes):
+///   the text itself, except for the client-address keys of HTTP throttles,
+///   whose bytes are a shorter binary form (the address as its 4 or 16
+///   bytes, the method as one byte, no prefix: each backend has its own
+///   table). That form starts with `0xFF`, a byte no text holds, so it never
+///   equals the bytes of a text key.
+pub(crate) trait DecisionKey {
+    /// What the in-memory backend hashes.
+    fn memory_bytes(&self) -> &[u8];
+
+    /// Writes the text of the key for a backend of this `prefix` (a key
+    /// written with its prefix already ignores it).
+    fn write_text(&self, prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow>;
+
+    /// The text of the key, on the stack when it fits.
+    fn text(&self, prefix: &str) -> KeyBuf {
+        let mut inline = ArrayString::<INLINE>::new();
+        if self.write_text(prefix, &mut inline).is_ok() {
+            return KeyBuf::Inline(inline);
+        }
+        let mut heap = String::new();
+        // A `String` never overflows.
+        let _ = self.write_text(prefix, &mut heap);
+        KeyBuf::Heap(heap)
+    }
+
+    /// Both forms, owned (for futures that outlive the request).
+    fn to_owned_key(&self, prefix: &str) -> OwnedKey {
+        let text = self.text(prefix);
+        let bytes = self.memory_bytes();
+        let bytes = (bytes != text.as_str().as_bytes()).then(|| Box::<[u8]>::from(bytes));
+        OwnedKey { text, bytes }
+    }
+}
+
+impl DecisionKey for str {
+    #[inline]
+    fn memory_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+
+    #[inline]
+    fn write_text(&self, _prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow> {
+        out.put(self)
+    }
+}
+
+/// A [`DecisionKey`] owned: its text, and its binary form when it has one.
+pub(crate) struct OwnedKey {
+    text: KeyBuf,
+    bytes: Option<Box<[u8]>>,
+}
+
+impl DecisionKey for OwnedKey {
+    fn memory_bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Some(bytes) => bytes,
+            None => self.text.as_str().as_bytes(),
+        }
+    }
+
+    fn write_text(&self, _prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow> {
+        out.put(self.text.as_str())
+    }
+
+    fn text(&self, _prefix: &str) -> KeyBuf {
+        KeyBuf::from(self.text.as_str())
+    }
+}
+
+/// Shows a key's text for a backend's prefix (in logs).
+pub(crate) struct Shown<'a, K: ?Sized>(pub(crate) &'a K, pub(crate) &'a str);
+
+impl<K: DecisionKey + ?Sized> fmt::Display for Shown<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.text(self.1).as_str())
+    }
+}
+
+/// The binary form of a key, on the stack while it fits.
+pub(crate) struct KeyBytes {
+    inline: ArrayVec<u8, INLINE>,
+    heap: Option<Vec<u8>>,
+}
+
+impl KeyBytes {
+    #[inline]
+    pub(crate) fn new() -> Self {
+        KeyBytes {
+            inline: ArrayVec::new(),
+            heap: None,
+        }
+    }
+
+    /// Appends `bytes`, moving to the heap when the inline room is full.
+    #[inline]
+    pub(crate) fn put(&mut self, bytes: &[u8]) {
+        match &mut self.heap {
+            None => {
+                if self.inline.try_extend_from_slice(bytes).is_err() {
+                    self.spill(bytes);
+                }
+            }
+            Some(heap) => heap.extend_from_slice(bytes),
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        let mut heap = Vec::with_capacity(self.inline.len() + bytes.len() + 64);
+        heap.extend_from_slice(&self.inline);
+        heap.extend_from_slice(bytes);
+        self.heap = Some(heap);
+    }
+
+    #[inline]
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match &self.heap {
+            None => &self.inline,
+            Some(heap) => heap,
+        }
     }
 }
 

@@ -15,13 +15,12 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 use crate::backend::{self, BoxFuture, DynBackend, IntoBackend};
 use crate::identity::AddressIdentity;
-use crate::key::{KeyBuf, KeyOut, Overflow, INLINE};
+use crate::key::{DecisionKey, KeyBytes, KeyOut, Overflow, OwnedKey, Shown};
 use crate::rate::IntoRate;
 use crate::response::{responder, Policy, RateLimitHeaders, RateLimitInfo, ThrottledResponder};
 use crate::{
     BoxError, Decision, Error, Identity, Quota, Rate, Strategy, Throttled, TrustedProxies,
 };
-use arrayvec::ArrayString;
 
 /// What happens when the backend fails (error or timeout).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -189,21 +188,30 @@ pub(crate) enum Prepared<'a, K, Q> {
     Later(Check),
 }
 
-impl Prepared<'_, &str, &Quota> {
+impl Prepared<'_, HttpKey<'_>, &Quota> {
     /// Detaches from the request and from borrowed backends (an `Arc` clone
     /// for a layer's backend; none for the throttle's own).
-    pub(crate) fn into_owned(self) -> Prepared<'static, KeyBuf, Quota> {
+    pub(crate) fn into_owned(
+        self,
+        fixed: Option<&DynBackend>,
+    ) -> Prepared<'static, OwnedKey, Quota> {
         match self {
             Prepared::Done(result) => Prepared::Done(result),
             Prepared::Decide {
                 backend,
                 key,
                 quota,
-            } => Prepared::Decide {
-                backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
-                key: KeyBuf::from(key),
-                quota: *quota,
-            },
+            } => {
+                let prefix = backend
+                    .as_deref()
+                    .or(fixed)
+                    .map_or("", |backend| backend.prefix());
+                Prepared::Decide {
+                    key: key.to_owned_key(prefix),
+                    backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
+                    quota: *quota,
+                }
+            }
             Prepared::Later(check) => Prepared::Later(check),
         }
     }
@@ -268,23 +276,31 @@ impl Core {
 
     /// Asks the backend and applies the pipeline; synchronous when the
     /// backend answers at once and no wait is needed.
-    pub(crate) fn decide(
+    pub(crate) fn decide<K: DecisionKey + ?Sized>(
         self: &Arc<Self>,
         backend: &DynBackend,
-        key: &str,
+        key: &K,
         quota: &Quota,
         mode: Mode,
     ) -> Check {
+        // The in-memory backend is called directly, on the key's bytes: no
+        // text is written and no future made.
+        if let Some(memory) = backend.as_in_memory() {
+            let result =
+                memory.decide_bytes(key.memory_bytes(), quota, self.cost, mode == Mode::Hit);
+            return self.after(result, backend, key, quota, mode);
+        }
+        let text = key.text(backend.prefix());
         let answer = match mode {
-            Mode::Hit => backend.hit(key, quota, self.cost),
-            Mode::Peek => backend.peek(key, quota, self.cost),
+            Mode::Hit => backend.hit(text.as_str(), quota, self.cost),
+            Mode::Peek => backend.peek(text.as_str(), quota, self.cost),
         };
         match answer.into_ready() {
             Ok(result) => self.after(result, backend, key, quota, mode),
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
-                let key = key.to_owned();
+                let key = key.to_owned_key(backend.prefix());
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
@@ -296,17 +312,31 @@ impl Core {
         }
     }
 
-    fn after(
+    /// Asks the backend once, as [`decide`](Core::decide) does, for a
+    /// future that owns its key.
+    async fn ask(
+        &self,
+        backend: &DynBackend,
+        key: &OwnedKey,
+        quota: &Quota,
+    ) -> Result<Decision, Error> {
+        match backend.as_in_memory() {
+            Some(memory) => memory.decide_bytes(key.memory_bytes(), quota, self.cost, true),
+            None => backend.hit(key.text("").as_str(), quota, self.cost).await,
+        }
+    }
+
+    fn after<K: DecisionKey + ?Sized>(
         self: &Arc<Self>,
         result: Result<Decision, Error>,
         backend: &DynBackend,
-        key: &str,
+        key: &K,
         quota: &Quota,
         mode: Mode,
     ) -> Check {
         let decision = match result {
             Ok(decision) => decision,
-            Err(error) => return Check::Ready(self.failed(error, key)),
+            Err(error) => return Check::Ready(self.failed(error, key, backend.prefix())),
         };
         if mode == Mode::Peek {
             return Check::Ready(Ok(self.verdict(decision, quota)));
@@ -320,7 +350,7 @@ impl Core {
         if self.shadow {
             tracing::info!(
                 throttle = self.uid(),
-                key = %key,
+                key = %Shown(key, backend.prefix()),
                 retry_after_ms = decision.retry_after.as_millis() as u64,
                 "shadow mode: request would be throttled"
             );
@@ -331,14 +361,14 @@ impl Core {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
                 let max = *max;
-                let key = key.to_owned();
+                let key = key.to_owned_key(backend.prefix());
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     core.wait_until_allowed(decision, backend, key, quota, max)
                         .await
                 }))
             }
-            _ => Check::Ready(Err(self.throttled(decision, quota, key))),
+            _ => Check::Ready(Err(self.throttled(decision, quota, key, backend.prefix()))),
         }
     }
 
@@ -346,16 +376,16 @@ impl Core {
         self: Arc<Self>,
         mut decision: Decision,
         backend: DynBackend,
-        key: String,
+        key: OwnedKey,
         quota: Quota,
         max: Duration,
     ) -> Result<Verdict, Error> {
         let deadline = tokio::time::Instant::now() + max;
         loop {
             tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
-            decision = match backend.hit(&key, &quota, self.cost).await {
+            decision = match self.ask(&backend, &key, &quota).await {
                 Ok(decision) => decision,
-                Err(error) => return self.failed(error, &key),
+                Err(error) => return self.failed(error, &key, ""),
             };
             if let Some(on_decision) = &self.on_decision {
                 on_decision(&decision);
@@ -364,7 +394,7 @@ impl Core {
                 return Ok(self.verdict(decision, &quota));
             }
             if tokio::time::Instant::now() + decision.retry_after > deadline {
-                return Err(self.throttled(decision, &quota, &key));
+                return Err(self.throttled(decision, &quota, &key, ""));
             }
         }
     }
@@ -380,10 +410,16 @@ impl Core {
         Verdict { decision, info }
     }
 
-    fn throttled(&self, decision: Decision, quota: &Quota, key: &str) -> Error {
+    fn throttled<K: DecisionKey + ?Sized>(
+        &self,
+        decision: Decision,
+        quota: &Quota,
+        key: &K,
+        prefix: &str,
+    ) -> Error {
         tracing::debug!(
             throttle = self.uid(),
-            key = %key,
+            key = %Shown(key, prefix),
             retry_after_ms = decision.retry_after.as_millis() as u64,
             "request throttled"
         );
@@ -394,7 +430,13 @@ impl Core {
         ))
     }
 
-    fn failed(&self, error: Error, key: &str) -> Result<Verdict, Error> {
+    fn failed<K: DecisionKey + ?Sized>(
+        &self,
+        error: Error,
+        key: &K,
+        prefix: &str,
+    ) -> Result<Verdict, Error> {
+        let key = Shown(key, prefix);
         if let Error::Configuration(_) = error {
             // Not an outage: a quota the backend cannot hold (e.g. too large
             // for Redis's exact arithmetic). Failing open would silently turn
@@ -521,6 +563,36 @@ pub(crate) struct HttpInner {
     shared_across_routes: bool,
     /// `":{uid}:"`, written in one piece.
     uid_infix: Box<str>,
+    /// `0xFF {uid} 0xFF`: the start of the in-memory backend's form of a key.
+    memory_infix: Box<[u8]>,
+}
+
+/// The key of a request identified by its client address: its parts, with
+/// the in-memory backend's form already written; the text is written only
+/// for other backends and for logs.
+pub(crate) struct HttpKey<'a> {
+    throttle: &'a HttpInner,
+    ip: IpAddr,
+    method: &'a Method,
+    route: &'a str,
+    bytes: &'a [u8],
+}
+
+impl DecisionKey for HttpKey<'_> {
+    #[inline]
+    fn memory_bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
+    fn write_text(&self, prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow> {
+        self.throttle.write_key(
+            out,
+            prefix,
+            KeyIdentity::Ip(self.ip),
+            self.method,
+            self.route,
+        )
+    }
 }
 
 impl std::fmt::Debug for HttpThrottle {
@@ -591,9 +663,9 @@ impl HttpThrottle {
         request: &R,
         mode: Mode,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let prepared = self
-            .inner
-            .prepare(request, None, mode, |prepared| prepared.into_owned());
+        let prepared = self.inner.prepare(request, None, mode, |prepared| {
+            prepared.into_owned(self.inner.core.fixed_backend())
+        });
         let inner = Arc::clone(&self.inner);
         async move {
             let verdict = inner.run(prepared, mode).wait().await?;
@@ -624,7 +696,7 @@ impl HttpInner {
     }
 
     /// Asks the backend for a prepared request.
-    pub(crate) fn run<K: AsRef<str>, Q: Borrow<Quota>>(
+    pub(crate) fn run<K: DecisionKey, Q: Borrow<Quota>>(
         &self,
         prepared: Prepared<'_, K, Q>,
         mode: Mode,
@@ -636,9 +708,7 @@ impl HttpInner {
                 key,
                 quota,
             } => match backend.as_deref().or(self.core.fixed_backend()) {
-                Some(backend) => self
-                    .core
-                    .decide(backend, key.as_ref(), quota.borrow(), mode),
+                Some(backend) => self.core.decide(backend, &key, quota.borrow(), mode),
                 None => Check::Ready(Err(Error::configuration(format!(
                     "throttle {:?} lost its backend",
                     self.core.uid()
@@ -656,7 +726,7 @@ impl HttpInner {
         request: &R,
         fallback: Option<&'a DynBackend>,
         mode: Mode,
-        then: impl FnOnce(Prepared<'a, &str, &'a Quota>) -> T,
+        then: impl FnOnce(Prepared<'a, HttpKey<'_>, &'a Quota>) -> T,
     ) -> T {
         let core = &self.core;
         if core.cost == 0 {
@@ -684,27 +754,22 @@ impl HttpInner {
                         }
                     },
                 };
-                let prefix = backend
-                    .as_deref()
-                    .or(core.fixed_backend())
-                    .map_or("", |backend| backend.prefix());
                 // A shared counter has no route in its key: no lookup.
                 let route = if self.shared_across_routes {
                     ""
                 } else {
                     route_of(request.extensions(), request.uri())
                 };
-                let identity = KeyIdentity::Ip(ip);
-                let mut inline = ArrayString::<INLINE>::new();
-                let heap;
-                let key =
-                    match self.write_key(&mut inline, prefix, identity, request.method(), route) {
-                        Ok(()) => inline.as_str(),
-                        Err(Overflow) => {
-                            heap = self.key(prefix, identity, request.method(), route);
-                            heap.as_str()
-                        }
-                    };
+                let method = request.method();
+                let mut bytes = KeyBytes::new();
+                self.write_memory_key(&mut bytes, ip, method, route);
+                let key = HttpKey {
+                    throttle: self,
+                    ip,
+                    method,
+                    route,
+                    bytes: bytes.as_slice(),
+                };
                 return then(Prepared::Decide {
                     backend,
                     key,
@@ -758,8 +823,32 @@ impl HttpInner {
                 Ok(backend) => backend,
                 Err(_) => this.core.resolve_backend(fallback.as_ref())?,
             };
-            let key = this.key(backend.prefix(), identity.borrowed(), &method, &route);
-            this.core.decide(&backend, &key, &quota, mode).wait().await
+            match identity {
+                KeyIdentityOwned::Ip(ip) => {
+                    let mut bytes = KeyBytes::new();
+                    this.write_memory_key(&mut bytes, ip, &method, &route);
+                    let key = HttpKey {
+                        throttle: &this,
+                        ip,
+                        method: &method,
+                        route: &route,
+                        bytes: bytes.as_slice(),
+                    };
+                    this.core.decide(&backend, &key, &quota, mode).wait().await
+                }
+                KeyIdentityOwned::Key(identity) => {
+                    let key = this.key(
+                        backend.prefix(),
+                        KeyIdentity::Key(&identity),
+                        &method,
+                        &route,
+                    );
+                    this.core
+                        .decide(&backend, key.as_str(), &quota, mode)
+                        .wait()
+                        .await
+                }
+            }
         }))
     }
 
@@ -769,6 +858,38 @@ impl HttpInner {
         // A `String` never overflows.
         let _ = self.write_key(&mut key, prefix, identity, method, route);
         key
+    }
+
+    /// The in-memory backend's form of a client-address key (see
+    /// [`DecisionKey`]): `0xFF {uid} 0xFF`, the address (`4` and its 4
+    /// bytes, or `6` and its 16), then `*` for a counter shared across
+    /// routes, or the method (one digit for the standard methods, else `m`,
+    /// its name and `0xFF`) and the route.
+    #[inline]
+    fn write_memory_key(&self, out: &mut KeyBytes, ip: IpAddr, method: &Method, route: &str) {
+        out.put(&self.memory_infix);
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                out.put(&[4, a, b, c, d]);
+            }
+            IpAddr::V6(v6) => {
+                out.put(&[6]);
+                out.put(&v6.octets());
+            }
+        }
+        if self.shared_across_routes {
+            return out.put(b"*");
+        }
+        match method_index(method) {
+            Some(index) => out.put(&[b'0' + index as u8]),
+            None => {
+                out.put(b"m");
+                out.put(method.as_str().as_bytes());
+                out.put(&[0xFF]);
+            }
+        }
+        out.put(route.as_bytes());
     }
 
     #[inline]
@@ -806,7 +927,15 @@ impl HttpInner {
 /// counter would double a client's quota.
 #[inline]
 fn method_infix(method: &Method) -> Option<(&'static str, usize)> {
-    let index = match *method {
+    let index = method_index(method)?;
+    let at = index * 16;
+    Some((&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index]))
+}
+
+/// The standard methods' index in [`METHOD_INFIX_TEXT`] (HEAD is GET's).
+#[inline]
+fn method_index(method: &Method) -> Option<usize> {
+    Some(match *method {
         Method::GET | Method::HEAD => 0,
         Method::POST => 1,
         Method::PUT => 2,
@@ -816,9 +945,7 @@ fn method_infix(method: &Method) -> Option<(&'static str, usize)> {
         Method::CONNECT => 6,
         Method::TRACE => 7,
         _ => return None,
-    };
-    let at = index * 16;
-    Some((&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index]))
+    })
 }
 
 /// `":http:{METHOD}:"` of the standard methods, 16 bytes each (NUL-padded):
@@ -858,15 +985,6 @@ enum KeyIdentity<'a> {
 enum KeyIdentityOwned {
     Ip(IpAddr),
     Key(String),
-}
-
-impl KeyIdentityOwned {
-    fn borrowed(&self) -> KeyIdentity<'_> {
-        match self {
-            KeyIdentityOwned::Ip(ip) => KeyIdentity::Ip(*ip),
-            KeyIdentityOwned::Key(key) => KeyIdentity::Key(key),
-        }
-    }
 }
 
 /// Options only HTTP throttles have.
@@ -1265,6 +1383,9 @@ impl ThrottleBuilder<HttpOptions> {
                 address: options.address,
                 shared_across_routes: options.shared_across_routes,
                 uid_infix: format!(":{}:", core.uid()).into_boxed_str(),
+                memory_infix: [&[0xFF][..], core.uid().as_bytes(), &[0xFF]]
+                    .concat()
+                    .into(),
                 core,
             }),
         })
@@ -1274,6 +1395,7 @@ impl ThrottleBuilder<HttpOptions> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::INLINE as INLINE_FOR_TESTS;
 
     #[test]
     fn keys_name_every_method_and_count_head_as_get() {
@@ -1302,5 +1424,95 @@ mod tests {
                 format!("traffik:key-text-per-method:10.0.0.1:http:{name}:/items/{{id}}")
             );
         }
+    }
+
+    fn memory_key(throttle: &HttpThrottle, ip: &str, method: &Method, route: &str) -> Vec<u8> {
+        let mut out = KeyBytes::new();
+        let ip: IpAddr = ip.parse().unwrap();
+        throttle.inner.write_memory_key(&mut out, ip, method, route);
+        out.as_slice().to_vec()
+    }
+
+    #[test]
+    fn memory_keys_tell_apart_what_text_keys_tell_apart() {
+        let a = HttpThrottle::builder()
+            .uid("mk-a")
+            .rate("1/s")
+            .build()
+            .unwrap();
+        let ab = HttpThrottle::builder()
+            .uid("mk-ab")
+            .rate("1/s")
+            .build()
+            .unwrap();
+        let shared = HttpThrottle::builder()
+            .uid("mk-shared")
+            .rate("1/s")
+            .shared_across_routes()
+            .build()
+            .unwrap();
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        let get = Method::GET;
+        let keys = [
+            memory_key(&a, "10.0.0.1", &get, "/"),
+            memory_key(&a, "10.0.0.1", &get, "/x"),
+            memory_key(&a, "10.0.0.1", &Method::POST, "/"),
+            memory_key(&a, "10.0.0.1", &purge, "/"),
+            memory_key(&a, "10.0.0.2", &get, "/"),
+            memory_key(&a, "::ffff:10.0.0.1", &get, "/"),
+            memory_key(&a, "2001:db8::", &get, "/"),
+            memory_key(&ab, "10.0.0.1", &get, "/"),
+            memory_key(&shared, "10.0.0.1", &get, "/"),
+        ];
+        for (i, key) in keys.iter().enumerate() {
+            // Never the bytes of a text key: 0xFF is in no UTF-8 text.
+            assert_eq!(key[0], 0xFF);
+            assert!(std::str::from_utf8(key).is_err());
+            for other in &keys[i + 1..] {
+                assert_ne!(key, other);
+            }
+        }
+        // HEAD counts as GET; a shared counter ignores method and route.
+        assert_eq!(
+            memory_key(&a, "10.0.0.1", &Method::HEAD, "/"),
+            memory_key(&a, "10.0.0.1", &get, "/")
+        );
+        assert_eq!(
+            memory_key(&shared, "10.0.0.1", &Method::POST, "/other"),
+            memory_key(&shared, "10.0.0.1", &get, "/")
+        );
+        assert_eq!(
+            memory_key(&a, "10.0.0.1", &get, "/"),
+            [&[0xFF][..], b"mk-a", &[0xFF, 4, 10, 0, 0, 1, b'0', b'/']].concat()
+        );
+    }
+
+    #[test]
+    fn a_memory_key_shows_its_text_and_spills_long_routes_to_the_heap() {
+        let throttle = HttpThrottle::builder()
+            .uid("mk-text")
+            .rate("1/s")
+            .build()
+            .unwrap();
+        let route = format!("/{}", "r".repeat(3 * INLINE_FOR_TESTS));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut bytes = KeyBytes::new();
+        throttle
+            .inner
+            .write_memory_key(&mut bytes, ip, &Method::GET, &route);
+        assert!(bytes.as_slice().ends_with(route.as_bytes()));
+        let key = HttpKey {
+            throttle: &throttle.inner,
+            ip,
+            method: &Method::GET,
+            route: &route,
+            bytes: bytes.as_slice(),
+        };
+        let text = format!("myapp:mk-text:10.0.0.1:http:GET:{route}");
+        assert_eq!(key.text("myapp").as_str(), text);
+        assert_eq!(Shown(&key, "myapp").to_string(), text);
+        let owned = key.to_owned_key("myapp");
+        assert_eq!(owned.memory_bytes(), bytes.as_slice());
+        assert_eq!(owned.text("ignored").as_str(), text);
     }
 }

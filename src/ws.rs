@@ -612,7 +612,10 @@ where
                             key,
                             quota,
                         } => {
-                            let check = throttle.core.decide(backend, key, quota, Mode::Hit);
+                            let check =
+                                throttle
+                                    .core
+                                    .decide(backend, key.as_str(), quota, Mode::Hit);
                             match check {
                                 Check::Ready(result) => settle(throttle, result, message),
                                 Check::Pending(check) => {

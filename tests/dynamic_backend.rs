@@ -607,3 +607,21 @@ async fn a_hit_created_outside_a_scope_resolves_it_when_awaited_inside() {
         "{outside:?}"
     );
 }
+
+/// A hit made outside any scope and polled inside one decides on the
+/// general (asynchronous) path; one made inside the scope takes the direct
+/// in-memory path. Both must count on the same key of the same client.
+#[tokio::test]
+async fn the_direct_and_the_general_path_share_a_clients_counter() {
+    let memory = InMemoryBackend::new();
+    let throttle = dynamic_throttle(3);
+    let req = request("/x");
+    let general = || backend::scope(memory.clone(), throttle.hit(&req));
+    let direct = || backend::scope(memory.clone(), async { throttle.hit(&req).await });
+    assert!(admitted(general().await).unwrap());
+    assert!(admitted(direct().await).unwrap());
+    assert!(admitted(general().await).unwrap());
+    assert!(!admitted(direct().await).unwrap());
+    assert!(!admitted(general().await).unwrap());
+    assert_eq!(memory.len(), 1, "one key for one client");
+}

@@ -31,7 +31,12 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///   each backend (one per strategy), so a key costs the same few bytes
 ///   whatever its length: a 32-byte table entry (digest, two words of state,
 ///   expiry) for every strategy but the sliding-window log, whose log is
-///   boxed. Two of a million live keys share a digest with a probability
+///   boxed. An HTTP throttle's client-address keys are hashed in a short
+///   binary form (its uid, the address as 4 or 16 bytes, the method as one
+///   byte, the route; never equal to the bytes of a text key), so no key text
+///   is written on that path; a text key given to
+///   [`decide`](InMemoryBackend::decide) or `hit` counts apart from them.
+///   Two of a million live keys share a digest with a probability
 ///   below 1 in 30 million, and a client cannot aim for a collision without
 ///   the secret.
 /// * Expired keys are reclaimed by the backend itself: each shard sweeps its
@@ -287,7 +292,21 @@ impl InMemoryBackend {
 
     /// Decides synchronously (the in-memory backend never waits).
     pub fn decide(&self, key: &str, quota: &Quota, cost: u64) -> Result<Decision, Error> {
-        self.inner.decide(key, quota, cost, true)
+        self.inner.decide(key.as_bytes(), quota, cost, true)
+    }
+
+    /// Decides on the bytes of a key: a text key's, or the shorter binary
+    /// form HTTP throttles use for client-address keys (see
+    /// [`DecisionKey`](crate::key::DecisionKey)).
+    #[inline]
+    pub(crate) fn decide_bytes(
+        &self,
+        key: &[u8],
+        quota: &Quota,
+        cost: u64,
+        record: bool,
+    ) -> Result<Decision, Error> {
+        self.inner.decide(key, quota, cost, record)
     }
 }
 
@@ -387,12 +406,18 @@ impl Shared {
     }
 
     #[inline]
-    fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> Result<Decision, Error> {
+    fn decide(
+        &self,
+        key: &[u8],
+        quota: &Quota,
+        cost: u64,
+        record: bool,
+    ) -> Result<Decision, Error> {
         // The clock is read first: the counter's latency overlaps the hashing
         // (and the lock is not held while it runs).
         let read = self.now();
         let mut hasher = self.hashers[quota.strategy() as usize].build_hasher();
-        hasher.write(key.as_bytes());
+        hasher.write(key);
         let digest = hasher.finish();
         match quota.strategy() {
             Strategy::SlidingWindowLog => {
@@ -472,11 +497,11 @@ impl ThrottleBackend for InMemoryBackend {
 
     #[inline]
     fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        BackendFuture::ready(self.inner.decide(key, quota, cost, true))
+        BackendFuture::ready(self.inner.decide(key.as_bytes(), quota, cost, true))
     }
 
     fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        BackendFuture::ready(self.inner.decide(key, quota, cost, false))
+        BackendFuture::ready(self.inner.decide(key.as_bytes(), quota, cost, false))
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
@@ -486,6 +511,10 @@ impl ThrottleBackend for InMemoryBackend {
 
     fn persistent(&self) -> bool {
         self.inner.persistent
+    }
+
+    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+        Some(self)
     }
 }
 

@@ -101,6 +101,13 @@ pub trait ThrottleBackend: Send + Sync + 'static {
     fn persistent(&self) -> bool {
         false
     }
+
+    /// Internal: lets throttles call the in-memory backend directly (no
+    /// text key, no future). Keep the default; a wrapper may forward it.
+    #[doc(hidden)]
+    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+        None
+    }
 }
 
 impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
@@ -124,6 +131,9 @@ impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
     }
     fn persistent(&self) -> bool {
         (**self).persistent()
+    }
+    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+        (**self).as_in_memory()
     }
 }
 
