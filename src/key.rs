@@ -115,11 +115,16 @@ pub(crate) trait DecisionKey {
         KeyBuf::Heap(heap)
     }
 
-    /// Both forms, owned (for futures that outlive the request).
+    /// Both forms, owned (for futures that outlive the request), on the
+    /// stack while they fit.
     fn to_owned_key(&self, prefix: &str) -> OwnedKey {
         let text = self.text(prefix);
         let bytes = self.memory_bytes();
-        let bytes = (bytes != text.as_str().as_bytes()).then(|| Box::<[u8]>::from(bytes));
+        let bytes = (bytes != text.as_str().as_bytes()).then(|| {
+            let mut owned = KeyBytes::new();
+            owned.put(bytes);
+            owned
+        });
         OwnedKey { text, bytes }
     }
 }
@@ -136,16 +141,29 @@ impl DecisionKey for str {
     }
 }
 
-/// A [`DecisionKey`] owned: its text, and its binary form when it has one.
+/// A [`DecisionKey`] owned: its text (written with its backend's prefix),
+/// and its binary form when it has one.
 pub(crate) struct OwnedKey {
     text: KeyBuf,
-    bytes: Option<Box<[u8]>>,
+    bytes: Option<KeyBytes>,
+}
+
+impl OwnedKey {
+    /// A text key, already written.
+    pub(crate) fn from_text(text: KeyBuf) -> OwnedKey {
+        OwnedKey { text, bytes: None }
+    }
+
+    /// The text, with the prefix it was written with.
+    pub(crate) fn as_text(&self) -> &str {
+        self.text.as_str()
+    }
 }
 
 impl DecisionKey for OwnedKey {
     fn memory_bytes(&self) -> &[u8] {
         match &self.bytes {
-            Some(bytes) => bytes,
+            Some(bytes) => bytes.as_slice(),
             None => self.text.as_str().as_bytes(),
         }
     }

@@ -172,8 +172,8 @@ impl Check {
 }
 
 /// A request read and keyed, its decision not yet asked for. The key is
-/// borrowed from the stack of [`HttpInner::prepare`] (`&str`) or owned
-/// ([`KeyBuf`], for futures that outlive the request).
+/// borrowed from the stack of [`HttpInner::prepare`] ([`HttpKey`]) or owned
+/// ([`OwnedKey`], for futures that outlive the request).
 pub(crate) enum Prepared<'a, K, Q> {
     /// Decided without a backend (exempt, or an error).
     Done(Result<Verdict, Error>),
@@ -300,7 +300,9 @@ impl Core {
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
-                let key = key.to_owned_key(backend.prefix());
+                // The text is already written: no other form is needed
+                // for a backend that is not in memory.
+                let key = OwnedKey::from_text(text);
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
@@ -322,7 +324,7 @@ impl Core {
     ) -> Result<Decision, Error> {
         match backend.as_in_memory() {
             Some(memory) => memory.decide_bytes(key.memory_bytes(), quota, self.cost, true),
-            None => backend.hit(key.text("").as_str(), quota, self.cost).await,
+            None => backend.hit(key.as_text(), quota, self.cost).await,
         }
     }
 
@@ -385,7 +387,7 @@ impl Core {
             tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
             decision = match self.ask(&backend, &key, &quota).await {
                 Ok(decision) => decision,
-                Err(error) => return self.failed(error, &key, ""),
+                Err(error) => return self.failed(error, &key, backend.prefix()),
             };
             if let Some(on_decision) = &self.on_decision {
                 on_decision(&decision);
@@ -394,7 +396,7 @@ impl Core {
                 return Ok(self.verdict(decision, &quota));
             }
             if tokio::time::Instant::now() + decision.retry_after > deadline {
-                return Err(self.throttled(decision, &quota, &key, ""));
+                return Err(self.throttled(decision, &quota, &key, backend.prefix()));
             }
         }
     }
@@ -862,7 +864,8 @@ impl HttpInner {
 
     /// The in-memory backend's form of a client-address key (see
     /// [`DecisionKey`]): `0xFF {uid} 0xFF`, the address (`4` and its 4
-    /// bytes, or `6` and its 16), then `*` for a counter shared across
+    /// bytes, or `6`, the IPv6 prefix length and the 16 bytes of the masked
+    /// address, as the text has `/{bits}`), then `*` for a counter shared across
     /// routes, or the method (one digit for the standard methods, else `m`,
     /// its name and `0xFF`) and the route.
     #[inline]
@@ -874,7 +877,7 @@ impl HttpInner {
                 out.put(&[4, a, b, c, d]);
             }
             IpAddr::V6(v6) => {
-                out.put(&[6]);
+                out.put(&[6, self.address.ipv6_prefix]);
                 out.put(&v6.octets());
             }
         }
@@ -1485,6 +1488,31 @@ mod tests {
             memory_key(&a, "10.0.0.1", &get, "/"),
             [&[0xFF][..], b"mk-a", &[0xFF, 4, 10, 0, 0, 1, b'0', b'/']].concat()
         );
+    }
+
+    #[test]
+    fn memory_keys_hold_the_ipv6_prefix_length_as_the_text_does() {
+        let key = |bits: u8| {
+            let throttle = HttpThrottle::builder()
+                .uid("mk-v6-bits")
+                .rate("1/s")
+                .ipv6_prefix(bits)
+                .build()
+                .unwrap();
+            // 2001:db8:: is the same address masked to /48 and to /64.
+            let bytes = memory_key(&throttle, "2001:db8::", &Method::GET, "/");
+            let text = throttle.inner.key(
+                "traffik",
+                KeyIdentity::Ip("2001:db8::".parse().unwrap()),
+                &Method::GET,
+                "/",
+            );
+            (bytes, text)
+        };
+        let (bytes_48, text_48) = key(48);
+        let (bytes_64, text_64) = key(64);
+        assert_ne!(text_48, text_64);
+        assert_ne!(bytes_48, bytes_64);
     }
 
     #[test]

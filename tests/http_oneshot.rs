@@ -1636,3 +1636,54 @@ async fn long_keys_are_counted_whole() {
     assert!(direct.hit(&at(&route_b, peer)).await.unwrap().allowed);
     assert_eq!(memory.len(), 4);
 }
+
+/// The layer decides on the direct in-memory path, a handler's `hit` on a
+/// future that owns its key: both count on the same key of the client.
+#[tokio::test]
+async fn the_layer_and_a_handlers_hit_share_a_clients_counter() {
+    let memory = InMemoryBackend::new();
+    let t = HttpThrottle::builder()
+        .uid("os-layer-and-hit")
+        .limit(3)
+        .hours(1)
+        .strategy(Strategy::FixedWindow)
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    assert!(t.hit(&at("/w", PEER)).await.unwrap().allowed);
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    let fourth = t.hit(&at("/w", PEER)).await;
+    assert!(matches!(fourth, Err(Error::Throttled(_))), "{fourth:?}");
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 429);
+    assert_eq!(memory.len(), 1, "one key for one client");
+}
+
+/// A request held by `Exceeded::Wait` re-hits the same in-memory key: the
+/// next request waits again instead of finding a fresh counter.
+#[tokio::test(start_paused = true)]
+async fn wait_re_hits_the_same_in_memory_key() {
+    let memory = InMemoryBackend::builder().clock(TokioClock::new()).build();
+    let t = HttpThrottle::builder()
+        .uid("os-wait-same-key")
+        .limit(1)
+        .seconds(2)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(5),
+        })
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    let start = tokio::time::Instant::now();
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(3_900),
+        "two waits of a period each, got {:?}",
+        start.elapsed()
+    );
+    assert_eq!(memory.len(), 1, "one key for one client");
+}

@@ -31,11 +31,12 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///   each backend (one per strategy), so a key costs the same few bytes
 ///   whatever its length: a 32-byte table entry (digest, two words of state,
 ///   expiry) for every strategy but the sliding-window log, whose log is
-///   boxed. An HTTP throttle's client-address keys are hashed in a short
-///   binary form (its uid, the address as 4 or 16 bytes, the method as one
-///   byte, the route; never equal to the bytes of a text key), so no key text
-///   is written on that path; a text key given to
-///   [`decide`](InMemoryBackend::decide) or `hit` counts apart from them.
+///   boxed. An HTTP throttle's client-address keys are hashed in a binary
+///   form of their parts (the uid, the address as 4 or 16 bytes, one byte
+///   for a standard method, the route), so the layer writes no key text for
+///   them. That form never equals the bytes of a text key: the text of such
+///   a key given to [`decide`](InMemoryBackend::decide) or `hit` counts
+///   apart from the throttle's counter.
 ///   Two of a million live keys share a digest with a probability
 ///   below 1 in 30 million, and a client cannot aim for a collision without
 ///   the secret.

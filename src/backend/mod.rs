@@ -103,7 +103,9 @@ pub trait ThrottleBackend: Send + Sync + 'static {
     }
 
     /// Internal: lets throttles call the in-memory backend directly (no
-    /// text key, no future). Keep the default; a wrapper may forward it.
+    /// text key, no future). Keep the default. A wrapper that forwards it is
+    /// bypassed: throttles then skip the wrapper's `hit` and `peek` for
+    /// every key.
     #[doc(hidden)]
     fn as_in_memory(&self) -> Option<&InMemoryBackend> {
         None
