@@ -115,17 +115,17 @@ pub(crate) trait DecisionKey {
         KeyBuf::Heap(heap)
     }
 
-    /// Both forms, owned (for futures that outlive the request), on the
-    /// stack while they fit.
-    fn to_owned_key(&self, prefix: &str) -> OwnedKey {
-        let text = self.text(prefix);
+    /// The key owned (for futures that outlive the request), on the stack
+    /// while it fits, in the one form its backend needs: the binary form
+    /// for the in-memory backend when the key has one, else the text.
+    fn to_owned_key(&self, prefix: &str, in_memory: bool) -> OwnedKey {
         let bytes = self.memory_bytes();
-        let bytes = (bytes != text.as_str().as_bytes()).then(|| {
+        if in_memory && bytes.first() == Some(&0xFF) {
             let mut owned = KeyBytes::new();
             owned.put(bytes);
-            owned
-        });
-        OwnedKey { text, bytes }
+            return OwnedKey::Memory(owned);
+        }
+        OwnedKey::Text(self.text(prefix))
     }
 }
 
@@ -141,39 +141,30 @@ impl DecisionKey for str {
     }
 }
 
-/// A [`DecisionKey`] owned: its text (written with its backend's prefix),
-/// and its binary form when it has one.
-pub(crate) struct OwnedKey {
-    text: KeyBuf,
-    bytes: Option<KeyBytes>,
-}
-
-impl OwnedKey {
-    /// A text key, already written.
-    pub(crate) fn from_text(text: KeyBuf) -> OwnedKey {
-        OwnedKey { text, bytes: None }
-    }
-
-    /// The text, with the prefix it was written with.
-    pub(crate) fn as_text(&self) -> &str {
-        self.text.as_str()
-    }
+/// A [`DecisionKey`] owned, in the form its backend needs.
+pub(crate) enum OwnedKey {
+    /// The text, written with its backend's prefix.
+    Text(KeyBuf),
+    /// The binary form of an HTTP client-address key, for the in-memory
+    /// backend; its text (for logs) is read back from it.
+    Memory(KeyBytes),
 }
 
 impl DecisionKey for OwnedKey {
     fn memory_bytes(&self) -> &[u8] {
-        match &self.bytes {
-            Some(bytes) => bytes.as_slice(),
-            None => self.text.as_str().as_bytes(),
+        match self {
+            OwnedKey::Text(text) => text.as_str().as_bytes(),
+            OwnedKey::Memory(bytes) => bytes.as_slice(),
         }
     }
 
-    fn write_text(&self, _prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow> {
-        out.put(self.text.as_str())
-    }
-
-    fn text(&self, _prefix: &str) -> KeyBuf {
-        KeyBuf::from(self.text.as_str())
+    fn write_text(&self, prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow> {
+        match self {
+            OwnedKey::Text(text) => out.put(text.as_str()),
+            OwnedKey::Memory(bytes) => {
+                crate::throttle::write_memory_key_text(bytes.as_slice(), prefix, out)
+            }
+        }
     }
 }
 

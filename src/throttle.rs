@@ -207,7 +207,13 @@ impl Prepared<'_, HttpKey<'_>, &Quota> {
                     .or(fixed)
                     .map_or("", |backend| backend.prefix());
                 Prepared::Decide {
-                    key: key.to_owned_key(prefix),
+                    key: key.to_owned_key(
+                        prefix,
+                        backend
+                            .as_deref()
+                            .or(fixed)
+                            .is_some_and(|backend| backend.as_in_memory().is_some()),
+                    ),
                     backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
                     quota: *quota,
                 }
@@ -302,7 +308,7 @@ impl Core {
                 let backend = Arc::clone(backend);
                 // The text is already written: no other form is needed
                 // for a backend that is not in memory.
-                let key = OwnedKey::from_text(text);
+                let key = OwnedKey::Text(text);
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
@@ -324,7 +330,13 @@ impl Core {
     ) -> Result<Decision, Error> {
         match backend.as_in_memory() {
             Some(memory) => memory.decide_bytes(key.memory_bytes(), quota, self.cost, true),
-            None => backend.hit(key.as_text(), quota, self.cost).await,
+            None => match key {
+                OwnedKey::Text(text) => backend.hit(text.as_str(), quota, self.cost).await,
+                OwnedKey::Memory(_) => {
+                    let text = key.text(backend.prefix());
+                    backend.hit(text.as_str(), quota, self.cost).await
+                }
+            },
         }
     }
 
@@ -363,7 +375,7 @@ impl Core {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
                 let max = *max;
-                let key = key.to_owned_key(backend.prefix());
+                let key = key.to_owned_key(backend.prefix(), backend.as_in_memory().is_some());
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     core.wait_until_allowed(decision, backend, key, quota, max)
@@ -922,6 +934,68 @@ impl HttpInner {
             }
         }
         out.put(route)
+    }
+}
+
+/// Writes the text of a key from its in-memory form, with a backend's
+/// `prefix` (for logs of futures that own only that form): the inverse of
+/// [`HttpInner::write_memory_key`], giving what
+/// [`HttpInner::write_key`] writes for the same parts.
+pub(crate) fn write_memory_key_text(
+    bytes: &[u8],
+    prefix: &str,
+    out: &mut impl KeyOut,
+) -> Result<(), Overflow> {
+    // Every piece was a `str` or a digit: never lossy for a key this crate wrote.
+    let text = String::from_utf8_lossy;
+    let unreadable = |out: &mut _| KeyOut::put(out, "(unreadable key)");
+    let Some(rest) = bytes.strip_prefix(&[0xFF]) else {
+        return out.put(&text(bytes));
+    };
+    let Some(end) = rest.iter().position(|&byte| byte == 0xFF) else {
+        return unreadable(out);
+    };
+    out.put(prefix)?;
+    out.put(":")?;
+    out.put(&text(&rest[..end]))?;
+    out.put(":")?;
+    let rest = match &rest[end + 1..] {
+        [4, a, b, c, d, rest @ ..] => {
+            crate::key::put_ipv4(out, std::net::Ipv4Addr::new(*a, *b, *c, *d))?;
+            rest
+        }
+        [6, bits, rest @ ..] => {
+            let Some((octets, rest)) = rest.split_first_chunk::<16>() else {
+                return unreadable(out);
+            };
+            let ip = std::net::Ipv6Addr::from(*octets);
+            if *bits < 128 {
+                write!(out, "{ip}/{bits}").map_err(|_| Overflow)?;
+            } else {
+                write!(out, "{ip}").map_err(|_| Overflow)?;
+            }
+            rest
+        }
+        _ => return unreadable(out),
+    };
+    match rest {
+        [b'*'] => out.put(":http:*"),
+        [digit @ b'0'..=b'7', route @ ..] => {
+            let index = usize::from(digit - b'0');
+            let at = index * 16;
+            out.put_first(&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index])?;
+            out.put(&text(route))
+        }
+        [b'm', rest @ ..] => {
+            let Some(end) = rest.iter().position(|&byte| byte == 0xFF) else {
+                return unreadable(out);
+            };
+            out.put(":http:")?;
+            out.put(&text(&rest[..end]))?;
+            out.put(":")?;
+            out.put(&text(&rest[end + 1..]))
+        }
+        _ => unreadable(out),
     }
 }
 
@@ -1491,6 +1565,46 @@ mod tests {
     }
 
     #[test]
+    fn the_text_read_back_from_a_memory_key_is_the_key_text() {
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        let long = format!("/{}", "long".repeat(40));
+        for (uid, bits, shared) in [
+            ("mk-read-64", 64, false),
+            ("mk-read-48", 48, false),
+            ("mk-read-128", 128, false),
+            ("mk:read:shared", 64, true),
+        ] {
+            let mut builder = HttpThrottle::builder()
+                .uid(uid)
+                .rate("1/s")
+                .ipv6_prefix(bits);
+            if shared {
+                builder = builder.shared_across_routes();
+            }
+            let throttle = builder.build().unwrap();
+            for ip in ["10.0.0.1", "255.1.0.99", "2001:db8::", "2001:db8:1:2::7"] {
+                for method in [Method::GET, Method::HEAD, Method::DELETE, purge.clone()] {
+                    for route in ["/", "/items/{id}", "/é", long.as_str()] {
+                        let bytes = memory_key(&throttle, ip, &method, route);
+                        let expected = throttle.inner.key(
+                            "myapp",
+                            KeyIdentity::Ip(ip.parse().unwrap()),
+                            &method,
+                            route,
+                        );
+                        let mut read = String::new();
+                        assert!(write_memory_key_text(&bytes, "myapp", &mut read).is_ok());
+                        assert_eq!(read, expected);
+                    }
+                }
+            }
+        }
+        let mut read = String::new();
+        assert!(write_memory_key_text(&[0xFF, b'u', 0xFF, 9], "p", &mut read).is_ok());
+        assert!(read.ends_with("(unreadable key)"), "{read}");
+    }
+
+    #[test]
     fn memory_keys_hold_the_ipv6_prefix_length_as_the_text_does() {
         let key = |bits: u8| {
             let throttle = HttpThrottle::builder()
@@ -1539,8 +1653,12 @@ mod tests {
         let text = format!("myapp:mk-text:10.0.0.1:http:GET:{route}");
         assert_eq!(key.text("myapp").as_str(), text);
         assert_eq!(Shown(&key, "myapp").to_string(), text);
-        let owned = key.to_owned_key("myapp");
+        let owned = key.to_owned_key("myapp", true);
+        assert!(matches!(owned, OwnedKey::Memory(_)));
         assert_eq!(owned.memory_bytes(), bytes.as_slice());
+        assert_eq!(owned.text("myapp").as_str(), text);
+        let owned = key.to_owned_key("myapp", false);
+        assert!(matches!(owned, OwnedKey::Text(_)));
         assert_eq!(owned.text("ignored").as_str(), text);
     }
 }
