@@ -92,8 +92,8 @@ impl AsRef<str> for KeyBuf {
 /// * The in-memory backend hashes [`memory_bytes`](DecisionKey::memory_bytes):
 ///   the text itself, except for the client-address keys of HTTP throttles,
 ///   whose bytes are a shorter binary form (the address as its 4 or 16
-///   bytes, the method as one byte, no prefix: each backend has its own
-///   table). That form starts with `0xFF`, a byte no text holds, so it never
+///   bytes, one byte for a standard method, no prefix: each backend has its
+///   own table). That form starts with `0xFF`, a byte no text holds, so it never
 ///   equals the bytes of a text key.
 pub(crate) trait DecisionKey {
     /// What the in-memory backend hashes.
@@ -102,6 +102,11 @@ pub(crate) trait DecisionKey {
     /// Writes the text of the key for a backend of this `prefix` (a key
     /// written with its prefix already ignores it).
     fn write_text(&self, prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow>;
+
+    /// The text, when the key already is one (no copy to make).
+    fn as_text(&self) -> Option<&str> {
+        None
+    }
 
     /// The text of the key, on the stack when it fits.
     fn text(&self, prefix: &str) -> KeyBuf {
@@ -139,6 +144,11 @@ impl DecisionKey for str {
     fn write_text(&self, _prefix: &str, out: &mut impl KeyOut) -> Result<(), Overflow> {
         out.put(self)
     }
+
+    #[inline]
+    fn as_text(&self) -> Option<&str> {
+        Some(self)
+    }
 }
 
 /// A [`DecisionKey`] owned, in the form its backend needs.
@@ -164,6 +174,13 @@ impl DecisionKey for OwnedKey {
             OwnedKey::Memory(bytes) => {
                 crate::throttle::write_memory_key_text(bytes.as_slice(), prefix, out)
             }
+        }
+    }
+
+    fn as_text(&self) -> Option<&str> {
+        match self {
+            OwnedKey::Text(text) => Some(text.as_str()),
+            OwnedKey::Memory(_) => None,
         }
     }
 }

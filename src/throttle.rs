@@ -15,7 +15,7 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 use crate::backend::{self, BoxFuture, DynBackend, IntoBackend};
 use crate::identity::AddressIdentity;
-use crate::key::{DecisionKey, KeyBytes, KeyOut, Overflow, OwnedKey, Shown};
+use crate::key::{DecisionKey, KeyBuf, KeyBytes, KeyOut, Overflow, OwnedKey, Shown};
 use crate::rate::IntoRate;
 use crate::response::{responder, Policy, RateLimitHeaders, RateLimitInfo, ThrottledResponder};
 use crate::{
@@ -202,18 +202,13 @@ impl Prepared<'_, HttpKey<'_>, &Quota> {
                 key,
                 quota,
             } => {
-                let prefix = backend
-                    .as_deref()
-                    .or(fixed)
-                    .map_or("", |backend| backend.prefix());
+                let target = backend.as_deref().or(fixed);
+                let key = key.to_owned_key(
+                    target.map_or("", |backend| backend.prefix()),
+                    target.is_some_and(|backend| backend.as_in_memory().is_some()),
+                );
                 Prepared::Decide {
-                    key: key.to_owned_key(
-                        prefix,
-                        backend
-                            .as_deref()
-                            .or(fixed)
-                            .is_some_and(|backend| backend.as_in_memory().is_some()),
-                    ),
+                    key,
                     backend: backend.map(|backend| Cow::Owned(backend.into_owned())),
                     quota: *quota,
                 }
@@ -296,19 +291,26 @@ impl Core {
                 memory.decide_bytes(key.memory_bytes(), quota, self.cost, mode == Mode::Hit);
             return self.after(result, backend, key, quota, mode);
         }
-        let text = key.text(backend.prefix());
+        // A text key is passed as it is; another is written once.
+        let written;
+        let text = match key.as_text() {
+            Some(text) => text,
+            None => {
+                written = key.text(backend.prefix());
+                written.as_str()
+            }
+        };
         let answer = match mode {
-            Mode::Hit => backend.hit(text.as_str(), quota, self.cost),
-            Mode::Peek => backend.peek(text.as_str(), quota, self.cost),
+            Mode::Hit => backend.hit(text, quota, self.cost),
+            Mode::Peek => backend.peek(text, quota, self.cost),
         };
         match answer.into_ready() {
             Ok(result) => self.after(result, backend, key, quota, mode),
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
-                // The text is already written: no other form is needed
-                // for a backend that is not in memory.
-                let key = OwnedKey::Text(text);
+                // No other form is needed for a backend that is not in memory.
+                let key = OwnedKey::Text(KeyBuf::from(text));
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
                     let result = pending.await;
@@ -330,9 +332,9 @@ impl Core {
     ) -> Result<Decision, Error> {
         match backend.as_in_memory() {
             Some(memory) => memory.decide_bytes(key.memory_bytes(), quota, self.cost, true),
-            None => match key {
-                OwnedKey::Text(text) => backend.hit(text.as_str(), quota, self.cost).await,
-                OwnedKey::Memory(_) => {
+            None => match key.as_text() {
+                Some(text) => backend.hit(text, quota, self.cost).await,
+                None => {
                     let text = key.text(backend.prefix());
                     backend.hit(text.as_str(), quota, self.cost).await
                 }
@@ -774,16 +776,8 @@ impl HttpInner {
                 } else {
                     route_of(request.extensions(), request.uri())
                 };
-                let method = request.method();
                 let mut bytes = KeyBytes::new();
-                self.write_memory_key(&mut bytes, ip, method, route);
-                let key = HttpKey {
-                    throttle: self,
-                    ip,
-                    method,
-                    route,
-                    bytes: bytes.as_slice(),
-                };
+                let key = self.client_key(&mut bytes, ip, request.method(), route);
                 return then(Prepared::Decide {
                     backend,
                     key,
@@ -840,14 +834,7 @@ impl HttpInner {
             match identity {
                 KeyIdentityOwned::Ip(ip) => {
                     let mut bytes = KeyBytes::new();
-                    this.write_memory_key(&mut bytes, ip, &method, &route);
-                    let key = HttpKey {
-                        throttle: &this,
-                        ip,
-                        method: &method,
-                        route: &route,
-                        bytes: bytes.as_slice(),
-                    };
+                    let key = this.client_key(&mut bytes, ip, &method, &route);
                     this.core.decide(&backend, &key, &quota, mode).wait().await
                 }
                 KeyIdentityOwned::Key(identity) => {
@@ -872,6 +859,25 @@ impl HttpInner {
         // A `String` never overflows.
         let _ = self.write_key(&mut key, prefix, identity, method, route);
         key
+    }
+
+    /// The key of a client address, its in-memory form written in `bytes`.
+    #[inline]
+    fn client_key<'k>(
+        &'k self,
+        bytes: &'k mut KeyBytes,
+        ip: IpAddr,
+        method: &'k Method,
+        route: &'k str,
+    ) -> HttpKey<'k> {
+        self.write_memory_key(bytes, ip, method, route);
+        HttpKey {
+            throttle: self,
+            ip,
+            method,
+            route,
+            bytes: bytes.as_slice(),
+        }
     }
 
     /// The in-memory backend's form of a client-address key (see
@@ -1639,23 +1645,16 @@ mod tests {
         let route = format!("/{}", "r".repeat(3 * INLINE_FOR_TESTS));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let mut bytes = KeyBytes::new();
-        throttle
+        let key = throttle
             .inner
-            .write_memory_key(&mut bytes, ip, &Method::GET, &route);
-        assert!(bytes.as_slice().ends_with(route.as_bytes()));
-        let key = HttpKey {
-            throttle: &throttle.inner,
-            ip,
-            method: &Method::GET,
-            route: &route,
-            bytes: bytes.as_slice(),
-        };
+            .client_key(&mut bytes, ip, &Method::GET, &route);
+        assert!(key.memory_bytes().ends_with(route.as_bytes()));
         let text = format!("myapp:mk-text:10.0.0.1:http:GET:{route}");
         assert_eq!(key.text("myapp").as_str(), text);
         assert_eq!(Shown(&key, "myapp").to_string(), text);
         let owned = key.to_owned_key("myapp", true);
         assert!(matches!(owned, OwnedKey::Memory(_)));
-        assert_eq!(owned.memory_bytes(), bytes.as_slice());
+        assert_eq!(owned.memory_bytes(), key.memory_bytes());
         assert_eq!(owned.text("myapp").as_str(), text);
         let owned = key.to_owned_key("myapp", false);
         assert!(matches!(owned, OwnedKey::Text(_)));

@@ -1033,20 +1033,25 @@ async fn shadow_mode_counts_but_never_rejects() {
     assert!(!decision.allowed);
 }
 
-#[tokio::test(start_paused = true)]
-async fn wait_admits_late_instead_of_rejecting() {
+/// `/w` behind a throttle of 1 per `seconds` that waits up to `max`, on an
+/// in-memory backend with Tokio's (pausable) clock, and that backend.
+fn waiting_app(uid: &str, seconds: u64, max: Duration) -> (Router, InMemoryBackend) {
     let memory = InMemoryBackend::builder().clock(TokioClock::new()).build();
     let t = HttpThrottle::builder()
-        .uid("os-wait")
+        .uid(uid)
         .limit(1)
-        .seconds(2)
-        .on_exceeded(Exceeded::Wait {
-            max: Duration::from_secs(5),
-        })
-        .backend(memory)
+        .seconds(seconds)
+        .on_exceeded(Exceeded::Wait { max })
+        .backend(memory.clone())
         .build()
         .unwrap();
     let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    (app, memory)
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_admits_late_instead_of_rejecting() {
+    let (app, _) = waiting_app("os-wait", 2, Duration::from_secs(5));
     assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
     let start = tokio::time::Instant::now();
     assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
@@ -1059,18 +1064,7 @@ async fn wait_admits_late_instead_of_rejecting() {
 
 #[tokio::test(start_paused = true)]
 async fn wait_past_max_is_rejected() {
-    let memory = InMemoryBackend::builder().clock(TokioClock::new()).build();
-    let t = HttpThrottle::builder()
-        .uid("os-wait-max")
-        .limit(1)
-        .seconds(10)
-        .on_exceeded(Exceeded::Wait {
-            max: Duration::from_millis(500),
-        })
-        .backend(memory)
-        .build()
-        .unwrap();
-    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    let (app, _) = waiting_app("os-wait-max", 10, Duration::from_millis(500));
     assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
     let reply = send(&app, at("/w", PEER)).await;
     assert_eq!(reply.status, 429);
@@ -1664,18 +1658,7 @@ async fn the_layer_and_a_handlers_hit_share_a_clients_counter() {
 /// next request waits again instead of finding a fresh counter.
 #[tokio::test(start_paused = true)]
 async fn wait_re_hits_the_same_in_memory_key() {
-    let memory = InMemoryBackend::builder().clock(TokioClock::new()).build();
-    let t = HttpThrottle::builder()
-        .uid("os-wait-same-key")
-        .limit(1)
-        .seconds(2)
-        .on_exceeded(Exceeded::Wait {
-            max: Duration::from_secs(5),
-        })
-        .backend(memory.clone())
-        .build()
-        .unwrap();
-    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    let (app, memory) = waiting_app("os-wait-same-key", 2, Duration::from_secs(5));
     assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
     let start = tokio::time::Instant::now();
     assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
