@@ -2,6 +2,7 @@
 //! [`MiddlewareThrottle`] rules before the inner service.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -9,13 +10,14 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use regex::Regex;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::backend::{BoxFuture, DynBackend, IntoBackend};
+use crate::body::{AnyBody, BodyMode, InnerBody};
 use crate::response::{error_response, responder, BoxBody, RateLimitInfo, ThrottledResponder};
 use crate::throttle::{Check, Mode, RequestHead, Verdict};
 use crate::{BoxError, Error, HttpThrottle, Throttled};
@@ -173,9 +175,30 @@ impl MiddlewareThrottle {
 ///     .rule(MiddlewareThrottle::new(api).path(r"/api/"));
 /// let app: Router = Router::new().route("/api/items", get(|| async { "items" })).layer(layer);
 /// ```
-#[derive(Clone, Default)]
-pub struct ThrottleLayer {
+///
+/// Responses keep the inner service's body type (axum's `Body` under a
+/// `Router`), so axum does not box them again. For an inner service whose
+/// body traffik cannot build its answers in (a plain Hyper service's
+/// `Full<Bytes>`, say), call [`.any_body()`](ThrottleLayer::any_body); see
+/// [`body`](crate::body).
+pub struct ThrottleLayer<M = InnerBody> {
     config: Arc<LayerConfig>,
+    mode: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for ThrottleLayer<M> {
+    fn clone(&self) -> Self {
+        ThrottleLayer {
+            config: Arc::clone(&self.config),
+            mode: PhantomData,
+        }
+    }
+}
+
+impl Default for ThrottleLayer {
+    fn default() -> Self {
+        ThrottleLayer::scoped()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -185,7 +208,7 @@ struct LayerConfig {
     on_throttled: Option<ThrottledResponder>,
 }
 
-impl std::fmt::Debug for ThrottleLayer {
+impl<M> std::fmt::Debug for ThrottleLayer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThrottleLayer")
             .field("rules", &self.config.rules)
@@ -201,13 +224,49 @@ impl ThrottleLayer {
                 backend: Some(backend.into_backend()),
                 ..LayerConfig::default()
             }),
+            mode: PhantomData,
         }
     }
 
     /// A layer without a backend of its own: rules use their throttle's
     /// backend, else the innermost [`backend::scope`](crate::backend::scope).
     pub fn scoped() -> Self {
-        ThrottleLayer::default()
+        ThrottleLayer {
+            config: Arc::default(),
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<M> ThrottleLayer<M> {
+    /// Lets the layer wrap a service answering in any body type `B`: its
+    /// responses then use [`ResponseBody<B>`](crate::ResponseBody), which
+    /// holds either `B` or the body of traffik's own answers. Needed when
+    /// `B` does not implement [`FromBoxBody`](crate::body::FromBoxBody), as
+    /// with a plain Hyper service's `Full<Bytes>`; not needed, and slower,
+    /// under an axum `Router`.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http::{Request, Response};
+    /// use http_body_util::Full;
+    /// use tower::ServiceBuilder;
+    /// use traffik::{backend::InMemoryBackend, HttpThrottle, MiddlewareThrottle, ThrottleLayer};
+    ///
+    /// let throttle = HttpThrottle::builder().rate("5/s").build().unwrap();
+    /// let service = ServiceBuilder::new()
+    ///     .layer(ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(throttle)).any_body())
+    ///     .service_fn(|_: Request<Full<Bytes>>| async {
+    ///         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+    ///     });
+    /// # drop(service);
+    /// ```
+    pub fn any_body(self) -> ThrottleLayer<AnyBody> {
+        ThrottleLayer {
+            config: self.config,
+            mode: PhantomData,
+        }
     }
 
     /// Adds a rule (evaluated after the ones already added).
@@ -259,25 +318,36 @@ impl HttpThrottle {
     }
 }
 
-impl<S> Layer<S> for ThrottleLayer {
-    type Service = ThrottleService<S>;
+impl<S, M> Layer<S> for ThrottleLayer<M> {
+    type Service = ThrottleService<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         ThrottleService {
             inner,
             config: Arc::clone(&self.config),
+            mode: PhantomData,
         }
     }
 }
 
-/// The service of [`ThrottleLayer`].
-#[derive(Clone)]
-pub struct ThrottleService<S> {
+/// The service of [`ThrottleLayer`]. `M` is its [body mode](crate::body).
+pub struct ThrottleService<S, M = InnerBody> {
     inner: S,
     config: Arc<LayerConfig>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl<S> std::fmt::Debug for ThrottleService<S> {
+impl<S: Clone, M> Clone for ThrottleService<S, M> {
+    fn clone(&self) -> Self {
+        ThrottleService {
+            inner: self.inner.clone(),
+            config: Arc::clone(&self.config),
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<S, M> std::fmt::Debug for ThrottleService<S, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThrottleService")
             .field("rules", &self.config.rules)
@@ -369,15 +439,14 @@ impl LayerConfig {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ThrottleService<S>
+impl<S, ReqBody, ResBody, M> Service<Request<ReqBody>> for ThrottleService<S, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    ResBody: Body<Data = Bytes>,
-    ResBody::Error: Into<BoxError>,
+    M: BodyMode<ResBody>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<M::Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -392,6 +461,7 @@ where
                 ResponseFuture {
                     state: State::Calling { future },
                     infos,
+                    mode: PhantomData,
                 }
             }
             Ok(Some(error)) => ResponseFuture {
@@ -399,6 +469,7 @@ where
                     response: Some(Box::new(self.config.reject(&error))),
                 },
                 infos,
+                mode: PhantomData,
             },
             Err((start, pending)) => {
                 // Hooks and backends that answer later need the head owned.
@@ -417,6 +488,7 @@ where
                         }),
                     },
                     infos: Vec::new(),
+                    mode: PhantomData,
                 }
             }
         }
@@ -437,13 +509,14 @@ impl LayerConfig {
 
 pin_project! {
     /// Response future of [`ThrottleService`].
-    pub struct ResponseFuture<S, ReqBody>
+    pub struct ResponseFuture<S, ReqBody, M = InnerBody>
     where
         S: Service<Request<ReqBody>>,
     {
         #[pin]
         state: State<S, ReqBody>,
         infos: Vec<RateLimitInfo>,
+        mode: PhantomData<fn() -> M>,
     }
 }
 
@@ -478,13 +551,12 @@ pin_project! {
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+impl<S, ReqBody, ResBody, M> Future for ResponseFuture<S, ReqBody, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
-    ResBody::Error: Into<BoxError>,
+    M: BodyMode<ResBody>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<M::Body>, S::Error>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -519,86 +591,16 @@ where
                     for info in this.infos.iter() {
                         info.apply(response.headers_mut());
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(response.map(M::inner)));
                 }
                 StateProj::Done { response } => {
                     let mut response = *response.take().expect("polled after completion");
                     for info in this.infos.iter() {
                         info.apply(response.headers_mut());
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::traffik)));
+                    return Poll::Ready(Ok(response.map(M::made)));
                 }
             }
-        }
-    }
-}
-
-pin_project! {
-    /// Body of [`ThrottleService`] responses: the inner service's body, or the
-    /// body of a response traffik made (429, 500, 503).
-    pub struct ResponseBody<B> {
-        #[pin]
-        kind: BodyKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = BodyKindProj]
-    enum BodyKind<B> {
-        Inner {
-            #[pin]
-            body: B,
-        },
-        Traffik {
-            #[pin]
-            body: BoxBody,
-        },
-    }
-}
-
-impl<B> ResponseBody<B> {
-    fn inner(body: B) -> Self {
-        ResponseBody {
-            kind: BodyKind::Inner { body },
-        }
-    }
-
-    fn traffik(body: BoxBody) -> Self {
-        ResponseBody {
-            kind: BodyKind::Traffik { body },
-        }
-    }
-}
-
-impl<B> Body for ResponseBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().kind.project() {
-            BodyKindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
-            BodyKindProj::Traffik { body } => body.poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Inner { body } => body.is_end_stream(),
-            BodyKind::Traffik { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            BodyKind::Inner { body } => body.size_hint(),
-            BodyKind::Traffik { body } => body.size_hint(),
         }
     }
 }

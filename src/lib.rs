@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod body;
 pub mod clock;
 mod divisor;
 mod error;
@@ -58,9 +59,10 @@ pub mod strategy;
 mod throttle;
 pub mod ws;
 
+pub use body::ResponseBody;
 pub use error::{BackendError, BoxError, Error};
 pub use identity::{ForwardedHeader, Identity, TrustedProxies};
-pub use layer::{MiddlewareThrottle, ResponseBody, ResponseFuture, ThrottleLayer, ThrottleService};
+pub use layer::{MiddlewareThrottle, ResponseFuture, ThrottleLayer, ThrottleService};
 pub use rate::Rate;
 pub use response::{RateLimitHeaders, Throttled};
 pub use strategy::{Decision, Quota, Strategy};

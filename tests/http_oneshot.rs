@@ -1328,8 +1328,10 @@ where
 
 #[tokio::test]
 async fn plain_tower_service_with_socket_addr_extension() {
+    // `Full<Bytes>` cannot hold traffik's answers: `.any_body()` wraps it.
     let layer = ThrottleLayer::new(InMemoryBackend::new())
-        .rule(MiddlewareThrottle::new(per_hour("os-plain", 2)));
+        .rule(MiddlewareThrottle::new(per_hour("os-plain", 2)))
+        .any_body();
     let svc = ServiceBuilder::new()
         .layer(layer)
         .service_fn(|_req: PlainRequest| async {
@@ -1423,7 +1425,8 @@ async fn inner_poll_ready_is_respected_on_the_synchronous_path() {
         calls: Arc::clone(&calls),
     };
     let layer = ThrottleLayer::new(InMemoryBackend::new())
-        .rule(MiddlewareThrottle::new(per_hour("os-ready-sync", 3)));
+        .rule(MiddlewareThrottle::new(per_hour("os-ready-sync", 3)))
+        .any_body();
     let mut svc = ServiceBuilder::new().layer(layer).service(inner);
     assert_eq!(
         drive_same_service(&mut svc, 5).await,
@@ -1450,7 +1453,7 @@ async fn inner_poll_ready_is_respected_on_the_asynchronous_path() {
             },
         ),
     );
-    let mut svc = ServiceBuilder::new().layer(layer).service(inner);
+    let mut svc = ServiceBuilder::new().layer(layer.any_body()).service(inner);
     assert_eq!(
         drive_same_service(&mut svc, 5).await,
         [200, 200, 200, 429, 429]

@@ -403,14 +403,17 @@ async fn plain_hyper_server_around_a_tower_service() {
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceBuilder;
 
-    let layer = ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(
-        HttpThrottle::builder()
-            .uid("sv-hyper")
-            .limit(3)
-            .hours(1)
-            .build()
-            .unwrap(),
-    ));
+    let layer = ThrottleLayer::new(InMemoryBackend::new())
+        .rule(MiddlewareThrottle::new(
+            HttpThrottle::builder()
+                .uid("sv-hyper")
+                .limit(3)
+                .hours(1)
+                .build()
+                .unwrap(),
+        ))
+        // The service answers in `Full<Bytes>`: responses use `ResponseBody`.
+        .any_body();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

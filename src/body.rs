@@ -1,0 +1,249 @@
+//! Which body type [`ThrottleService`](crate::ThrottleService) answers in.
+//!
+//! A middleware that may answer by itself (429, 500, 503) must give its
+//! responses one body type, whether the inner service answered or traffik
+//! did. There are two ways, chosen by the layer's body mode:
+//!
+//! - [`InnerBody`] (the default): responses keep the inner service's own body
+//!   type, and traffik builds its answers in it. That type must implement
+//!   [`FromBoxBody`]: [`axum::body::Body`] (every `Router::layer` and
+//!   `route_layer`), http-body-util's [`UnsyncBoxBody`] and
+//!   [`ResponseBody`]. Axum then passes the responses on as they are:
+//!   wrapping them in another type would make it box every response again.
+//! - [`AnyBody`] ([`ThrottleLayer::any_body`](crate::ThrottleLayer::any_body)):
+//!   responses use [`ResponseBody<B>`], which holds either the inner body `B`
+//!   or traffik's own. It works with any body (a plain Hyper service's
+//!   `Full<Bytes>`, `String`, hyper's `Incoming`, tower-http's bodies).
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower::{Layer, ServiceBuilder};
+//! use traffik::{backend::InMemoryBackend, HttpThrottle, MiddlewareThrottle, ResponseBody, ThrottleLayer};
+//!
+//! let throttle = HttpThrottle::builder().rate("5/s").build().unwrap();
+//! let layer = ThrottleLayer::new(InMemoryBackend::new())
+//!     .rule(MiddlewareThrottle::new(throttle))
+//!     .any_body(); // the inner service answers in `Full<Bytes>`
+//! let service = ServiceBuilder::new().layer(layer).service_fn(|_: Request<Full<Bytes>>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+//! });
+//! # fn responds_in<S: tower::Service<Request<Full<Bytes>>, Response = Response<ResponseBody<Full<Bytes>>>>>(_: &S) {}
+//! # responds_in(&service);
+//! ```
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+
+use crate::response::BoxBody;
+use crate::BoxError;
+
+/// A response body type that traffik can build its own answers (429, 500,
+/// 503) in, so that a [`ThrottleLayer`](crate::ThrottleLayer) in its default
+/// [`InnerBody`] mode can keep it as its responses' body type.
+///
+/// For any other body type, call
+/// [`.any_body()`](crate::ThrottleLayer::any_body) on the layer. A type of
+/// your own can implement this trait:
+///
+/// ```
+/// use traffik::body::FromBoxBody;
+/// use traffik::response::BoxBody;
+///
+/// struct MyBody(BoxBody);
+///
+/// impl FromBoxBody for MyBody {
+///     fn from_box_body(body: BoxBody) -> Self {
+///         MyBody(body)
+///     }
+/// }
+/// ```
+///
+/// A body that cannot hold traffik's answers does not compile without
+/// `.any_body()`:
+///
+/// ```compile_fail
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder};
+/// use traffik::{backend::InMemoryBackend, ThrottleLayer};
+///
+/// fn is_service<S: Service<Request<()>>>(_: S) {}
+/// is_service(ServiceBuilder::new().layer(ThrottleLayer::new(InMemoryBackend::new())).service_fn(
+///     |_: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) },
+/// ));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "traffik cannot answer 429s in `{Self}`, the inner service's response body type",
+    label = "traffik's answers cannot be built in this body type",
+    note = "call `.any_body()` on the ThrottleLayer (or on `throttle.layer()`): its responses then use `traffik::ResponseBody<{Self}>`, which works with any body"
+)]
+pub trait FromBoxBody: Sized {
+    /// Wraps the body of a response traffik made.
+    fn from_box_body(body: BoxBody) -> Self;
+}
+
+#[cfg(feature = "axum")]
+impl FromBoxBody for axum::body::Body {
+    fn from_box_body(body: BoxBody) -> Self {
+        axum::body::Body::new(body)
+    }
+}
+
+impl<E> FromBoxBody for UnsyncBoxBody<Bytes, E>
+where
+    E: From<BoxError> + 'static,
+{
+    fn from_box_body(body: BoxBody) -> Self {
+        body.map_err(E::from).boxed_unsync()
+    }
+}
+
+impl<B> FromBoxBody for ResponseBody<B> {
+    fn from_box_body(body: BoxBody) -> Self {
+        ResponseBody::traffik(body)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::InnerBody {}
+    impl Sealed for super::AnyBody {}
+}
+
+/// How a [`ThrottleService`](crate::ThrottleService) whose inner service
+/// answers in `B` gives its responses one body type: [`InnerBody`] or
+/// [`AnyBody`]. Sealed.
+pub trait BodyMode<B>: sealed::Sealed {
+    /// The body of the service's responses.
+    type Body;
+
+    /// The body of a response of the inner service.
+    #[doc(hidden)]
+    fn inner(body: B) -> Self::Body;
+
+    /// The body of a response traffik made.
+    #[doc(hidden)]
+    fn made(body: BoxBody) -> Self::Body;
+}
+
+/// Body mode (the default): responses keep the inner service's body type,
+/// which must implement [`FromBoxBody`] (axum's `Body` does).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InnerBody;
+
+/// Body mode for any inner body `B`: responses use [`ResponseBody<B>`]. Set
+/// with [`ThrottleLayer::any_body`](crate::ThrottleLayer::any_body).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyBody;
+
+impl<B: FromBoxBody> BodyMode<B> for InnerBody {
+    type Body = B;
+
+    #[inline]
+    fn inner(body: B) -> B {
+        body
+    }
+
+    fn made(body: BoxBody) -> B {
+        B::from_box_body(body)
+    }
+}
+
+impl<B> BodyMode<B> for AnyBody
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Body = ResponseBody<B>;
+
+    #[inline]
+    fn inner(body: B) -> ResponseBody<B> {
+        ResponseBody::new(body)
+    }
+
+    fn made(body: BoxBody) -> ResponseBody<B> {
+        ResponseBody::traffik(body)
+    }
+}
+
+pin_project! {
+    /// Body of [`ThrottleService`](crate::ThrottleService) responses in [`AnyBody`] mode: the inner service's body, or the
+    /// body of a response traffik made (429, 500, 503).
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
+        Inner {
+            #[pin]
+            body: B,
+        },
+        Traffik {
+            #[pin]
+            body: BoxBody,
+        },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps a body of the inner service.
+    pub fn new(body: B) -> Self {
+        ResponseBody {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    fn traffik(body: BoxBody) -> Self {
+        ResponseBody {
+            kind: BodyKind::Traffik { body },
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+            BodyKindProj::Traffik { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Traffik { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Traffik { body } => body.size_hint(),
+        }
+    }
+}
