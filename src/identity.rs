@@ -186,6 +186,7 @@ impl TrustedProxies {
 }
 
 /// IPv4-mapped IPv6 addresses are their IPv4 address.
+#[inline]
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
@@ -261,6 +262,7 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 
 /// The peer address of a request: axum's `ConnectInfo<SocketAddr>`, or a
 /// plain `SocketAddr` extension (for Hyper services that insert one).
+#[inline]
 pub fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
@@ -287,16 +289,25 @@ impl Default for AddressIdentity {
 
 impl AddressIdentity {
     /// The client address of a request, masked.
+    #[inline]
     pub(crate) fn client(
         &self,
         extensions: &Extensions,
         headers: &HeaderMap,
     ) -> Result<IpAddr, Error> {
-        let peer = peer_addr(extensions).ok_or(Error::AnonymousConnection)?;
-        let ip = self.proxies.client_ip(peer.ip(), headers);
+        let Some(peer) = peer_addr(extensions) else {
+            return Err(Error::AnonymousConnection);
+        };
+        // No trusted proxy (the common case): the peer, without reading headers.
+        let ip = if self.proxies.is_empty() {
+            canonical(peer.ip())
+        } else {
+            self.proxies.client_ip(peer.ip(), headers)
+        };
         Ok(self.mask(ip))
     }
 
+    #[inline]
     fn mask(&self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V6(v6) if self.ipv6_prefix < 128 => {

@@ -361,6 +361,7 @@ struct Outcome {
     error: Option<Error>,
 }
 
+#[inline]
 fn record(infos: &mut Vec<RateLimitInfo>, verdict: Verdict) {
     if let Some(info) = verdict.info {
         infos.push(*info);

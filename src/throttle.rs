@@ -277,6 +277,7 @@ impl Core {
 
     /// Asks the backend and applies the pipeline; synchronous when the
     /// backend answers at once and no wait is needed.
+    #[inline]
     pub(crate) fn decide<K: DecisionKey + ?Sized>(
         self: &Arc<Self>,
         backend: &DynBackend,
@@ -342,7 +343,27 @@ impl Core {
         }
     }
 
+    /// Applies the pipeline to a backend's answer: the common case (a hit
+    /// allowed, no callback) inline, the rest in [`after_slow`](Core::after_slow).
+    #[inline]
     fn after<K: DecisionKey + ?Sized>(
+        self: &Arc<Self>,
+        result: Result<Decision, Error>,
+        backend: &DynBackend,
+        key: &K,
+        quota: &Quota,
+        mode: Mode,
+    ) -> Check {
+        match result {
+            Ok(decision) if decision.allowed && self.on_decision.is_none() => {
+                Check::Ready(Ok(self.verdict(decision, quota)))
+            }
+            result => self.after_slow(result, backend, key, quota, mode),
+        }
+    }
+
+    #[inline(never)]
+    fn after_slow<K: DecisionKey + ?Sized>(
         self: &Arc<Self>,
         result: Result<Decision, Error>,
         backend: &DynBackend,
@@ -415,6 +436,7 @@ impl Core {
         }
     }
 
+    #[inline]
     fn verdict(&self, decision: Decision, quota: &Quota) -> Verdict {
         let info = (self.policy.headers != RateLimitHeaders::None).then(|| {
             Box::new(RateLimitInfo::new(
@@ -702,16 +724,59 @@ impl HttpInner {
     /// Identifies the request, builds its key and asks the backend;
     /// synchronous for the default identifier, a static rate and an
     /// in-memory backend.
+    #[inline]
     pub(crate) fn check<R: RequestHead>(
         self: &Arc<Self>,
         request: &R,
         fallback: Option<&DynBackend>,
         mode: Mode,
     ) -> Check {
+        if mode == Mode::Hit {
+            if let Some(check) = self.check_in_memory(request, fallback) {
+                return check;
+            }
+        }
         self.prepare(request, fallback, mode, |prepared| self.run(prepared, mode))
     }
 
+    /// The hit of a request whose throttle counts client addresses at a
+    /// static rate in an in-memory backend known now, all inline; `None`
+    /// for any other throttle (see [`prepare`](HttpInner::prepare)).
+    #[inline]
+    fn check_in_memory<R: RequestHead>(
+        self: &Arc<Self>,
+        request: &R,
+        fallback: Option<&DynBackend>,
+    ) -> Option<Check> {
+        let core = &self.core;
+        if core.cost == 0 || self.identifier.is_some() {
+            return None;
+        }
+        let RateSource::Static(Some(quota)) = &core.rate else {
+            return None;
+        };
+        let backend = match (&core.backend, fallback) {
+            (BackendChoice::Fixed(backend), _) | (BackendChoice::Inherit, Some(backend)) => backend,
+            _ => return None,
+        };
+        let memory = backend.as_in_memory()?;
+        let ip = match self.address.client(request.extensions(), request.headers()) {
+            Ok(ip) => ip,
+            Err(error) => return Some(Check::Ready(Err(error))),
+        };
+        let route = if self.shared_across_routes {
+            ""
+        } else {
+            route_of(request.extensions(), request.uri())
+        };
+        let mut bytes = KeyBytes::new();
+        let key = self.client_key(&mut bytes, ip, request.method(), route);
+        let result = memory.decide_bytes(key.memory_bytes(), quota, core.cost, true);
+        Some(core.after(result, backend, &key, quota, Mode::Hit))
+    }
+
     /// Asks the backend for a prepared request.
+    #[inline]
     pub(crate) fn run<K: DecisionKey, Q: Borrow<Quota>>(
         &self,
         prepared: Prepared<'_, K, Q>,
