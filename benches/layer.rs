@@ -12,7 +12,8 @@
 //! Each iteration sends one request, built outside the timed section, with a
 //! `ConnectInfo<SocketAddr>` extension (the same for both layers), to a
 //! service polled on a current-thread Tokio runtime: a trivial
-//! `tower::service_fn`, and an axum `Router` with one route. The limits are
+//! `tower::service_fn`, and an axum `Router` with one route, prepared as
+//! `axum::serve` prepares it (`with_state(())`). The limits are
 //! far above what a benchmark can reach (traffik: 1,000,000,000/s token
 //! bucket; governor: 1 per ns with a burst of 2^32 - 1), so nothing is ever
 //! throttled: this measures the overhead of an allowed request.
@@ -146,19 +147,28 @@ fn layers(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("layer_axum_router");
     let router = || Router::new().route("/hello", get(|| async { "Hello, world!" }));
-    bench_service(&mut group, &rt, "bare", router());
-    bench_service(&mut group, &rt, "traffik", router().layer(traffik_layer()));
+    // Prepared as `axum::serve` prepares an app (`into_make_service` calls
+    // `with_state(())`): routes and their layers become services once.
+    // Called without it, axum would re-apply every layer on each request.
+    let served = |router: Router| router.with_state::<()>(());
+    bench_service(&mut group, &rt, "bare", served(router()));
+    bench_service(
+        &mut group,
+        &rt,
+        "traffik",
+        served(router().layer(traffik_layer())),
+    );
     bench_service(
         &mut group,
         &rt,
         "traffik_per_ip",
-        router().layer(traffik_per_ip_layer()),
+        served(router().layer(traffik_per_ip_layer())),
     );
     bench_service(
         &mut group,
         &rt,
         "tower_governor",
-        router().layer(governor_layer()),
+        served(router().layer(governor_layer())),
     );
     group.finish();
 }
