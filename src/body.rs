@@ -6,14 +6,21 @@
 //!
 //! - [`InnerBody`] (the default): responses keep the inner service's own body
 //!   type, and traffik builds its answers in it. That type must implement
-//!   [`FromBoxBody`]: [`axum::body::Body`] (every `Router::layer` and
-//!   `route_layer`), http-body-util's [`UnsyncBoxBody`] and
-//!   [`ResponseBody`]. Axum then passes the responses on as they are:
-//!   wrapping them in another type would make it box every response again.
+//!   [`FromBoxBody`]: axum's `Body` (with the `axum` feature; what every
+//!   `Router::layer`, `route_layer` and `MethodRouter::layer` wraps),
+//!   http-body-util's [`UnsyncBoxBody`] and [`ResponseBody`]. Axum then
+//!   passes the responses on as they are: wrapping them in another type would
+//!   make it box every response again.
 //! - [`AnyBody`] ([`ThrottleLayer::any_body`](crate::ThrottleLayer::any_body)):
 //!   responses use [`ResponseBody<B>`], which holds either the inner body `B`
 //!   or traffik's own. It works with any body (a plain Hyper service's
 //!   `Full<Bytes>`, `String`, hyper's `Incoming`, tower-http's bodies).
+//!
+//! Layer order matters in a `ServiceBuilder`: layers listed after the
+//! throttle wrap the service it sees. Behind tower-http's compression or
+//! tracing layers its inner body is theirs, not axum's `Body`; list those
+//! layers before the throttle (they then wrap its responses, and the
+//! throttle keeps `Body`), or call `.any_body()`.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -70,7 +77,7 @@ use crate::BoxError;
 /// A body that cannot hold traffik's answers does not compile without
 /// `.any_body()`:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// use std::convert::Infallible;
 /// use bytes::Bytes;
 /// use http::{Request, Response};

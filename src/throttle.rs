@@ -813,6 +813,8 @@ impl HttpInner {
         if core.cost == 0 {
             return then(Prepared::Done(Ok(Verdict::exempt())));
         }
+        // The layer's `check_in_memory` repeats this branch for in-memory
+        // backends: keep the two alike (tests check they share counters).
         if self.identifier.is_none() {
             if let RateSource::Static(quota) = &core.rate {
                 let Some(quota) = quota else {

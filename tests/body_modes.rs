@@ -21,7 +21,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use traffik::backend::InMemoryBackend;
-use traffik::body::FromBoxBody;
+use traffik::body::{FromBoxBody, InnerBody};
 use traffik::response::BoxBody;
 use traffik::{
     BoxError, FailureMode, HttpThrottle, MiddlewareThrottle, RateLimitHeaders, ResponseBody,
@@ -302,4 +302,59 @@ async fn a_per_route_layer_can_wrap_any_body_too() {
     assert_eq!((first.0, first.3.as_str()), (200, "route"));
     let second = read(service.oneshot(at("/b", "192.0.2.1:1")).await.unwrap()).await;
     assert_eq!(second.0, 429);
+}
+
+/// An error type of the user's own, for an `UnsyncBoxBody` whose error is
+/// not `BoxError`.
+#[derive(Debug)]
+struct AppError(String);
+
+impl From<BoxError> for AppError {
+    fn from(error: BoxError) -> Self {
+        AppError(error.to_string())
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+#[tokio::test]
+async fn unsync_box_body_with_its_own_error_type_is_kept() {
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        let body: UnsyncBoxBody<Bytes, AppError> = Full::new(Bytes::from("own error"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let service =
+        answers_in::<UnsyncBoxBody<Bytes, AppError>, _>(layer("bm-unsync-own", 2).layer(inner));
+    two_then_429(service, "own error").await;
+}
+
+#[tokio::test]
+async fn a_method_router_layer_throttles() {
+    let app = Router::new().route(
+        "/b",
+        get(|| async { "method router" }).layer(layer("bm-method-router", 2)),
+    );
+    let statuses = statuses(&app, 3, || at("/b", "192.0.2.1:1")).await;
+    assert_eq!(statuses, [200, 200, 429]);
+}
+
+#[test]
+fn default_and_scoped_layers_answer_in_the_inner_body() {
+    // `ThrottleLayer::default()` and `scoped()` need no annotation and use
+    // the default body mode.
+    let _: ThrottleLayer<InnerBody> = ThrottleLayer::default();
+    let _: ThrottleLayer<InnerBody> = ThrottleLayer::scoped();
+    let layer = ThrottleLayer::default();
+    let _service: traffik::ThrottleService<_, InnerBody> =
+        layer.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
 }
