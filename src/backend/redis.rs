@@ -708,17 +708,29 @@ impl ThrottleBackend for RedisBackend {
 /// Denied keys answered locally until their `retry_after`.
 struct DenyCache {
     capacity: usize,
-    map: Mutex<HashMap<CacheKey, CachedDeny>>,
+    state: Mutex<DenyState>,
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct CacheKey {
-    key: String,
-    quota: Quota,
-    cost: u64,
+/// A full cache is swept at most this often (a sweep reads every entry);
+/// meanwhile new denials are not cached (the cache only spares round trips).
+const DENY_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct DenyState {
+    /// Denials by key text (looked up without copying it); a key rarely has
+    /// more than one quota and cost.
+    map: HashMap<String, Vec<CachedDeny>>,
+    /// Entries in `map`.
+    len: usize,
+    /// A full cache is not swept before this.
+    next_sweep: Option<Instant>,
+    /// Sweeps so far (for tests).
+    sweeps: u64,
 }
 
 struct CachedDeny {
+    quota: Quota,
+    cost: u64,
     /// When the request that got the denial was sent: the server decided
     /// later, so `sent + retry_after` is never later than the real time the
     /// same hit is allowed.
@@ -726,28 +738,38 @@ struct CachedDeny {
     decision: Decision,
 }
 
+impl CachedDeny {
+    fn live_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.sent) < self.decision.retry_after
+    }
+}
+
 impl DenyCache {
     fn new(capacity: usize) -> Self {
         DenyCache {
             capacity: capacity.max(1),
-            map: Mutex::new(HashMap::new()),
+            state: Mutex::new(DenyState::default()),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, DenyState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn get(&self, key: &str, quota: &Quota, cost: u64, now: Instant) -> Option<Decision> {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.is_empty() {
-            return None;
-        }
-        let cache_key = CacheKey {
-            key: key.to_owned(),
-            quota: *quota,
-            cost,
-        };
-        let entry = map.get(&cache_key)?;
+        let mut state = self.lock();
+        let entries = state.map.get_mut(key)?;
+        let index = entries
+            .iter()
+            .position(|e| e.quota == *quota && e.cost == cost)?;
+        let entry = &entries[index];
         let elapsed = now.saturating_duration_since(entry.sent);
         if elapsed >= entry.decision.retry_after {
-            map.remove(&cache_key);
+            entries.swap_remove(index);
+            if entries.is_empty() {
+                state.map.remove(key);
+            }
+            state.len -= 1;
             return None;
         }
         let mut decision = entry.decision;
@@ -757,27 +779,64 @@ impl DenyCache {
     }
 
     fn insert(&self, key: String, quota: Quota, cost: u64, sent: Instant, decision: Decision) {
+        self.insert_at(key, quota, cost, sent, decision, Instant::now());
+    }
+
+    /// Caches a denial; `now` is the current time. A full cache drops its
+    /// expired entries, at most once per [`DENY_SWEEP_INTERVAL`], and skips
+    /// the denial when no room is left.
+    fn insert_at(
+        &self,
+        key: String,
+        quota: Quota,
+        cost: u64,
+        sent: Instant,
+        decision: Decision,
+        now: Instant,
+    ) {
         if decision.retry_after.is_zero() {
             return;
         }
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= self.capacity {
-            let now = Instant::now();
-            map.retain(|_, entry| {
-                now.saturating_duration_since(entry.sent) < entry.decision.retry_after
-            });
-            if map.len() >= self.capacity {
+        let entry = CachedDeny {
+            quota,
+            cost,
+            sent,
+            decision,
+        };
+        let mut state = self.lock();
+        if let Some(entries) = state.map.get_mut(key.as_str()) {
+            if let Some(old) = entries
+                .iter_mut()
+                .find(|e| e.quota == quota && e.cost == cost)
+            {
+                *old = entry;
                 return;
             }
         }
-        map.insert(CacheKey { key, quota, cost }, CachedDeny { sent, decision });
+        if state.len >= self.capacity {
+            if state.next_sweep.is_some_and(|next| now < next) {
+                return;
+            }
+            let state = &mut *state;
+            state.map.retain(|_, entries| {
+                entries.retain(|e| e.live_at(now));
+                !entries.is_empty()
+            });
+            state.len = state.map.values().map(Vec::len).sum();
+            state.next_sweep = Some(now + DENY_SWEEP_INTERVAL);
+            state.sweeps += 1;
+            if state.len >= self.capacity {
+                return;
+            }
+        }
+        state.map.entry(key).or_default().push(entry);
+        state.len += 1;
     }
 
     fn clear(&self) {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        let mut state = self.lock();
+        state.map.clear();
+        state.len = 0;
     }
 }
 
@@ -874,6 +933,8 @@ impl RedisBackendBuilder {
 
     /// How many denied keys the deny cache remembers at most (default
     /// 10,000); beyond it, new denials are not cached until old ones expire.
+    /// A full cache drops its expired entries at most every 50 ms, so that
+    /// a flood of distinct denied keys costs no scan per request.
     pub fn deny_cache_capacity(mut self, capacity: usize) -> Self {
         self.deny_cache_capacity = capacity;
         self
@@ -997,6 +1058,84 @@ impl RedisBackendBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Rate;
+
+    fn denied(retry_after_ms: u64) -> Decision {
+        Decision {
+            allowed: false,
+            limit: 1,
+            remaining: 0,
+            reset_after: Duration::from_millis(retry_after_ms),
+            retry_after: Duration::from_millis(retry_after_ms),
+        }
+    }
+
+    #[test]
+    fn a_full_deny_cache_is_swept_at_most_once_per_interval() {
+        let cache = DenyCache::new(100);
+        let quota = Quota::new(
+            Rate::new(1, Duration::from_secs(60)).unwrap(),
+            Strategy::TokenBucket,
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        for i in 0..100 {
+            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0);
+        }
+        assert_eq!(cache.lock().len, 100);
+        // Full of live entries: one sweep finds nothing to drop; the next
+        // thousand denials are not cached and sweep nothing.
+        for i in 100..1100 {
+            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0);
+        }
+        assert_eq!(cache.lock().sweeps, 1);
+        assert_eq!(cache.lock().len, 100);
+        assert!(cache.get("k1000", &quota, 1, t0).is_none());
+        assert!(cache.get("k5", &quota, 1, t0).is_some());
+        // Once the entries expire and the interval passes, a sweep makes room.
+        let later = t0 + Duration::from_secs(11);
+        cache.insert_at("fresh".into(), quota, 1, later, denied(10_000), later);
+        assert_eq!(cache.lock().sweeps, 2);
+        assert_eq!(cache.lock().len, 1);
+        assert!(cache.get("fresh", &quota, 1, later).is_some());
+    }
+
+    #[test]
+    fn the_deny_cache_keeps_one_entry_per_key_quota_and_cost() {
+        let cache = DenyCache::new(10);
+        let quota = Quota::new(
+            Rate::new(1, Duration::from_secs(60)).unwrap(),
+            Strategy::TokenBucket,
+        )
+        .unwrap();
+        let other = Quota::new(
+            Rate::new(2, Duration::from_secs(60)).unwrap(),
+            Strategy::TokenBucket,
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0);
+        cache.insert_at("k".into(), quota, 1, t0, denied(2_000), t0);
+        cache.insert_at("k".into(), other, 1, t0, denied(3_000), t0);
+        cache.insert_at("k".into(), quota, 2, t0, denied(4_000), t0);
+        assert_eq!(cache.lock().len, 3);
+        let at = |q: &Quota, cost| {
+            cache
+                .get("k", q, cost, t0)
+                .map(|d| d.retry_after.as_millis())
+        };
+        assert_eq!(at(&quota, 1), Some(2_000));
+        assert_eq!(at(&other, 1), Some(3_000));
+        assert_eq!(at(&quota, 2), Some(4_000));
+        assert_eq!(at(&other, 2), None);
+        // An expired entry is dropped when looked up.
+        let later = t0 + Duration::from_millis(2_500);
+        assert_eq!(cache.get("k", &quota, 1, later), None);
+        assert_eq!(cache.lock().len, 2);
+        cache.clear();
+        assert_eq!(cache.lock().len, 0);
+        assert_eq!(cache.get("k", &other, 1, t0), None);
+    }
 
     #[test]
     fn storage_keys_are_hash_tagged() {
