@@ -764,11 +764,7 @@ impl HttpInner {
             Ok(ip) => ip,
             Err(error) => return Some(Check::Ready(Err(error))),
         };
-        let route = if self.shared_across_routes {
-            ""
-        } else {
-            route_of(request.extensions(), request.uri())
-        };
+        let route = self.route_in_key(request);
         let mut bytes = KeyBytes::new();
         let key = self.client_key(&mut bytes, ip, request.method(), route);
         let result = memory.decide_bytes(key.memory_bytes(), quota, core.cost, true);
@@ -837,12 +833,7 @@ impl HttpInner {
                         }
                     },
                 };
-                // A shared counter has no route in its key: no lookup.
-                let route = if self.shared_across_routes {
-                    ""
-                } else {
-                    route_of(request.extensions(), request.uri())
-                };
+                let route = self.route_in_key(request);
                 let mut bytes = KeyBytes::new();
                 let key = self.client_key(&mut bytes, ip, request.method(), route);
                 return then(Prepared::Decide {
@@ -926,6 +917,17 @@ impl HttpInner {
         // A `String` never overflows.
         let _ = self.write_key(&mut key, prefix, identity, method, route);
         key
+    }
+
+    /// The route part of a request's key: none for a counter shared across
+    /// routes (no lookup), else the matched route or the path.
+    #[inline]
+    fn route_in_key<'r, R: RequestHead>(&self, request: &'r R) -> &'r str {
+        if self.shared_across_routes {
+            ""
+        } else {
+            route_of(request.extensions(), request.uri())
+        }
     }
 
     /// The key of a client address, its in-memory form written in `bytes`.
