@@ -132,17 +132,25 @@ async fn a_service_fn_answering_in_axum_body_keeps_it() {
     two_then_429(service, "plain axum body").await;
 }
 
-#[tokio::test]
-async fn unsync_box_body_is_kept() {
-    let inner = tower::service_fn(|_: Request<Body>| async {
-        let body: UnsyncBoxBody<Bytes, BoxError> = Full::new(Bytes::from("boxed"))
+/// Two passes then the 429 through a service answering in
+/// `UnsyncBoxBody<Bytes, E>`, whose type the layer keeps.
+async fn unsync_box_body_is_kept_with<E>(uid: &str, text: &'static str)
+where
+    E: From<BoxError> + std::fmt::Debug + 'static,
+{
+    let inner = tower::service_fn(move |_: Request<Body>| async move {
+        let body: UnsyncBoxBody<Bytes, E> = Full::new(Bytes::from(text))
             .map_err(|never| match never {})
             .boxed_unsync();
         Ok::<_, Infallible>(Response::new(body))
     });
-    let service =
-        answers_in::<UnsyncBoxBody<Bytes, BoxError>, _>(layer("bm-unsync", 2).layer(inner));
-    two_then_429(service, "boxed").await;
+    let service = answers_in::<UnsyncBoxBody<Bytes, E>, _>(layer(uid, 2).layer(inner));
+    two_then_429(service, text).await;
+}
+
+#[tokio::test]
+async fn unsync_box_body_is_kept() {
+    unsync_box_body_is_kept_with::<BoxError>("bm-unsync", "boxed").await;
 }
 
 #[tokio::test]
@@ -325,15 +333,7 @@ impl std::error::Error for AppError {}
 
 #[tokio::test]
 async fn unsync_box_body_with_its_own_error_type_is_kept() {
-    let inner = tower::service_fn(|_: Request<Body>| async {
-        let body: UnsyncBoxBody<Bytes, AppError> = Full::new(Bytes::from("own error"))
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        Ok::<_, Infallible>(Response::new(body))
-    });
-    let service =
-        answers_in::<UnsyncBoxBody<Bytes, AppError>, _>(layer("bm-unsync-own", 2).layer(inner));
-    two_then_429(service, "own error").await;
+    unsync_box_body_is_kept_with::<AppError>("bm-unsync-own", "own error").await;
 }
 
 #[tokio::test]

@@ -1070,14 +1070,18 @@ mod tests {
         }
     }
 
+    fn per_minute(limit: u64) -> Quota {
+        Quota::new(
+            Rate::new(limit, Duration::from_secs(60)).unwrap(),
+            Strategy::TokenBucket,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_full_deny_cache_is_swept_at_most_once_per_interval() {
         let cache = DenyCache::new(100);
-        let quota = Quota::new(
-            Rate::new(1, Duration::from_secs(60)).unwrap(),
-            Strategy::TokenBucket,
-        )
-        .unwrap();
+        let quota = per_minute(1);
         let t0 = Instant::now();
         for i in 0..100 {
             cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0);
@@ -1103,16 +1107,8 @@ mod tests {
     #[test]
     fn the_deny_cache_keeps_one_entry_per_key_quota_and_cost() {
         let cache = DenyCache::new(10);
-        let quota = Quota::new(
-            Rate::new(1, Duration::from_secs(60)).unwrap(),
-            Strategy::TokenBucket,
-        )
-        .unwrap();
-        let other = Quota::new(
-            Rate::new(2, Duration::from_secs(60)).unwrap(),
-            Strategy::TokenBucket,
-        )
-        .unwrap();
+        let quota = per_minute(1);
+        let other = per_minute(2);
         let t0 = Instant::now();
         cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0);
         cache.insert_at("k".into(), quota, 1, t0, denied(2_000), t0);
