@@ -43,7 +43,7 @@ pub enum Exceeded {
     /// Hold it until it is allowed, waiting at most `max` in all; a hit that
     /// would need longer is rejected at once.
     Wait {
-        /// The longest wait.
+        /// The longest wait (`Duration::MAX`: as long as it takes).
         max: Duration,
     },
     /// WebSocket: close the connection with code 1008 (policy violation) and
@@ -417,7 +417,13 @@ impl Core {
         quota: Quota,
         max: Duration,
     ) -> Result<Verdict, Error> {
-        let deadline = tokio::time::Instant::now() + max;
+        // `Wait { max: Duration::MAX }` means "as long as it takes": an
+        // instant past what the platform holds is never reached.
+        let far = |from: tokio::time::Instant, wait: Duration| {
+            from.checked_add(wait)
+                .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 86_400))
+        };
+        let deadline = far(tokio::time::Instant::now(), max);
         loop {
             tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
             decision = match self.ask(&backend, &key, &quota).await {
@@ -430,7 +436,7 @@ impl Core {
             if decision.allowed {
                 return Ok(self.verdict(decision, &quota));
             }
-            if tokio::time::Instant::now() + decision.retry_after > deadline {
+            if far(tokio::time::Instant::now(), decision.retry_after) > deadline {
                 return Err(self.throttled(decision, &quota, &key, backend.prefix()));
             }
         }
@@ -475,6 +481,11 @@ impl Core {
         prefix: &str,
     ) -> Result<Verdict, Error> {
         let key = Shown(key, prefix);
+        if self.shadow {
+            // Shadow mode never rejects, whatever the failure mode.
+            tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik could not decide; letting the request through (shadow mode)");
+            return Ok(Verdict::exempt());
+        }
         if let Error::Configuration(_) = error {
             // Not an outage: a quota the backend cannot hold (e.g. too large
             // for Redis's exact arithmetic). Failing open would silently turn
@@ -1212,9 +1223,14 @@ impl<K> ThrottleBuilder<K> {
     }
 
     fn add_period(mut self, unit: Duration, n: u64) -> Self {
-        let add = u32::try_from(n)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
+        const NANOS_PER_SEC: u128 = 1_000_000_000;
+        let add = unit
+            .as_nanos()
+            .checked_mul(u128::from(n))
+            .and_then(|nanos| {
+                let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
+                Some(Duration::new(secs, (nanos % NANOS_PER_SEC) as u32))
+            })
             .and_then(|d| self.period.checked_add(d));
         match add {
             Some(period) => self.period = period,
@@ -1323,7 +1339,8 @@ impl<K> ThrottleBuilder<K> {
 
     /// Shadow mode: decide, count, log with `tracing::info!`, never reject.
     /// `hit()` then returns `Ok` with `allowed == false` for a request over
-    /// its limit.
+    /// its limit. A backend that fails is logged with `tracing::warn!` and
+    /// the request let through, whatever the [`FailureMode`].
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self
@@ -1548,6 +1565,21 @@ impl ThrottleBuilder<HttpOptions> {
 mod tests {
     use super::*;
     use crate::key::INLINE as INLINE_FOR_TESTS;
+
+    #[test]
+    fn period_units_take_any_u64_and_refuse_overflow_with_a_message() {
+        // 5,000,000,000 ms (about 58 days): above u32::MAX, as "5000000000ms" is.
+        let builder = HttpThrottle::builder().milliseconds(5_000_000_000);
+        assert_eq!(builder.period, Duration::from_secs(5_000_000));
+        assert!(builder.errors.is_empty());
+        let builder = HttpThrottle::builder().hours(u64::MAX);
+        assert_eq!(builder.errors.len(), 1);
+        assert!(builder.errors[0]
+            .to_string()
+            .contains("the period is too long"));
+        let sum = HttpThrottle::builder().seconds(1).milliseconds(500);
+        assert_eq!(sum.period, Duration::from_millis(1_500));
+    }
 
     #[test]
     fn keys_name_every_method_and_count_head_as_get() {

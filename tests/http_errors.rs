@@ -467,6 +467,25 @@ async fn failing_backend_closed_is_a_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn shadow_mode_lets_requests_through_a_failing_backend_even_when_closed() {
+    let backend = FailingBackend::default();
+    let t = HttpThrottle::builder()
+        .uid("er-fail-shadow")
+        .limit(1)
+        .minutes(1)
+        .failure_mode(FailureMode::Closed)
+        .shadow(true)
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+    assert_eq!(statuses(&app, 3, || at("/f", PEER)).await, [200; 3]);
+    assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
+    // `hit` is Ok too: shadow mode never rejects.
+    assert!(t.hit(&at("/f", PEER)).await.unwrap().allowed);
+}
+
+#[tokio::test]
 async fn failing_backend_in_a_global_rule_follows_its_mode() {
     let open = HttpThrottle::builder()
         .uid("er-rule-open")

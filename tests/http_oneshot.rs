@@ -1066,9 +1066,22 @@ async fn wait_admits_late_instead_of_rejecting() {
 async fn wait_past_max_is_rejected() {
     let (app, _) = waiting_app("os-wait-max", 10, Duration::from_millis(500));
     assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    let start = tokio::time::Instant::now();
     let reply = send(&app, at("/w", PEER)).await;
     assert_eq!(reply.status, 429);
     assert!((1..=10).contains(&reply.retry_after()));
+    // Rejected at once (Tokio's paused clock: no time passed).
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_without_an_upper_bound_admits_late() {
+    // `Duration::MAX` is "as long as it takes", not an overflow.
+    let (app, _) = waiting_app("os-wait-forever", 2, Duration::MAX);
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    let start = tokio::time::Instant::now();
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+    assert!(start.elapsed() >= Duration::from_millis(1_900));
 }
 
 #[tokio::test]
