@@ -32,6 +32,28 @@ impl Identity {
         Identity::Key(key.into())
     }
 
+    /// The identity of a client address, keyed as the HTTP default
+    /// identifier keys it: an IPv4-mapped IPv6 address is its IPv4 address,
+    /// and IPv6 is masked to its /64 (`2001:db8:1:2::/64`), so that a client
+    /// rotating addresses inside its prefix is one client. `From<IpAddr>`
+    /// does the same; use [`Identity::key`] for the exact address.
+    ///
+    /// ```
+    /// use traffik::Identity;
+    /// let a = Identity::client_ip("2001:db8:1:2::a".parse().unwrap());
+    /// let b = Identity::from("2001:db8:1:2:ffff::b".parse::<std::net::IpAddr>().unwrap());
+    /// assert_eq!(a, b);
+    /// assert_eq!(a.as_key(), Some("2001:db8:1:2::/64"));
+    /// assert_eq!(Identity::client_ip("10.0.0.1".parse().unwrap()).as_key(), Some("10.0.0.1"));
+    /// ```
+    pub fn client_ip(ip: IpAddr) -> Identity {
+        let default = AddressIdentity::default();
+        match default.mask(canonical(ip)) {
+            IpAddr::V4(v4) => Identity::Key(v4.to_string()),
+            v6 => Identity::Key(format!("{v6}/{}", default.ipv6_prefix)),
+        }
+    }
+
     /// `true` for [`Identity::Unlimited`].
     pub fn is_unlimited(&self) -> bool {
         matches!(self, Identity::Unlimited)
@@ -58,9 +80,10 @@ impl From<&str> for Identity {
     }
 }
 
+/// [`Identity::client_ip`]: IPv6 grouped by its /64, as the HTTP default.
 impl From<IpAddr> for Identity {
     fn from(ip: IpAddr) -> Self {
-        Identity::Key(ip.to_string())
+        Identity::client_ip(ip)
     }
 }
 
@@ -125,7 +148,7 @@ impl TrustedProxies {
                     }
                 },
             };
-            parsed.push(net.trunc());
+            parsed.extend(canonical_networks(net.trunc()));
         }
         Ok(TrustedProxies {
             networks: parsed,
@@ -187,6 +210,25 @@ impl TrustedProxies {
 
 /// IPv4-mapped IPv6 addresses are their IPv4 address.
 #[inline]
+/// A network as [`TrustedProxies::contains`] compares it: addresses are
+/// canonical (an IPv4-mapped IPv6 peer is its IPv4 address), so the IPv4
+/// part of an IPv6 network (`::ffff:10.0.0.0/104`, or `::/0`) is also
+/// stated as IPv4.
+fn canonical_networks(net: IpNet) -> impl Iterator<Item = IpNet> {
+    const MAPPED_BITS: u8 = 96;
+    let v4 = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= MAPPED_BITS => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|ip| ipnet::Ipv4Net::new(ip, v6.prefix_len() - MAPPED_BITS).ok()),
+        IpNet::V6(v6) if v6.contains(&std::net::Ipv6Addr::from(0xffff_u128 << 32)) => {
+            Some(ipnet::Ipv4Net::default())
+        }
+        _ => None,
+    };
+    std::iter::once(net).chain(v4.map(IpNet::V4))
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
@@ -359,6 +401,25 @@ mod tests {
             proxies.client_ip("10.0.0.1".parse().unwrap(), &h),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_match_ipv4_peers() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let proxies = TrustedProxies::new(["::ffff:10.0.0.0/104"]).unwrap();
+        assert!(proxies.contains(ip("10.1.2.3")));
+        assert!(proxies.contains(ip("::ffff:10.1.2.3")));
+        assert!(!proxies.contains(ip("11.0.0.1")));
+        assert!(!proxies.contains(ip("::1")));
+        let single = TrustedProxies::new(["::ffff:192.0.2.7"]).unwrap();
+        assert!(single.contains(ip("192.0.2.7")));
+        assert!(!single.contains(ip("192.0.2.8")));
+        // A network that holds all of the IPv4-mapped range holds IPv4.
+        let all = TrustedProxies::new(["::/0"]).unwrap();
+        assert!(all.contains(ip("203.0.113.9")));
+        assert!(all.contains(ip("2001:db8::1")));
+        let v6_only = TrustedProxies::new(["2001:db8::/32"]).unwrap();
+        assert!(!v6_only.contains(ip("203.0.113.9")));
     }
 
     #[test]

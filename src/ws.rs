@@ -48,7 +48,8 @@
 //!         let ws_t = ws_t.clone();
 //!         async move {
 //!             upgrade.on_upgrade(move |socket: WebSocket| async move {
-//!                 let mut socket = ws_t.guard(socket, Identity::key(addr.ip().to_string()));
+//!                 // The client address, IPv6 grouped by its /64 (`Identity::client_ip`).
+//!                 let mut socket = ws_t.guard(socket, Identity::client_ip(addr.ip()));
 //!                 // Only messages within the limit arrive here.
 //!                 while let Some(Ok(message)) = socket.next().await {
 //!                     if let Message::Text(text) = message {
@@ -553,7 +554,9 @@ fn settle<M: WsMessage>(
                 Outcome::Send(M::text(notice), After::Read)
             }
         },
-        // A backend error reaches here only in FailureMode::Closed.
+        // A backend error reaches here in FailureMode::Closed, or whatever
+        // the mode when the backend cannot hold the quota
+        // (`Error::Configuration`): failing open would turn the throttle off.
         Err(_) => Outcome::Send(M::text(unavailable_notice()), After::Read),
     }
 }

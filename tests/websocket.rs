@@ -236,9 +236,8 @@ async fn wait_policy_delivers_every_message_in_order() {
     let ws_t = WebSocketThrottle::builder()
         .limit(2)
         .milliseconds(200)
-        .on_exceeded(Exceeded::Wait {
-            max: Duration::from_secs(5),
-        })
+        // No upper bound: `Duration::MAX` means "as long as it takes".
+        .on_exceeded(Exceeded::Wait { max: Duration::MAX })
         .backend(InMemoryBackend::new())
         .build()
         .unwrap();
@@ -710,6 +709,46 @@ async fn pending_backend_decisions_are_polled_inside_the_guard() {
     assert_eq!(delivered, ["1", "2", "3"]);
     assert_eq!(peer.sent_texts(), [notice(4), notice(4)]);
     assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn an_ip_identity_groups_ipv6_clients_by_their_64() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(2)
+        .seconds(10)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+    // Two addresses of one /64 share a counter...
+    let (socket, peer) = mock_socket();
+    let first = run(ws_t.guard(socket, ip("2001:db8:1:2::a")), &peer, &["1"]).await;
+    assert_eq!(first, ["1"]);
+    let (socket, peer) = mock_socket();
+    let second = run(
+        ws_t.guard(socket, ip("2001:db8:1:2:ffff::b")),
+        &peer,
+        &["2", "3"],
+    )
+    .await;
+    assert_eq!(second, ["2"]);
+    assert_eq!(peer.sent_texts(), [notice(5)]);
+    // ...another /64 has its own.
+    let (socket, peer) = mock_socket();
+    let other = run(
+        ws_t.guard(socket, ip("2001:db8:1:3::a")),
+        &peer,
+        &["4", "5"],
+    )
+    .await;
+    assert_eq!(other, ["4", "5"]);
+    // IPv4 and its IPv4-mapped form are one client.
+    let (socket, peer) = mock_socket();
+    let v4 = run(ws_t.guard(socket, ip("192.0.2.1")), &peer, &["6", "7"]).await;
+    assert_eq!(v4, ["6", "7"]);
+    let (socket, peer) = mock_socket();
+    let mapped = run(ws_t.guard(socket, ip("::ffff:192.0.2.1")), &peer, &["8"]).await;
+    assert!(mapped.is_empty());
 }
 
 // ---------------------------------------------------------------------------
