@@ -266,15 +266,31 @@ impl RateLimitInfo {
 /// Appends an item to a structured-field list header (one line).
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, item: String) {
     let value = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.contains(item.split(';').next().unwrap_or_default()) => {
-            format!("{existing}, {item}")
-        }
+        Some(existing) if !lists_item(existing, &item) => format!("{existing}, {item}"),
         Some(_) => return,
         None => item,
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(name.clone(), value);
     }
+}
+
+/// Whether the list `existing` already has an item named as `item`'s
+/// (`"name";...`). Items start the list or follow `, `; inside a name a
+/// quote is always escaped, so `, "` never starts inside one.
+fn lists_item(existing: &str, item: &str) -> bool {
+    // The end of the item's leading sf-string (its closing quote).
+    let mut escaped = false;
+    let close = item.char_indices().skip(1).find(|&(_, c)| {
+        let closes = c == '"' && !escaped;
+        escaped = c == '\\' && !escaped;
+        closes
+    });
+    let Some((close, _)) = close else {
+        return false;
+    };
+    let name = &item[..=close];
+    existing.starts_with(&format!("{name};")) || existing.contains(&format!(", {name};"))
 }
 
 /// A structured-field string: `"name"` with `\` and `"` escaped and
@@ -294,4 +310,25 @@ fn sf_string(name: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_items_are_matched_by_their_whole_name() {
+        let mut headers = HeaderMap::new();
+        for name in ["x\"api", "api", "api", "a;b", "api2"] {
+            append_list(
+                &mut headers,
+                &RATELIMIT,
+                format!("{};r=1;t=1", sf_string(name)),
+            );
+        }
+        assert_eq!(
+            headers[&RATELIMIT],
+            r#""x\"api";r=1;t=1, "api";r=1;t=1, "a;b";r=1;t=1, "api2";r=1;t=1"#
+        );
+    }
 }
