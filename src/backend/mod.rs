@@ -30,8 +30,12 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Storage for throttle counters.
 ///
 /// Implementations must decide each hit atomically (exact under concurrency)
-/// and should answer within a bounded time. The trait is object safe: the
-/// throttles hold backends as `Arc<dyn ThrottleBackend>`.
+/// and should answer within a bounded time: traffik puts no deadline of its
+/// own on a custom backend's futures, so a store that can stall should bound
+/// its calls (e.g. with `tokio::time::timeout`) and answer
+/// [`Error::backend`](crate::Error::backend) on timeout, which the
+/// throttle's [`FailureMode`](crate::FailureMode) then handles. The trait is
+/// object safe: the throttles hold backends as `Arc<dyn ThrottleBackend>`.
 ///
 /// Keys passed to [`hit`](ThrottleBackend::hit) already start with
 /// [`prefix`](ThrottleBackend::prefix): `{prefix}:{uid}:{identity}:{scope}`.

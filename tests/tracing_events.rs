@@ -1,0 +1,168 @@
+//! The `tracing` events the README promises: a rejection at DEBUG, a
+//! would-be rejection in shadow mode at INFO, a backend failure at WARN in
+//! either failure mode, and a request traffik cannot throttle at ERROR.
+//! A small recording subscriber is installed for the test's thread only.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use axum::routing::get;
+use axum::Router;
+use common::*;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+use traffik::backend::InMemoryBackend;
+use traffik::{FailureMode, HttpThrottle};
+
+const PEER: &str = "10.7.7.7:4000";
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+/// One recorded event: its level and its fields as `name=value` text.
+type Logged = (Level, String);
+
+/// Records every event; spans are ignored.
+#[derive(Clone, Default)]
+struct Recorder {
+    events: Arc<Mutex<Vec<Logged>>>,
+}
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.events
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields.0));
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Recorder {
+    /// Installs a recorder for this thread (the current-thread runtime of
+    /// `#[tokio::test]` polls every future here) until the guard drops.
+    fn install() -> (Recorder, tracing::dispatcher::DefaultGuard) {
+        let recorder = Recorder::default();
+        let guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(recorder.clone()));
+        (recorder, guard)
+    }
+
+    /// The events whose text holds `needle`.
+    fn with(&self, needle: &str) -> Vec<Logged> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, text)| text.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+fn one_per_hour(uid: &str) -> traffik::HttpThrottleBuilder {
+    HttpThrottle::builder()
+        .uid(uid)
+        .limit(1)
+        .hours(1)
+        .backend(InMemoryBackend::new())
+}
+
+#[tokio::test]
+async fn a_rejection_is_a_debug_event_naming_the_throttle() {
+    let (recorder, _guard) = Recorder::install();
+    let t = one_per_hour("tr-reject").build().unwrap();
+    let app = Router::new().route("/r", get(ok).route_layer(t.layer()));
+    assert_eq!(statuses(&app, 3, || at("/r", PEER)).await, [200, 429, 429]);
+    let events = recorder.with("message=request throttled");
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (level, text) in &events {
+        assert_eq!(*level, Level::DEBUG);
+        assert!(text.contains("throttle=\"tr-reject\""), "{text}");
+        assert!(text.contains("retry_after_ms="), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_would_be_rejection_in_shadow_mode_is_an_info_event() {
+    let (recorder, _guard) = Recorder::install();
+    let t = one_per_hour("tr-shadow").shadow(true).build().unwrap();
+    let app = Router::new().route("/s", get(ok).route_layer(t.layer()));
+    assert_eq!(statuses(&app, 3, || at("/s", PEER)).await, [200; 3]);
+    let events = recorder.with("shadow mode: request would be throttled");
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.iter().all(|(level, _)| *level == Level::INFO));
+    // No rejection was logged: nothing was rejected.
+    assert!(recorder.with("message=request throttled").is_empty());
+}
+
+#[tokio::test]
+async fn a_backend_failure_is_a_warning_in_either_failure_mode() {
+    let (recorder, _guard) = Recorder::install();
+    for (uid, mode, status, says) in [
+        ("tr-fail-open", FailureMode::Open, 200, "FailureMode::Open"),
+        (
+            "tr-fail-closed",
+            FailureMode::Closed,
+            503,
+            "FailureMode::Closed",
+        ),
+    ] {
+        let t = HttpThrottle::builder()
+            .uid(uid)
+            .limit(1)
+            .hours(1)
+            .failure_mode(mode)
+            .backend(FailingBackend::default())
+            .build()
+            .unwrap();
+        let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+        assert_eq!(statuses(&app, 1, || at("/f", PEER)).await, [status]);
+        let events = recorder.with(says);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (level, text) = &events[0];
+        assert_eq!(*level, Level::WARN);
+        assert!(text.contains(&format!("throttle=\"{uid}\"")), "{text}");
+        assert!(text.contains("down"), "the backend's error: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_traffik_cannot_throttle_is_an_error_event() {
+    let (recorder, _guard) = Recorder::install();
+    let t = one_per_hour("tr-anonymous").build().unwrap();
+    let app = Router::new().route("/a", get(ok).route_layer(t.layer()));
+    // No ConnectInfo: the client address is unknown.
+    let reply = send(&app, request("GET", "/a", None, &[])).await;
+    assert_eq!(reply.status, 500);
+    let events = recorder.with("traffik cannot throttle this request");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, Level::ERROR);
+    assert!(
+        events[0].1.contains("into_make_service_with_connect_info"),
+        "{:?}",
+        events[0]
+    );
+}
