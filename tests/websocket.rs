@@ -2,6 +2,8 @@
 //! tokio-tungstenite client, the guard over an in-memory socket, and the
 //! handshake throttled by a layer rule.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -358,11 +360,14 @@ async fn handshake_is_throttled_by_a_layer_rule() {
 struct MockSocket {
     incoming: mpsc::UnboundedReceiver<Message>,
     sent: Arc<Mutex<Vec<Message>>>,
+    reads: Arc<AtomicUsize>,
 }
 
 struct MockPeer {
     to_socket: mpsc::UnboundedSender<Message>,
     sent: Arc<Mutex<Vec<Message>>>,
+    /// How many messages the socket has handed out so far.
+    reads: Arc<AtomicUsize>,
 }
 
 impl MockPeer {
@@ -386,12 +391,18 @@ impl MockPeer {
 fn mock_socket() -> (MockSocket, MockPeer) {
     let (to_socket, incoming) = mpsc::unbounded_channel();
     let sent = Arc::new(Mutex::new(Vec::new()));
+    let reads = Arc::new(AtomicUsize::new(0));
     (
         MockSocket {
             incoming,
             sent: Arc::clone(&sent),
+            reads: Arc::clone(&reads),
         },
-        MockPeer { to_socket, sent },
+        MockPeer {
+            to_socket,
+            sent,
+            reads,
+        },
     )
 }
 
@@ -399,7 +410,11 @@ impl Stream for MockSocket {
     type Item = Result<Message, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+        let next = self.incoming.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = next {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+        next.map(|m| m.map(Ok))
     }
 }
 
@@ -469,6 +484,85 @@ async fn guard_counts_data_messages_and_answers_excess_with_notices() {
     let delivered = run(guarded, &peer, &["1", "2", "3", "4", "5"]).await;
     assert_eq!(delivered, ["1", "2", "3"]);
     assert_eq!(peer.sent_texts(), [notice(4), notice(4)]);
+}
+
+#[tokio::test]
+async fn close_frames_are_not_hits_and_pass_through() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(10)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let mut guarded = ws_t.guard(socket, "closer");
+    peer.to_socket.send(Message::Close(None)).unwrap();
+    peer.send_text("1");
+    let frame = axum::extract::ws::CloseFrame {
+        code: 1000,
+        reason: "bye".into(),
+    };
+    peer.to_socket.send(Message::Close(Some(frame))).unwrap();
+    peer.send_text("2");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        match guarded.next().await {
+            Some(Ok(Message::Close(frame))) => seen.push(format!("close {frame:?}")),
+            Some(Ok(Message::Text(text))) => seen.push(text.as_str().to_owned()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Both close frames reach the handler and the first text is allowed: the
+    // closes were not counted. The second text is over the limit.
+    assert_eq!(seen[0], "close None");
+    assert_eq!(seen[1], "1");
+    assert!(seen[2].starts_with("close Some"), "{seen:?}");
+    // The peer goes away: "2" was dropped with a notice, not delivered.
+    let sent = Arc::clone(&peer.sent);
+    drop(peer);
+    assert!(guarded.next().await.is_none());
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(matches!(&sent[0], Message::Text(t) if t.as_str() == notice(10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_reads_nothing_more_while_a_message_waits() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(2)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(10),
+        })
+        .backend(
+            InMemoryBackend::builder()
+                .clock(common::TokioClock::new())
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let mut guarded = ws_t.guard(socket, "waiter");
+    for text in ["1", "2", "3"] {
+        peer.send_text(text);
+    }
+    let text = |m: Option<Result<Message, Infallible>>| match m {
+        Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(text(guarded.next().await), "1");
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 1);
+    // "2" is read and must wait 2 s (Tokio's paused clock does not move
+    // here); "3" stays in the socket meanwhile (backpressure).
+    assert!(futures_util::FutureExt::now_or_never(guarded.next()).is_none());
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 2);
+    let start = tokio::time::Instant::now();
+    assert_eq!(text(guarded.next().await), "2");
+    assert!(start.elapsed() >= Duration::from_millis(1_900));
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(text(guarded.next().await), "3");
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 3);
+    assert!(peer.sent_texts().is_empty());
 }
 
 #[tokio::test]
