@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, Message as ClientMessage};
 use traffik::backend::InMemoryBackend;
 use traffik::ws::GuardOptions;
-use traffik::{HttpThrottle, MiddlewareThrottle, ThrottleLayer, WebSocketThrottle};
+use traffik::{HttpThrottle, Identity, MiddlewareThrottle, ThrottleLayer, WebSocketThrottle};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,7 +84,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The guarded echo handler: only messages within the limit arrive here.
 async fn echo(socket: WebSocket, messages: WebSocketThrottle, peer: SocketAddr) {
-    let mut socket = messages.guard_with(socket, peer.ip(), GuardOptions::new().path("/ws"));
+    let mut socket = messages.guard_with(
+        socket,
+        Identity::client_ip(peer.ip()),
+        GuardOptions::new().path("/ws"),
+    );
     while let Some(Ok(message)) = socket.next().await {
         if let Message::Text(text) = message {
             let reply = format!("echo: {}", text.as_str());

@@ -36,12 +36,12 @@ impl Identity {
     /// identifier keys it: an IPv4-mapped IPv6 address is its IPv4 address,
     /// and IPv6 is masked to its /64 (`2001:db8:1:2::/64`), so that a client
     /// rotating addresses inside its prefix is one client. `From<IpAddr>`
-    /// does the same; use [`Identity::key`] for the exact address.
+    /// keeps the exact address.
     ///
     /// ```
     /// use traffik::Identity;
     /// let a = Identity::client_ip("2001:db8:1:2::a".parse().unwrap());
-    /// let b = Identity::from("2001:db8:1:2:ffff::b".parse::<std::net::IpAddr>().unwrap());
+    /// let b = Identity::client_ip("2001:db8:1:2:ffff::b".parse().unwrap());
     /// assert_eq!(a, b);
     /// assert_eq!(a.as_key(), Some("2001:db8:1:2::/64"));
     /// assert_eq!(Identity::client_ip("10.0.0.1".parse().unwrap()).as_key(), Some("10.0.0.1"));
@@ -80,10 +80,11 @@ impl From<&str> for Identity {
     }
 }
 
-/// [`Identity::client_ip`]: IPv6 grouped by its /64, as the HTTP default.
+/// The exact address as the key (`2001:db8::1`); [`Identity::client_ip`]
+/// groups IPv6 clients by their /64 as the HTTP default identity does.
 impl From<IpAddr> for Identity {
     fn from(ip: IpAddr) -> Self {
-        Identity::client_ip(ip)
+        Identity::Key(ip.to_string())
     }
 }
 
@@ -208,8 +209,6 @@ impl TrustedProxies {
     }
 }
 
-/// IPv4-mapped IPv6 addresses are their IPv4 address.
-#[inline]
 /// A network as [`TrustedProxies::contains`] compares it: addresses are
 /// canonical (an IPv4-mapped IPv6 peer is its IPv4 address), so the IPv4
 /// part of an IPv6 network (`::ffff:10.0.0.0/104`, or `::/0`) is also
@@ -229,6 +228,8 @@ fn canonical_networks(net: IpNet) -> impl Iterator<Item = IpNet> {
     std::iter::once(net).chain(v4.map(IpNet::V4))
 }
 
+/// IPv4-mapped IPv6 addresses are their IPv4 address.
+#[inline]
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6

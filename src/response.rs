@@ -293,9 +293,11 @@ fn lists_item(existing: &str, item: &str) -> bool {
     existing.starts_with(&format!("{name};")) || existing.contains(&format!(", {name};"))
 }
 
-/// A structured-field string: `"name"` with `\` and `"` escaped and
-/// non-printable characters dropped.
+/// A structured-field string: `"name"` with `\` and `"` escaped, and `%`
+/// and every byte outside printable ASCII percent-encoded (`é` → `%C3%A9`),
+/// so that distinct names stay distinct.
 fn sf_string(name: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(name.len() + 2);
     out.push('"');
     for c in name.chars() {
@@ -304,8 +306,14 @@ fn sf_string(name: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
+            '%' => out.push_str("%25"),
             ' '..='~' => out.push(c),
-            _ => {}
+            _ => {
+                let mut utf8 = [0; 4];
+                for byte in c.encode_utf8(&mut utf8).bytes() {
+                    let _ = write!(out, "%{byte:02X}");
+                }
+            }
         }
     }
     out.push('"');
@@ -315,6 +323,32 @@ fn sf_string(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_encoded_one_to_one() {
+        assert_eq!(sf_string("api"), r#""api""#);
+        assert_eq!(sf_string(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(sf_string("api-é"), r#""api-%C3%A9""#);
+        assert_eq!(sf_string("api-è"), r#""api-%C3%A8""#);
+        assert_eq!(sf_string("100%"), r#""100%25""#);
+        assert_eq!(sf_string("限流\n"), r#""%E9%99%90%E6%B5%81%0A""#);
+        let mut headers = HeaderMap::new();
+        for name in ["api-é", "api-è", "限流", "用户"] {
+            append_list(
+                &mut headers,
+                &RATELIMIT,
+                format!("{};r=1;t=1", sf_string(name)),
+            );
+        }
+        assert_eq!(
+            headers[&RATELIMIT]
+                .to_str()
+                .unwrap()
+                .matches(";r=1")
+                .count(),
+            4
+        );
+    }
 
     #[test]
     fn list_items_are_matched_by_their_whole_name() {

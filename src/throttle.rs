@@ -482,8 +482,14 @@ impl Core {
     ) -> Result<Verdict, Error> {
         let key = Shown(key, prefix);
         if self.shadow {
-            // Shadow mode never rejects, whatever the failure mode.
-            tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik could not decide; letting the request through (shadow mode)");
+            // Shadow mode never rejects, whatever the failure mode; a quota
+            // the backend cannot hold is still an error to fix before the
+            // throttle leaves shadow mode.
+            if let Error::Configuration(_) = error {
+                tracing::error!(throttle = self.uid(), key = %key, %error, "traffik cannot decide this request; letting it through (shadow mode)");
+            } else {
+                tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; letting the request through (shadow mode)");
+            }
             return Ok(Verdict::exempt());
         }
         if let Error::Configuration(_) = error {

@@ -339,7 +339,7 @@ impl WebSocketThrottle {
     /// [`backend::scope`](crate::backend::scope) of the calling task. With
     /// none, a `tracing::error!` is logged and every message follows the
     /// [`FailureMode`] (delivered when `Open`, dropped with a notice when
-    /// `Closed`).
+    /// `Closed`; always delivered in shadow mode).
     pub fn guard<S, M, E>(&self, socket: S, identity: impl Into<Identity>) -> GuardedSocket<S, M>
     where
         S: Stream<Item = Result<M, E>> + Sink<M>,
@@ -554,9 +554,9 @@ fn settle<M: WsMessage>(
                 Outcome::Send(M::text(notice), After::Read)
             }
         },
-        // A backend error reaches here in FailureMode::Closed, or whatever
-        // the mode when the backend cannot hold the quota
-        // (`Error::Configuration`): failing open would turn the throttle off.
+        // A backend error reaches here in FailureMode::Closed, or in either
+        // mode when the backend cannot hold the quota (`Error::Configuration`:
+        // failing open would turn the throttle off); never in shadow mode.
         Err(_) => Outcome::Send(M::text(unavailable_notice()), After::Read),
     }
 }
@@ -603,12 +603,16 @@ where
                     }
                     match &*this.target {
                         Target::Exempt => return Poll::Ready(Some(Ok(message))),
-                        Target::Unavailable { throttle } => match throttle.core.failure_mode {
-                            FailureMode::Open => return Poll::Ready(Some(Ok(message))),
-                            FailureMode::Closed => {
-                                Outcome::Send(M::text(unavailable_notice()), After::Read)
+                        Target::Unavailable { throttle } => {
+                            match (throttle.core.shadow, throttle.core.failure_mode) {
+                                (true, _) | (false, FailureMode::Open) => {
+                                    return Poll::Ready(Some(Ok(message)))
+                                }
+                                (false, FailureMode::Closed) => {
+                                    Outcome::Send(M::text(unavailable_notice()), After::Read)
+                                }
                             }
-                        },
+                        }
                         Target::Counted {
                             throttle,
                             backend,

@@ -150,6 +150,30 @@ async fn a_backend_failure_is_a_warning_in_either_failure_mode() {
 }
 
 #[tokio::test]
+async fn a_backend_failure_in_shadow_mode_is_a_warning_and_lets_the_request_through() {
+    let (recorder, _guard) = Recorder::install();
+    let t = HttpThrottle::builder()
+        .uid("tr-fail-shadow")
+        .limit(1)
+        .hours(1)
+        .failure_mode(FailureMode::Closed)
+        .shadow(true)
+        .backend(FailingBackend::default())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+    assert_eq!(statuses(&app, 1, || at("/f", PEER)).await, [200]);
+    let events = recorder.with("(shadow mode)");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, Level::WARN);
+    assert!(
+        events[0].1.contains("throttle=\"tr-fail-shadow\""),
+        "{:?}",
+        events[0]
+    );
+}
+
+#[tokio::test]
 async fn a_request_traffik_cannot_throttle_is_an_error_event() {
     let (recorder, _guard) = Recorder::install();
     let t = one_per_hour("tr-anonymous").build().unwrap();

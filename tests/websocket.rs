@@ -749,6 +749,20 @@ async fn no_backend_follows_the_failure_mode_and_scopes_are_used() {
         .is_empty());
     assert_eq!(peer.sent_texts().len(), 1);
 
+    // Shadow mode never drops a message, whatever the failure mode.
+    let shadow = WebSocketThrottle::builder()
+        .rate("1/10s")
+        .failure_mode(FailureMode::Closed)
+        .shadow(true)
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    assert_eq!(
+        run(shadow.guard(socket, "g"), &peer, &["1", "2"]).await,
+        ["1", "2"]
+    );
+    assert!(peer.sent_texts().is_empty());
+
     // Inside a scope the scoped backend counts.
     let scoped = InMemoryBackend::builder().prefix("scoped").build();
     let (socket, peer) = mock_socket();
@@ -806,7 +820,7 @@ async fn pending_backend_decisions_are_polled_inside_the_guard() {
 }
 
 #[tokio::test]
-async fn an_ip_identity_groups_ipv6_clients_by_their_64() {
+async fn a_client_ip_identity_groups_ipv6_clients_by_their_64() {
     let ws_t = WebSocketThrottle::builder()
         .limit(2)
         .seconds(10)
@@ -816,11 +830,16 @@ async fn an_ip_identity_groups_ipv6_clients_by_their_64() {
     let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
     // Two addresses of one /64 share a counter...
     let (socket, peer) = mock_socket();
-    let first = run(ws_t.guard(socket, ip("2001:db8:1:2::a")), &peer, &["1"]).await;
+    let first = run(
+        ws_t.guard(socket, Identity::client_ip(ip("2001:db8:1:2::a"))),
+        &peer,
+        &["1"],
+    )
+    .await;
     assert_eq!(first, ["1"]);
     let (socket, peer) = mock_socket();
     let second = run(
-        ws_t.guard(socket, ip("2001:db8:1:2:ffff::b")),
+        ws_t.guard(socket, Identity::client_ip(ip("2001:db8:1:2:ffff::b"))),
         &peer,
         &["2", "3"],
     )
@@ -830,18 +849,32 @@ async fn an_ip_identity_groups_ipv6_clients_by_their_64() {
     // ...another /64 has its own.
     let (socket, peer) = mock_socket();
     let other = run(
-        ws_t.guard(socket, ip("2001:db8:1:3::a")),
+        ws_t.guard(socket, Identity::client_ip(ip("2001:db8:1:3::a"))),
         &peer,
         &["4", "5"],
     )
     .await;
     assert_eq!(other, ["4", "5"]);
+    // A plain `IpAddr` identity is the exact address: its own counter.
+    let (socket, peer) = mock_socket();
+    let exact = run(ws_t.guard(socket, ip("2001:db8:1:2::c")), &peer, &["e1"]).await;
+    assert_eq!(exact, ["e1"]);
     // IPv4 and its IPv4-mapped form are one client.
     let (socket, peer) = mock_socket();
-    let v4 = run(ws_t.guard(socket, ip("192.0.2.1")), &peer, &["6", "7"]).await;
+    let v4 = run(
+        ws_t.guard(socket, Identity::client_ip(ip("192.0.2.1"))),
+        &peer,
+        &["6", "7"],
+    )
+    .await;
     assert_eq!(v4, ["6", "7"]);
     let (socket, peer) = mock_socket();
-    let mapped = run(ws_t.guard(socket, ip("::ffff:192.0.2.1")), &peer, &["8"]).await;
+    let mapped = run(
+        ws_t.guard(socket, Identity::client_ip(ip("::ffff:192.0.2.1"))),
+        &peer,
+        &["8"],
+    )
+    .await;
     assert!(mapped.is_empty());
 }
 
