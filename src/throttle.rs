@@ -417,13 +417,9 @@ impl Core {
         quota: Quota,
         max: Duration,
     ) -> Result<Verdict, Error> {
-        // `Wait { max: Duration::MAX }` means "as long as it takes": an
-        // instant past what the platform holds is never reached.
-        let far = |from: tokio::time::Instant, wait: Duration| {
-            from.checked_add(wait)
-                .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 86_400))
-        };
-        let deadline = far(tokio::time::Instant::now(), max);
+        // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
+        // it takes") must not overflow.
+        let start = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
             decision = match self.ask(&backend, &key, &quota).await {
@@ -436,7 +432,7 @@ impl Core {
             if decision.allowed {
                 return Ok(self.verdict(decision, &quota));
             }
-            if far(tokio::time::Instant::now(), decision.retry_after) > deadline {
+            if start.elapsed().saturating_add(decision.retry_after) > max {
                 return Err(self.throttled(decision, &quota, &key, backend.prefix()));
             }
         }
