@@ -6,6 +6,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -444,8 +445,9 @@ async fn plain_hyper_server_around_a_tower_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_handlers_do_not_block_the_throttle() {
-    // Requests held by a slow handler still count at once: a burst against a
-    // slow route is decided before any handler finishes.
+    // Requests held by a handler still count at once: the handler waits for
+    // a gate that opens only after both 429s have come back, so a throttle
+    // that decided after handlers finish would never answer them.
     let t = HttpThrottle::builder()
         .uid("sv-slow")
         .limit(2)
@@ -453,17 +455,38 @@ async fn slow_handlers_do_not_block_the_throttle() {
         .backend(InMemoryBackend::new())
         .build()
         .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::clone(&gate);
     let app = Router::new().route(
         "/slow",
-        get(|| async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            "slow"
+        get(move || {
+            let held = Arc::clone(&held);
+            async move {
+                held.acquire().await.unwrap().forget();
+                "slow"
+            }
         })
         .route_layer(t.layer()),
     );
     let addr = serve(app).await;
-    let (ok, throttled, _) = burst(&client(), addr, Method::GET, "/slow", 4).await;
-    assert_eq!((ok, throttled), (2, 2));
+    let client = client();
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        tasks.spawn(async move { fetch(&client, addr, Method::GET, "/slow", &[]).await });
+    }
+    let mut next_status = async || {
+        // A liveness bound (never a performance figure): a deadlock fails here.
+        let reply = tokio::time::timeout(Duration::from_secs(10), tasks.join_next())
+            .await
+            .expect("a reply while the handlers are held")
+            .unwrap()
+            .unwrap();
+        reply.status.as_u16()
+    };
+    assert_eq!([next_status().await, next_status().await], [429, 429]);
+    gate.add_permits(2);
+    assert_eq!([next_status().await, next_status().await], [200, 200]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
