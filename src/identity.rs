@@ -48,10 +48,10 @@ impl Identity {
     /// ```
     pub fn client_ip(ip: IpAddr) -> Identity {
         let default = AddressIdentity::default();
-        match default.mask(canonical(ip)) {
-            IpAddr::V4(v4) => Identity::Key(v4.to_string()),
-            v6 => Identity::Key(format!("{v6}/{}", default.ipv6_prefix)),
-        }
+        let mut key = String::new();
+        // Writing into a String cannot overflow.
+        let _ = default.write(default.mask(canonical(ip)), &mut key);
+        Identity::Key(key)
     }
 
     /// `true` for [`Identity::Unlimited`].

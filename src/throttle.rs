@@ -1341,8 +1341,9 @@ impl<K> ThrottleBuilder<K> {
 
     /// Shadow mode: decide, count, log with `tracing::info!`, never reject.
     /// `hit()` then returns `Ok` with `allowed == false` for a request over
-    /// its limit. A backend that fails is logged with `tracing::warn!` and
-    /// the request let through, whatever the [`FailureMode`].
+    /// its limit. A backend that fails is logged (`tracing::warn!`, or
+    /// `tracing::error!` for a quota it cannot hold) and the request let
+    /// through, whatever the [`FailureMode`].
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self

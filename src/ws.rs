@@ -604,14 +604,11 @@ where
                     match &*this.target {
                         Target::Exempt => return Poll::Ready(Some(Ok(message))),
                         Target::Unavailable { throttle } => {
-                            match (throttle.core.shadow, throttle.core.failure_mode) {
-                                (true, _) | (false, FailureMode::Open) => {
-                                    return Poll::Ready(Some(Ok(message)))
-                                }
-                                (false, FailureMode::Closed) => {
-                                    Outcome::Send(M::text(unavailable_notice()), After::Read)
-                                }
+                            let core = &throttle.core;
+                            if core.shadow || core.failure_mode == FailureMode::Open {
+                                return Poll::Ready(Some(Ok(message)));
                             }
+                            Outcome::Send(M::text(unavailable_notice()), After::Read)
                         }
                         Target::Counted {
                             throttle,
