@@ -827,54 +827,31 @@ async fn a_client_ip_identity_groups_ipv6_clients_by_their_64() {
         .backend(InMemoryBackend::new())
         .build()
         .unwrap();
-    let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+    // A fresh socket guarded under `identity`: what it delivered of `texts`,
+    // and the notices it sent.
+    let socket_of = async |identity: Identity, texts: &[&str]| {
+        let (socket, peer) = mock_socket();
+        let delivered = run(ws_t.guard(socket, identity), &peer, texts).await;
+        (delivered, peer.sent_texts())
+    };
+    let client = |text: &str| Identity::client_ip(text.parse().unwrap());
     // Two addresses of one /64 share a counter...
-    let (socket, peer) = mock_socket();
-    let first = run(
-        ws_t.guard(socket, Identity::client_ip(ip("2001:db8:1:2::a"))),
-        &peer,
-        &["1"],
-    )
-    .await;
+    let (first, _) = socket_of(client("2001:db8:1:2::a"), &["1"]).await;
     assert_eq!(first, ["1"]);
-    let (socket, peer) = mock_socket();
-    let second = run(
-        ws_t.guard(socket, Identity::client_ip(ip("2001:db8:1:2:ffff::b"))),
-        &peer,
-        &["2", "3"],
-    )
-    .await;
+    let (second, notices) = socket_of(client("2001:db8:1:2:ffff::b"), &["2", "3"]).await;
     assert_eq!(second, ["2"]);
-    assert_eq!(peer.sent_texts(), [notice(5)]);
+    assert_eq!(notices, [notice(5)]);
     // ...another /64 has its own.
-    let (socket, peer) = mock_socket();
-    let other = run(
-        ws_t.guard(socket, Identity::client_ip(ip("2001:db8:1:3::a"))),
-        &peer,
-        &["4", "5"],
-    )
-    .await;
+    let (other, _) = socket_of(client("2001:db8:1:3::a"), &["4", "5"]).await;
     assert_eq!(other, ["4", "5"]);
     // A plain `IpAddr` identity is the exact address: its own counter.
-    let (socket, peer) = mock_socket();
-    let exact = run(ws_t.guard(socket, ip("2001:db8:1:2::c")), &peer, &["e1"]).await;
+    let exact_ip: std::net::IpAddr = "2001:db8:1:2::c".parse().unwrap();
+    let (exact, _) = socket_of(exact_ip.into(), &["e1"]).await;
     assert_eq!(exact, ["e1"]);
     // IPv4 and its IPv4-mapped form are one client.
-    let (socket, peer) = mock_socket();
-    let v4 = run(
-        ws_t.guard(socket, Identity::client_ip(ip("192.0.2.1"))),
-        &peer,
-        &["6", "7"],
-    )
-    .await;
+    let (v4, _) = socket_of(client("192.0.2.1"), &["6", "7"]).await;
     assert_eq!(v4, ["6", "7"]);
-    let (socket, peer) = mock_socket();
-    let mapped = run(
-        ws_t.guard(socket, Identity::client_ip(ip("::ffff:192.0.2.1"))),
-        &peer,
-        &["8"],
-    )
-    .await;
+    let (mapped, _) = socket_of(client("::ffff:192.0.2.1"), &["8"]).await;
     assert!(mapped.is_empty());
 }
 
