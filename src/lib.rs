@@ -64,7 +64,7 @@ pub use error::{BackendError, BoxError, Error};
 pub use identity::{ForwardedHeader, Identity, TrustedProxies};
 pub use layer::{MiddlewareThrottle, ResponseFuture, ThrottleLayer, ThrottleService};
 pub use rate::Rate;
-pub use response::{RateLimitHeaders, Throttled};
+pub use response::{RateLimitHeaders, RateLimitReport, Throttled};
 pub use strategy::{Decision, Quota, Strategy};
 pub use throttle::{
     Exceeded, FailureMode, HttpOptions, HttpThrottle, HttpThrottleBuilder, RequestHead,

@@ -210,7 +210,7 @@ impl axum::response::IntoResponse for Throttled {
 }
 
 /// The rate-limit header values of one throttle's decision.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct RateLimitInfo {
     name: Arc<str>,
     mode: RateLimitHeaders,
@@ -260,6 +260,83 @@ impl RateLimitInfo {
                 }
             }
         }
+    }
+}
+
+/// A hit's [`Decision`] with its throttle's rate-limit headers, for
+/// handlers that count hits themselves
+/// ([`HttpThrottle::hit_with_headers`](crate::HttpThrottle::hit_with_headers))
+/// and want the same headers on their allowed responses as the layers add.
+///
+/// The throttle's [`.headers(..)`](crate::ThrottleBuilder::headers) setting
+/// decides which headers (none by default); an exempt request (an unlimited
+/// identity or rate, cost 0) gets none, as in the layers. With the `axum`
+/// feature it is `IntoResponseParts`: return it in a tuple before the body.
+///
+/// ```
+/// use axum::{extract::Request, routing::get, Router};
+/// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
+///
+/// let throttle = HttpThrottle::builder()
+///     .uid("search")
+///     .rate("5/10s")
+///     .headers(RateLimitHeaders::Ietf)
+///     .backend(InMemoryBackend::new())
+///     .build()
+///     .unwrap();
+/// let app: Router = Router::new().route("/search", get(move |req: Request| {
+///     let throttle = throttle.clone();
+///     async move {
+///         // Over the limit: `?` answers the 429 (with the headers too).
+///         let report = throttle.hit_with_headers(&req).await?;
+///         // Allowed: `RateLimit-Policy` and `RateLimit` on the 200.
+///         Ok::<_, traffik::Error>((report, "results"))
+///     }
+/// }));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimitReport {
+    decision: Decision,
+    info: Option<Box<RateLimitInfo>>,
+}
+
+impl RateLimitReport {
+    pub(crate) fn new(decision: Decision, info: Option<Box<RateLimitInfo>>) -> Self {
+        RateLimitReport { decision, info }
+    }
+
+    /// The decision of the hit.
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Adds the throttle's rate-limit headers to `headers`, as the layers do:
+    /// IETF fields are lists (other throttles' items are kept), legacy
+    /// headers keep the lowest remaining.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(info) = &self.info {
+            info.apply(headers);
+        }
+    }
+
+    /// The throttle's rate-limit headers alone (empty when it adds none).
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        self.apply(&mut headers);
+        headers
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponseParts for RateLimitReport {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut parts: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        self.apply(parts.headers_mut());
+        Ok(parts)
     }
 }
 

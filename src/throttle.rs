@@ -17,7 +17,9 @@ use crate::backend::{self, BoxFuture, DynBackend, IntoBackend};
 use crate::identity::AddressIdentity;
 use crate::key::{DecisionKey, KeyBuf, KeyBytes, KeyOut, Overflow, OwnedKey, Shown};
 use crate::rate::IntoRate;
-use crate::response::{responder, Policy, RateLimitHeaders, RateLimitInfo, ThrottledResponder};
+use crate::response::{
+    responder, Policy, RateLimitHeaders, RateLimitInfo, RateLimitReport, ThrottledResponder,
+};
 use crate::{
     BoxError, Decision, Error, Identity, Quota, Rate, Strategy, Throttled, TrustedProxies,
 };
@@ -708,20 +710,63 @@ impl HttpThrottle {
         self.lazy(request, Mode::Peek)
     }
 
+    /// Like [`hit`](HttpThrottle::hit), with the throttle's rate-limit
+    /// headers for the handler's response: a [`RateLimitReport`], which
+    /// with the `axum` feature goes in a response tuple, `(report, body)`.
+    /// Over the limit it is `Err(Error::Throttled(_))`, whose 429 carries
+    /// the headers already.
+    ///
+    /// ```
+    /// use axum::{extract::Request, routing::get, Router};
+    /// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
+    ///
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("100/min")
+    ///     .headers(RateLimitHeaders::Legacy)
+    ///     .backend(InMemoryBackend::new())
+    ///     .build()
+    ///     .unwrap();
+    /// let app: Router = Router::new().route("/", get(move |req: Request| {
+    ///     let throttle = throttle.clone();
+    ///     async move {
+    ///         let report = throttle.hit_with_headers(&req).await?;
+    ///         // `X-RateLimit-Limit: 100`, `X-RateLimit-Remaining: 99`, ...
+    ///         Ok::<_, traffik::Error>((report, "hello"))
+    ///     }
+    /// }));
+    /// ```
+    pub fn hit_with_headers<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
+        let verdict = self.lazy_verdict(request, Mode::Hit);
+        async move {
+            let verdict = verdict.await?;
+            Ok(RateLimitReport::new(verdict.decision, verdict.info))
+        }
+    }
+
     /// Reads the request now; asks the backend only when polled.
     fn lazy<R: RequestHead>(
         &self,
         request: &R,
         mode: Mode,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
+        let verdict = self.lazy_verdict(request, mode);
+        async move { Ok(verdict.await?.decision) }
+    }
+
+    /// The verdict of [`lazy`](HttpThrottle::lazy), with its header values.
+    fn lazy_verdict<R: RequestHead>(
+        &self,
+        request: &R,
+        mode: Mode,
+    ) -> impl Future<Output = Result<Verdict, Error>> + Send + 'static {
         let prepared = self.inner.prepare(request, None, mode, |prepared| {
             prepared.into_owned(self.inner.core.fixed_backend())
         });
         let inner = Arc::clone(&self.inner);
-        async move {
-            let verdict = inner.run(prepared, mode).wait().await?;
-            Ok(verdict.decision)
-        }
+        async move { inner.run(prepared, mode).wait().await }
     }
 
     /// Like [`hit`](HttpThrottle::hit), for request parts.

@@ -1269,6 +1269,222 @@ async fn peek_does_not_consume() {
     assert!(t.hit(&req).await.unwrap_err().is_throttled());
 }
 
+/// A route whose handler counts its own hits with `hit_with_headers` and
+/// returns the report with its body.
+fn reporting_app(t: HttpThrottle) -> Router {
+    Router::new().route(
+        "/r",
+        get(move |req: AxumRequest| {
+            let t = t.clone();
+            async move {
+                let report = t.hit_with_headers(&req).await?;
+                let body = format!("remaining {}", report.decision().remaining);
+                Ok::<_, Error>((report, body))
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn hit_with_headers_gives_allowed_responses_the_layers_headers() {
+    for strategy in Strategy::ALL {
+        for mode in [RateLimitHeaders::Ietf, RateLimitHeaders::Legacy] {
+            let throttle = |uid: String| {
+                HttpThrottle::builder()
+                    .uid(uid)
+                    .limit(3)
+                    .seconds(60)
+                    .strategy(strategy)
+                    .headers(mode)
+                    .backend(InMemoryBackend::new())
+                    .build()
+                    .unwrap()
+            };
+            let uid = format!("os-report-{}-{mode:?}", strategy.name());
+            let handler = reporting_app(throttle(uid.clone()));
+            // The same throttle as a route layer: the reference.
+            let layered = Router::new().route(
+                "/r",
+                get(ok).route_layer(throttle(format!("{uid}-layer")).layer()),
+            );
+            for remaining in [2u64, 1, 0] {
+                let reply = send(&handler, at("/r", PEER)).await;
+                let reference = send(&layered, at("/r", PEER)).await;
+                assert_eq!(reply.status, 200, "{strategy} {mode:?}");
+                assert_eq!(reply.body, format!("remaining {remaining}"));
+                for name in [
+                    "ratelimit-policy",
+                    "ratelimit",
+                    "x-ratelimit-limit",
+                    "x-ratelimit-remaining",
+                    "x-ratelimit-reset",
+                ] {
+                    let strip = |v: Option<&str>| v.map(|v| v.replace("-layer", ""));
+                    assert_eq!(
+                        strip(reply.header(name)),
+                        strip(reference.header(name)),
+                        "{strategy} {mode:?} {name}"
+                    );
+                }
+                match mode {
+                    RateLimitHeaders::Ietf => {
+                        assert_eq!(
+                            reply.header("ratelimit-policy"),
+                            Some(format!("\"{uid}\";q=3;w=60").as_str())
+                        );
+                        let (_, params) = sf_item(reply.header("ratelimit").unwrap());
+                        assert_eq!(sf_param(&params, "r"), remaining, "{strategy}");
+                        let t = sf_param(&params, "t");
+                        assert!((1..=max_reset(strategy)).contains(&t), "{strategy}: t={t}");
+                    }
+                    _ => {
+                        assert_eq!(reply.header("x-ratelimit-limit"), Some("3"));
+                        let expected = remaining.to_string();
+                        assert_eq!(reply.header("x-ratelimit-remaining"), Some(&*expected));
+                    }
+                }
+            }
+            // Over the limit: the error's 429 carries them too.
+            let reply = send(&handler, at("/r", PEER)).await;
+            assert_eq!(reply.status, 429, "{strategy} {mode:?}");
+            assert!((1..=60).contains(&reply.retry_after()));
+            let remaining = match mode {
+                RateLimitHeaders::Ietf => {
+                    sf_param(&sf_item(reply.header("ratelimit").unwrap()).1, "r")
+                }
+                _ => reply
+                    .header("x-ratelimit-remaining")
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            };
+            assert_eq!(remaining, 0, "{strategy} {mode:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn hit_with_headers_adds_nothing_when_the_throttle_has_no_headers_or_is_exempt() {
+    let plain = HttpThrottle::builder()
+        .uid("os-report-none")
+        .limit(2)
+        .minutes(1)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let reply = send(&reporting_app(plain.clone()), at("/r", PEER)).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.body.as_str()),
+        (200, "remaining 1")
+    );
+    let report = plain.hit_with_headers(&at("/r", PEER)).await.unwrap();
+    assert_eq!(
+        (report.decision().limit, report.decision().remaining),
+        (2, 0)
+    );
+    assert!(report.headers().is_empty());
+
+    // An exempt identity: unlimited decision, no headers even when asked for.
+    let exempt = HttpThrottle::builder()
+        .uid("os-report-exempt")
+        .limit(1)
+        .minutes(1)
+        .headers(RateLimitHeaders::Ietf)
+        .identifier(user_identifier)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let admin = request("GET", "/r", None, &[("x-user", "admin")]);
+        let report = exempt.hit_with_headers(&admin).await.unwrap();
+        assert_eq!(*report.decision(), Decision::unlimited());
+        assert!(report.headers().is_empty());
+    }
+    // A counted user gets them.
+    let user = request("GET", "/r", None, &[("x-user", "ann")]);
+    let report = exempt.hit_with_headers(&user).await.unwrap();
+    assert_eq!(
+        report.headers()["ratelimit-policy"],
+        "\"os-report-exempt\";q=1;w=60"
+    );
+}
+
+#[tokio::test]
+async fn hit_with_headers_joins_a_layers_headers_on_one_response() {
+    let memory = InMemoryBackend::new();
+    let throttle = |uid: &str, limit, mode| {
+        HttpThrottle::builder()
+            .uid(uid)
+            .limit(limit)
+            .minutes(1)
+            .headers(mode)
+            .build()
+            .unwrap()
+    };
+    let handler_t = throttle("os-join-handler", 2, RateLimitHeaders::Ietf);
+    let memory_for_handler = memory.clone();
+    let app = Router::new()
+        .route(
+            "/r",
+            get(move |req: AxumRequest| {
+                let t = handler_t.clone();
+                let memory = memory_for_handler.clone();
+                async move {
+                    let report = traffik::backend::scope(memory, t.hit_with_headers(&req)).await?;
+                    Ok::<_, Error>((report, "ok"))
+                }
+            }),
+        )
+        .layer(
+            ThrottleLayer::new(memory.clone()).rule(MiddlewareThrottle::new(throttle(
+                "os-join-layer",
+                5,
+                RateLimitHeaders::Ietf,
+            ))),
+        );
+    let reply = send(&app, at("/r", PEER)).await;
+    assert_eq!(reply.status, 200);
+    let policies = reply.header("ratelimit-policy").unwrap();
+    assert_eq!(
+        policies,
+        "\"os-join-handler\";q=2;w=60, \"os-join-layer\";q=5;w=60"
+    );
+    let items: Vec<_> = reply
+        .header("ratelimit")
+        .unwrap()
+        .split(", ")
+        .map(sf_item)
+        .collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[0].0, "\"os-join-handler\"");
+    assert_eq!(sf_param(&items[0].1, "r"), 1);
+    assert_eq!(items[1].0, "\"os-join-layer\"");
+    assert_eq!(sf_param(&items[1].1, "r"), 4);
+}
+
+/// Outside axum: `apply` onto any response's headers.
+#[tokio::test]
+async fn hit_with_headers_applies_to_a_plain_response() {
+    let t = HttpThrottle::builder()
+        .uid("os-report-plain")
+        .limit(5)
+        .seconds(10)
+        .headers(RateLimitHeaders::Legacy)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let report = t.hit_with_headers(&at("/p", PEER)).await.unwrap();
+    let mut response = Response::new(Full::new(Bytes::from("hi")));
+    response
+        .headers_mut()
+        .insert("x-ratelimit-remaining", "9".parse().unwrap());
+    report.apply(response.headers_mut());
+    // The lower remaining (this throttle's 4) wins over the 9 already there.
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
+    assert_eq!(response.headers()["x-ratelimit-limit"], "5");
+    assert_eq!(response.headers()["x-ratelimit-reset"], "2");
+}
+
 #[tokio::test]
 async fn hit_and_peek_futures_are_send_and_static() {
     let t = HttpThrottle::builder()

@@ -374,6 +374,55 @@ async fn hit_in_handlers_under_concurrency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_with_headers_in_handlers_under_concurrency() {
+    let t = HttpThrottle::builder()
+        .uid("sv-report")
+        .limit(3)
+        .minutes(1)
+        .headers(RateLimitHeaders::Legacy)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route(
+        "/h",
+        get(move |req: axum::extract::Request| {
+            let t = t.clone();
+            async move {
+                let report = t.hit_with_headers(&req).await?;
+                Ok::<_, Error>((report, "ok"))
+            }
+        }),
+    );
+    let addr = serve(app).await;
+    let client = client();
+    let mut tasks = JoinSet::new();
+    for _ in 0..5 {
+        let client = client.clone();
+        tasks.spawn(async move { fetch(&client, addr, Method::GET, "/h", &[]).await });
+    }
+    let (mut remaining, mut throttled) = (Vec::new(), 0);
+    while let Some(reply) = tasks.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.header("x-ratelimit-limit"), Some("3"), "{reply:?}");
+        match reply.status.as_u16() {
+            200 => remaining.push(reply.header("x-ratelimit-remaining").unwrap().to_owned()),
+            429 => {
+                throttled += 1;
+                assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+                assert!(reply.header("retry-after").is_some());
+            }
+            other => panic!("unexpected status {other}: {reply:?}"),
+        }
+    }
+    // Each admitted request saw its own count: 2, 1 and 0 left.
+    remaining.sort();
+    assert_eq!(
+        (remaining, throttled),
+        (vec!["0".to_owned(), "1".into(), "2".into()], 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connection_is_one_client() {
     // Sequential requests on one pooled connection: same peer, same counter.
     let t = HttpThrottle::builder()
