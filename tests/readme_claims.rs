@@ -6,8 +6,9 @@
 //!   of several throttles on one request wins, whatever their order;
 //! * the route of a key is Axum's `MatchedPath` when present, else the URI
 //!   path (requests that match no route count per path);
-//! * the in-memory `max_keys` cap: a new key at the cap is a backend error
-//!   that follows the throttle's `FailureMode`, end to end.
+//! * the in-memory `max_keys` cap: a new key at the cap is counted, and the
+//!   key closest to its reset makes room for it, whatever the failure mode,
+//!   end to end.
 
 mod common;
 
@@ -231,10 +232,12 @@ const CLIENT_B: &str = "10.9.0.2:1000";
 const CLIENT_C: &str = "10.9.0.3:1000";
 
 /// `/k` behind a layer rule of 1 per day under `mode`, on an in-memory
-/// backend holding at most 2 keys (a frozen clock: nothing expires).
-fn capped_app(uid: &str, mode: FailureMode) -> (Router, InMemoryBackend) {
+/// backend of one shard holding at most 2 keys, with its manual clock.
+fn capped_app(uid: &str, mode: FailureMode) -> (Router, InMemoryBackend, ManualClock) {
+    let clock = ManualClock::starting_at(Duration::from_secs(1_000));
     let memory = InMemoryBackend::builder()
-        .clock(ManualClock::starting_at(Duration::from_secs(1_000)))
+        .clock(clock.clone())
+        .shards(1)
         .max_keys(2)
         .build();
     let t = HttpThrottle::builder()
@@ -247,50 +250,35 @@ fn capped_app(uid: &str, mode: FailureMode) -> (Router, InMemoryBackend) {
     let app = Router::new()
         .route("/k", get(ok))
         .layer(ThrottleLayer::new(memory.clone()).rule(MiddlewareThrottle::new(t)));
-    (app, memory)
+    (app, memory, clock)
 }
 
 #[tokio::test]
-async fn key_cap_fails_open_by_default_and_existing_keys_keep_counting() {
-    let (app, memory) = capped_app("rc-cap-open", FailureMode::default());
-    assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 200);
-    assert_eq!(send(&app, at("/k", CLIENT_B)).await.status, 200);
-    assert_eq!(memory.len(), 2);
+async fn key_cap_counts_new_clients_in_the_place_of_the_oldest_key() {
+    for mode in [FailureMode::Open, FailureMode::Closed] {
+        let (app, memory, clock) = capped_app(&format!("rc-cap-{mode:?}"), mode);
+        assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 200);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(send(&app, at("/k", CLIENT_B)).await.status, 200);
+        assert_eq!(memory.len(), 2);
 
-    // A third client is a new key at the cap: a backend error, and Open lets
-    // it through, uncounted (past its limit of 1).
-    assert_eq!(statuses(&app, 3, || at("/k", CLIENT_C)).await, [200; 3]);
-    assert_eq!(memory.len(), 2);
-
-    // The first two clients are still counted.
-    assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 429);
-    assert_eq!(send(&app, at("/k", CLIENT_B)).await.status, 429);
-}
-
-#[tokio::test]
-async fn key_cap_answers_503_under_failure_mode_closed() {
-    let (app, memory) = capped_app("rc-cap-closed", FailureMode::Closed);
-    assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 200);
-    assert_eq!(send(&app, at("/k", CLIENT_B)).await.status, 200);
-
-    for _ in 0..2 {
-        let reply = send(&app, at("/k", CLIENT_C)).await;
-        assert_eq!(reply.status, 503);
-        let secs = reply.retry_after();
-        assert!(secs >= 1, "Retry-After {secs}");
-        assert!(
-            reply.body.contains(&format!("Retry in {secs} seconds")),
-            "{}",
-            reply.body
+        // A third client at the cap is counted (never let through uncounted,
+        // never a 503): A's key, the closest to its reset, makes room.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            statuses(&app, 3, || at("/k", CLIENT_C)).await,
+            [200, 429, 429],
+            "{mode:?}"
         );
-        assert_eq!(reply.header("cache-control"), Some("no-store"));
-    }
-    assert_eq!(memory.len(), 2);
+        assert_eq!(memory.len(), 2);
 
-    // The first two clients are still counted: a 429, not a 503.
-    for client in [CLIENT_A, CLIENT_B] {
-        let reply = send(&app, at("/k", client)).await;
-        assert_eq!(reply.status, 429, "{client}");
-        assert!(reply.retry_after() >= 1);
+        // B is still counted; A starts afresh (its key went), in B's place.
+        let reply = send(&app, at("/k", CLIENT_B)).await;
+        assert_eq!(reply.status, 429, "{mode:?}");
+        assert!(reply.retry_after() >= 86_000);
+        assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 200);
+        assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 429);
+        assert_eq!(send(&app, at("/k", CLIENT_C)).await.status, 429);
+        assert_eq!(memory.len(), 2);
     }
 }

@@ -19,6 +19,12 @@ use crate::{Decision, Error, Quota};
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 const DEFAULT_SHARDS: usize = 64;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// At the cap, a shard drops this fraction of its keys at once (1/8), so
+/// that the scan for the earliest expiries is shared by many new keys.
+const EVICTED_FRACTION: usize = 8;
+/// How often one hit makes room before giving up (only racing hits that
+/// take the room first can make it try again).
+const MAX_EVICTIONS_PER_HIT: u32 = 8;
 
 /// Counters in this process's memory.
 ///
@@ -42,12 +48,18 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///   the secret.
 /// * Expired keys are reclaimed by the backend itself: each shard sweeps its
 ///   expired keys at most once per sweep interval (default 1 s), during a hit,
-///   and before refusing a new key at the cap (then every shard, at most once
-///   per sweep interval).
+///   and before making room for a new key at the cap (then every shard, at
+///   most once per sweep interval).
 /// * At most `max_keys` live keys (default 1,000,000). A hit on a *new* key
-///   when the cap is reached fails with [`Error::Backend`], which follows the
-///   throttle's [`FailureMode`](crate::FailureMode) (`Open`: the hit is let
-///   through uncounted, with a warning); existing keys keep being counted.
+///   when the cap is reached is counted like any other: to make room, the
+///   key's shard drops an eighth of its keys, those closest to their reset
+///   (the earliest expiries). Their clients start afresh, which for a key
+///   about to expire changes little. Under the token bucket, GCRA and the
+///   sliding-window log a spent quota is the latest expiry, so clients that
+///   spent theirs stay counted (under fixed and sliding windows a key
+///   expires with its window: the oldest windows go first). A flood of new
+///   keys never turns the limits off. Size the cap for your live keys so
+///   that it is only a safety net.
 /// * `persistent(false)` (default): [`initialize`](InMemoryBackend::initialize)
 ///   and [`close`](InMemoryBackend::close) clear every key.
 ///
@@ -437,8 +449,10 @@ impl Shared {
         cost: u64,
         record: bool,
     ) -> Result<Decision, Error> {
-        let shard = &self.shards[(digest >> 32) as usize & self.shard_mask];
+        let shard_index = (digest >> 32) as usize & self.shard_mask;
+        let shard = &self.shards[shard_index];
         let mut swept_all = false;
+        let mut evictions = 0;
         loop {
             // The clock was read before the lock (shorter critical section);
             // the shard's latest time keeps it monotonic per key.
@@ -459,26 +473,85 @@ impl Shared {
             if !self.reserve_key() {
                 self.sweep(&mut map, now);
                 if !self.reserve_key() {
-                    // Expired keys may sit in other shards: sweep them all
-                    // (without holding this shard's lock), then try again.
-                    if swept_all || !self.claim_full_sweep(now) {
+                    if !swept_all && self.claim_full_sweep(now) {
+                        // Expired keys may sit in other shards: sweep them
+                        // all (without holding this shard's lock), then try
+                        // again.
                         drop(map);
-                        return Err(Error::backend(format!(
-                            "the in-memory backend {:?} is full ({} live keys, the max_keys cap); \
-                             raise InMemoryBackend::builder().max_keys(..) or shorten the periods",
-                            self.prefix, self.max_keys
-                        )));
+                        self.purge_all();
+                        swept_all = true;
+                        read = self.now();
+                        continue;
                     }
-                    drop(map);
-                    self.purge_all();
-                    swept_all = true;
-                    read = self.now();
-                    continue;
+                    // Full of live keys: make room by dropping those closest
+                    // to their reset, in this shard, else in another.
+                    evictions += 1;
+                    let evicted = self.evict(&mut map) > 0;
+                    if !evicted || !self.reserve_key() {
+                        drop(map);
+                        if evictions > MAX_EVICTIONS_PER_HIT
+                            || (!evicted && !self.evict_elsewhere(shard_index))
+                        {
+                            return Err(Error::backend(format!(
+                                "the in-memory backend {:?} could not make room for a new key \
+                                 ({} live keys, the max_keys cap); raise \
+                                 InMemoryBackend::builder().max_keys(..)",
+                                self.prefix, self.max_keys
+                            )));
+                        }
+                        read = self.now();
+                        continue;
+                    }
                 }
             }
             S::table(&mut map).insert(digest, S::new(state, expires));
             return Ok(decision);
         }
+    }
+
+    /// Drops the keys of `map` closest to their reset (the earliest
+    /// expiries): an eighth of them, at least one. A key is dropped only
+    /// when the backend is full of live keys; its client then starts afresh,
+    /// which for a key about to expire changes little. Returns how many.
+    fn evict(&self, map: &mut ShardMap) -> usize {
+        let len = map.words.len() + map.logs.len();
+        if len == 0 {
+            return 0;
+        }
+        let count = len.div_ceil(EVICTED_FRACTION);
+        let mut expiries: Vec<u64> = map
+            .words
+            .values()
+            .map(Slot::expires)
+            .chain(map.logs.values().map(Slot::expires))
+            .collect();
+        let threshold = *expiries.select_nth_unstable(count - 1).1;
+        // Every key expiring before the threshold goes, and as many of
+        // those expiring at it as make up the count.
+        let mut ties = count - expiries.iter().filter(|&&e| e < threshold).count();
+        let mut keep = |expires: u64| {
+            if expires < threshold {
+                false
+            } else if expires == threshold && ties > 0 {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        };
+        map.words.retain(|_, slot| keep(slot.expires));
+        map.logs.retain(|_, slot| keep(slot.expires));
+        self.live_keys.fetch_sub(count, Ordering::Relaxed);
+        count
+    }
+
+    /// [`evict`](Shared::evict) in the first shard after `from` that holds
+    /// keys (one lock at a time). Whether it dropped any.
+    fn evict_elsewhere(&self, from: usize) -> bool {
+        (1..self.shards.len()).any(|step| {
+            let shard = &self.shards[(from + step) & self.shard_mask];
+            self.evict(&mut lock(&shard.map)) > 0
+        })
     }
 
     fn purge_all(&self) {
