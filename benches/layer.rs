@@ -16,7 +16,9 @@
 //! `axum::serve` prepares it (`with_state(())`). The limits are
 //! far above what a benchmark can reach (traffik: 1,000,000,000/s token
 //! bucket; governor: 1 per ns with a burst of 2^32 - 1), so nothing is ever
-//! throttled: this measures the overhead of an allowed request.
+//! throttled: this measures the overhead of an allowed request. The
+//! `rejected_` groups time the opposite: every request over its limit,
+//! answered 429.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -91,9 +93,29 @@ fn bench_service<S, B>(
     S: Service<Request<Body>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
 {
-    // Check once that the request is answered 200, not throttled.
+    bench_answer(group, rt, name, service, http::StatusCode::OK)
+}
+
+/// Times requests to `service`, first checking that it answers `expected`.
+fn bench_answer<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    service: S,
+    expected: http::StatusCode,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    // Check once what the request is answered (the first request of a
+    // throttled case spends its one allowed hit here).
     let response = rt.block_on(service.clone().oneshot(request())).unwrap();
-    assert_eq!(response.status(), http::StatusCode::OK, "{name}");
+    let response = if expected == http::StatusCode::OK {
+        response
+    } else {
+        rt.block_on(service.clone().oneshot(request())).unwrap()
+    };
+    assert_eq!(response.status(), expected, "{name}");
     group.bench_function(name, |b| {
         b.to_async(rt).iter_custom(|iters| {
             let mut service = service.clone();
@@ -169,6 +191,64 @@ fn layers(c: &mut Criterion) {
         &rt,
         "tower_governor",
         served(router().layer(governor_layer())),
+    );
+    group.finish();
+}
+
+/// The cost of a rejection: every timed request is over its limit (1 a day,
+/// spent by the first request) and answered 429 by the layer, with its
+/// `Retry-After` and body, the inner service never called. Under a flood
+/// this is most of what a rate limiter does.
+fn rejections(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let traffik = || {
+        let throttle = HttpThrottle::builder()
+            .rate("1/day")
+            .shared_across_routes()
+            .build()
+            .unwrap();
+        ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(throttle))
+    };
+    let governor = || {
+        let config = GovernorConfigBuilder::default()
+            .per_second(86_400)
+            .burst_size(1)
+            .finish()
+            .unwrap();
+        GovernorLayer::<PeerIpKeyExtractor, NoOpMiddleware<QuantaInstant>, Body>::new(config)
+    };
+    let too_many = http::StatusCode::TOO_MANY_REQUESTS;
+    let mut group = c.benchmark_group("rejected_service_fn");
+    let bare = tower::service_fn(hello);
+    bench_answer(&mut group, &rt, "traffik", traffik().layer(bare), too_many);
+    bench_answer(
+        &mut group,
+        &rt,
+        "tower_governor",
+        governor().layer(bare),
+        too_many,
+    );
+    group.finish();
+    let mut group = c.benchmark_group("rejected_axum_router");
+    let router = || Router::new().route("/hello", get(|| async { "Hello, world!" }));
+    let served = |router: Router| router.with_state::<()>(());
+    bench_answer(
+        &mut group,
+        &rt,
+        "traffik",
+        served(router().layer(traffik())),
+        too_many,
+    );
+    bench_answer(
+        &mut group,
+        &rt,
+        "tower_governor",
+        served(router().layer(governor())),
+        too_many,
     );
     group.finish();
 }
@@ -266,5 +346,5 @@ fn anatomy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, anatomy);
+criterion_group!(benches, layers, rejections, anatomy);
 criterion_main!(benches);
