@@ -1,4 +1,5 @@
-//! Per-request cost of the middleware, never throttled: traffik's
+//! Per-request cost of the middleware, never throttled (and, in the
+//! `rejected_` groups, always throttled): traffik's
 //! `ThrottleService` (in-memory backend) beside the bare service and
 //! tower_governor's `GovernorLayer` (peer-IP key), in one harness and one run.
 //! traffik is measured twice: with its default key (client, method and route)

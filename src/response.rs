@@ -269,9 +269,16 @@ impl RateLimitInfo {
 /// and want the same headers on their allowed responses as the layers add.
 ///
 /// The throttle's [`.headers(..)`](crate::ThrottleBuilder::headers) setting
-/// decides which headers (none by default); an exempt request (an unlimited
-/// identity or rate, cost 0) gets none, as in the layers. With the `axum`
-/// feature it is `IntoResponseParts`: return it in a tuple before the body.
+/// decides which headers (none by default). As in the layers, a request the
+/// throttle let through without counting gets none, and its decision is
+/// [`Decision::unlimited()`] (`remaining == u64::MAX`): an exempt request
+/// (an unlimited identity or rate, cost 0), and one whose backend failed
+/// under [`FailureMode::Open`](crate::FailureMode::Open) or in shadow mode.
+/// With the `axum` feature it is `IntoResponseParts` (return it in a tuple
+/// before the body) and `IntoResponse` (an empty 200 with the headers).
+/// [`HttpThrottle::peek_with_headers`](crate::HttpThrottle::peek_with_headers)
+/// and [`hit_parts_with_headers`](crate::HttpThrottle::hit_parts_with_headers)
+/// give one too.
 ///
 /// ```
 /// use axum::{extract::Request, routing::get, Router};
@@ -324,6 +331,13 @@ impl RateLimitReport {
         let mut headers = HeaderMap::new();
         self.apply(&mut headers);
         headers
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for RateLimitReport {
+    fn into_response(self) -> axum::response::Response {
+        (self, ()).into_response()
     }
 }
 

@@ -739,7 +739,53 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        let verdict = self.lazy_verdict(request, Mode::Hit);
+        self.lazy_report(request, Mode::Hit)
+    }
+
+    /// Like [`peek`](HttpThrottle::peek), with the rate-limit headers a hit
+    /// would give: for an endpoint that tells clients their quota without
+    /// spending it. Over the limit it is `Ok`, with `allowed == false`.
+    ///
+    /// ```
+    /// use axum::{extract::Request, routing::get, Router};
+    /// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
+    ///
+    /// let api = HttpThrottle::builder()
+    ///     .uid("api")
+    ///     .rate("100/min")
+    ///     .headers(RateLimitHeaders::Ietf)
+    ///     .backend(InMemoryBackend::new())
+    ///     .build()
+    ///     .unwrap();
+    /// // `GET /quota`: the `RateLimit` headers of `api`, nothing spent.
+    /// let app: Router = Router::new().route("/quota", get(move |req: Request| {
+    ///     let api = api.clone();
+    ///     async move { api.peek_with_headers(&req).await }
+    /// }));
+    /// ```
+    pub fn peek_with_headers<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
+        self.lazy_report(request, Mode::Peek)
+    }
+
+    /// Like [`hit_with_headers`](HttpThrottle::hit_with_headers), for
+    /// request parts.
+    pub fn hit_parts_with_headers(
+        &self,
+        parts: &Parts,
+    ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
+        self.lazy_report(parts, Mode::Hit)
+    }
+
+    /// [`lazy_verdict`](HttpThrottle::lazy_verdict) as a report.
+    fn lazy_report<R: RequestHead>(
+        &self,
+        request: &R,
+        mode: Mode,
+    ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
+        let verdict = self.lazy_verdict(request, mode);
         async move {
             let verdict = verdict.await?;
             Ok(RateLimitReport::new(verdict.decision, verdict.info))

@@ -24,6 +24,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use traffik::backend::InMemoryBackend;
+use traffik::clock::ManualClock;
 use traffik::{
     Decision, Error, Exceeded, HttpThrottle, Identity, MiddlewareThrottle, Rate, RateLimitHeaders,
     Strategy, ThrottleLayer, Throttled, TrustedProxies,
@@ -537,11 +538,7 @@ async fn default_429_status_headers_and_body() {
         .uid("os-default-429")
         .limit(2)
         .seconds(30)
-        .backend(
-            InMemoryBackend::builder()
-                .clock(traffik::clock::ManualClock::new())
-                .build(),
-        )
+        .backend(InMemoryBackend::builder().clock(ManualClock::new()).build())
         .build()
         .unwrap();
     let app = Router::new().route("/d", get(ok).route_layer(t.layer()));
@@ -1289,6 +1286,9 @@ fn reporting_app(t: HttpThrottle) -> Router {
 async fn hit_with_headers_gives_allowed_responses_the_layers_headers() {
     for strategy in Strategy::ALL {
         for mode in [RateLimitHeaders::Ietf, RateLimitHeaders::Legacy] {
+            // One frozen clock for both sides: the same instant, so the same
+            // rounded seconds (aligned windows make them depend on it).
+            let clock = ManualClock::starting_at(Duration::from_millis(1_000_500));
             let throttle = |uid: String| {
                 HttpThrottle::builder()
                     .uid(uid)
@@ -1296,7 +1296,7 @@ async fn hit_with_headers_gives_allowed_responses_the_layers_headers() {
                     .seconds(60)
                     .strategy(strategy)
                     .headers(mode)
-                    .backend(InMemoryBackend::new())
+                    .backend(InMemoryBackend::builder().clock(clock.clone()).build())
                     .build()
                     .unwrap()
             };
@@ -1460,6 +1460,75 @@ async fn hit_with_headers_joins_a_layers_headers_on_one_response() {
     assert_eq!(sf_param(&items[0].1, "r"), 1);
     assert_eq!(items[1].0, "\"os-join-layer\"");
     assert_eq!(sf_param(&items[1].1, "r"), 4);
+}
+
+#[tokio::test]
+async fn peek_with_headers_reports_the_quota_without_spending_it() {
+    let t = HttpThrottle::builder()
+        .uid("os-report-peek")
+        .limit(2)
+        .minutes(1)
+        .headers(RateLimitHeaders::Ietf)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let handler_t = t.clone();
+    // The report alone is the response: an empty 200 with the headers.
+    let app = Router::new().route(
+        "/quota",
+        get(move |req: AxumRequest| {
+            let t = handler_t.clone();
+            async move { t.peek_with_headers(&req).await }
+        }),
+    );
+    let remaining_of = |reply: &Reply| {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "");
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"os-report-peek\";q=2;w=60")
+        );
+        sf_param(&sf_item(reply.header("ratelimit").unwrap()).1, "r")
+    };
+    // What a hit would leave, however often asked.
+    for _ in 0..3 {
+        assert_eq!(remaining_of(&send(&app, at("/quota", PEER)).await), 1);
+    }
+    // Hits through request parts count on the same key (same path).
+    let (parts, _) = at("/quota", PEER).into_parts();
+    let first = t.hit_parts_with_headers(&parts).await.unwrap();
+    assert_eq!(first.decision().remaining, 1);
+    assert!(first.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .contains("r=1"));
+    assert_eq!(remaining_of(&send(&app, at("/quota", PEER)).await), 0);
+    t.hit_parts_with_headers(&parts).await.unwrap();
+    assert!(t
+        .hit_parts_with_headers(&parts)
+        .await
+        .unwrap_err()
+        .is_throttled());
+    // Over the limit a peek is still Ok, not allowed, and still reports.
+    let peek = t.peek_with_headers(&at("/quota", PEER)).await.unwrap();
+    assert!(!peek.decision().allowed);
+    assert!(peek.decision().retry_after > Duration::ZERO);
+    assert_eq!(remaining_of(&send(&app, at("/quota", PEER)).await), 0);
+}
+
+#[tokio::test]
+async fn hit_with_headers_on_a_failed_backend_under_open_reports_nothing() {
+    let t = HttpThrottle::builder()
+        .uid("os-report-failed")
+        .limit(2)
+        .minutes(1)
+        .headers(RateLimitHeaders::Legacy)
+        .backend(FailingBackend::default())
+        .build()
+        .unwrap();
+    let report = t.hit_with_headers(&at("/f", PEER)).await.unwrap();
+    assert_eq!(*report.decision(), Decision::unlimited());
+    assert!(report.headers().is_empty());
 }
 
 /// Outside axum: `apply` onto any response's headers.

@@ -351,19 +351,21 @@ fn key_cap_drops_the_keys_closest_to_their_reset() {
     }
 }
 
-#[test]
-fn key_cap_keeps_the_clients_that_used_their_quota() {
-    // A flood of one-hit keys does not wipe out a client's spent quota: a
-    // spent token bucket is the last to refill, so the last to go.
+/// A client spends its 10 hits, then `later` passes and a flood of one-hit
+/// keys, twenty times the cap, holds the backend at its cap. Returns how
+/// many hits the client then has left.
+fn hits_left_after_a_flood(strategy: Strategy, later: Duration) -> u64 {
     let clock = ManualClock::starting_at(Duration::from_secs(7));
     let backend = InMemoryBackend::builder()
         .clock(clock.clone())
         .max_keys(1_000)
         .build();
-    let quota = quota("10/min", Strategy::TokenBucket);
+    let quota = quota("10/min", strategy);
     for _ in 0..10 {
-        assert!(backend.decide("heavy", &quota, 1).unwrap().allowed);
+        assert!(backend.decide("spent", &quota, 1).unwrap().allowed);
     }
+    assert!(!backend.decide("spent", &quota, 1).unwrap().allowed);
+    clock.advance(later);
     for i in 0..20_000 {
         if i % 100 == 0 {
             clock.advance(Duration::from_millis(1));
@@ -376,7 +378,47 @@ fn key_cap_keeps_the_clients_that_used_their_quota() {
         );
         assert!(backend.len() <= 1_000);
     }
-    assert!(!backend.decide("heavy", &quota, 1).unwrap().allowed);
+    (0..20)
+        .take_while(|_| backend.decide("spent", &quota, 1).unwrap().allowed)
+        .count() as u64
+}
+
+#[test]
+fn key_cap_keeps_the_clients_that_spent_their_quota_under_token_bucket_and_gcra() {
+    // A spent bucket (or a far theoretical arrival time) is the latest
+    // expiry: the flood's keys go first.
+    for strategy in [Strategy::TokenBucket, Strategy::Gcra] {
+        for later in [Duration::ZERO, Duration::from_secs(30)] {
+            // 30 s refill 5 of the 10 (GCRA: the same, one per 6 s).
+            let refilled = later.as_secs() / 6;
+            assert_eq!(
+                hits_left_after_a_flood(strategy, later),
+                refilled,
+                "{strategy}, {later:?} later"
+            );
+        }
+    }
+}
+
+#[test]
+fn key_cap_drops_the_oldest_windows_first_under_windows_and_logs() {
+    // A key expires a period after its window or its last counted hit:
+    // keys made later outlive it, so a flood at the cap drops it, spent or
+    // not, and its client starts afresh (as documented).
+    for strategy in [
+        Strategy::FixedWindow,
+        Strategy::SlidingWindowCounter,
+        Strategy::SlidingWindowLog,
+    ] {
+        // Into the next (aligned) window for the counter; half a period on
+        // for the others, while the spent key is still live.
+        let later = Duration::from_secs(if strategy == Strategy::SlidingWindowCounter {
+            54
+        } else {
+            30
+        });
+        assert_eq!(hits_left_after_a_flood(strategy, later), 10, "{strategy}");
+    }
 }
 
 #[test]

@@ -22,9 +22,9 @@ const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// At the cap, a shard drops this fraction of its keys at once (1/8), so
 /// that the scan for the earliest expiries is shared by many new keys.
 const EVICTED_FRACTION: usize = 8;
-/// How often one hit makes room before giving up (only racing hits that
-/// take the room first can make it try again).
-const MAX_EVICTIONS_PER_HIT: u32 = 8;
+/// How often a hit that finds every shard empty at the cap (a `reset()`
+/// under way) looks again before giving up.
+const MAX_EMPTY_EVICTIONS: u32 = 8;
 
 /// Counters in this process's memory.
 ///
@@ -53,13 +53,19 @@ const MAX_EVICTIONS_PER_HIT: u32 = 8;
 /// * At most `max_keys` live keys (default 1,000,000). A hit on a *new* key
 ///   when the cap is reached is counted like any other: to make room, the
 ///   key's shard drops an eighth of its keys, those closest to their reset
-///   (the earliest expiries). Their clients start afresh, which for a key
-///   about to expire changes little. Under the token bucket, GCRA and the
-///   sliding-window log a spent quota is the latest expiry, so clients that
-///   spent theirs stay counted (under fixed and sliding windows a key
-///   expires with its window: the oldest windows go first). A flood of new
-///   keys never turns the limits off. Size the cap for your live keys so
-///   that it is only a safety net.
+///   (the earliest expiries; shards hold keys evenly, so this is close to
+///   the whole backend's order), under its lock. Their clients start
+///   afresh. Under the token bucket (default) and GCRA a key expires when
+///   its quota is full again, so a spent quota is among the latest expiries
+///   and the clients that spent theirs stay counted. Under the fixed and
+///   sliding windows and the sliding-window log a key expires a period after
+///   its window or its last counted hit, so the oldest go first, spent or
+///   not. A flood of new keys that holds the backend at its cap gives every
+///   key a life of about `max_keys` / (new keys per second): with those
+///   three strategies, limits then weaken to a limit per that life when it
+///   is shorter than the period. Size the cap for your live keys so that it
+///   is a safety net, and prefer the token bucket or GCRA where it may be
+///   reached.
 /// * `persistent(false)` (default): [`initialize`](InMemoryBackend::initialize)
 ///   and [`close`](InMemoryBackend::close) clear every key.
 ///
@@ -107,7 +113,8 @@ struct Shard {
 /// must swap to learn about sleepers: one atomic read-modify-write less per
 /// decision (about 5 ns in a bare lock/unlock loop on the project's machine,
 /// 10 ns in a decision loop). The longer holds (a shard's sweep, a table
-/// growing, a long sliding-window log) make waiters yield rather than spin.
+/// growing, a long sliding-window log, making room at the cap) make waiters
+/// yield rather than spin.
 /// Nothing runs under the lock but the map's own work: no user code, no
 /// `.await` (the guard is not `Send`), no second lock.
 type ShardLock = spin::mutex::SpinMutex<ShardMap>;
@@ -452,7 +459,10 @@ impl Shared {
         let shard_index = (digest >> 32) as usize & self.shard_mask;
         let shard = &self.shards[shard_index];
         let mut swept_all = false;
-        let mut evictions = 0;
+        // A key's room, counted in `live_keys`, kept by an eviction in
+        // another shard for this hit until it is stored (or given back).
+        let mut reserved = false;
+        let mut attempts = 0;
         loop {
             // The clock was read before the lock (shorter critical section);
             // the shard's latest time keeps it monotonic per key.
@@ -463,14 +473,16 @@ impl Shared {
                 self.sweep(&mut map, now);
             }
             if let Some(slot) = S::table(&mut map).get_mut(&digest) {
+                self.give_back(reserved);
                 return Ok(slot.decide(quota, now, cost, record));
             }
             let mut state = State::new();
             let (decision, expires) = quota.decide_micros(&mut state, now, cost);
             if !record || expires <= now {
+                self.give_back(reserved);
                 return Ok(decision);
             }
-            if !self.reserve_key() {
+            if !reserved && !self.reserve_key() {
                 self.sweep(&mut map, now);
                 if !self.reserve_key() {
                     if !swept_all && self.claim_full_sweep(now) {
@@ -484,14 +496,16 @@ impl Shared {
                         continue;
                     }
                     // Full of live keys: make room by dropping those closest
-                    // to their reset, in this shard, else in another.
-                    evictions += 1;
-                    let evicted = self.evict(&mut map) > 0;
-                    if !evicted || !self.reserve_key() {
+                    // to their reset, in this shard (keeping one of the
+                    // freed rooms for this key: no racing hit can take it),
+                    // else in another shard, one lock at a time.
+                    if self.evict(&mut map, true) == 0 {
                         drop(map);
-                        if evictions > MAX_EVICTIONS_PER_HIT
-                            || (!evicted && !self.evict_elsewhere(shard_index))
-                        {
+                        attempts += 1;
+                        // Every shard empty while the count says full: a
+                        // `reset()` is under way. Look again, a few times.
+                        reserved = self.evict_elsewhere(shard_index);
+                        if !reserved && attempts > MAX_EMPTY_EVICTIONS {
                             return Err(Error::backend(format!(
                                 "the in-memory backend {:?} could not make room for a new key \
                                  ({} live keys, the max_keys cap); raise \
@@ -509,11 +523,20 @@ impl Shared {
         }
     }
 
+    /// Returns a room kept for a key that was not stored after all.
+    #[inline]
+    fn give_back(&self, reserved: bool) {
+        if reserved {
+            self.live_keys.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Drops the keys of `map` closest to their reset (the earliest
     /// expiries): an eighth of them, at least one. A key is dropped only
-    /// when the backend is full of live keys; its client then starts afresh,
-    /// which for a key about to expire changes little. Returns how many.
-    fn evict(&self, map: &mut ShardMap) -> usize {
+    /// when the backend is full of live keys; its client then starts afresh.
+    /// With `keep_one`, one of the freed rooms stays counted in `live_keys`
+    /// for the caller's new key. Returns how many keys went.
+    fn evict(&self, map: &mut ShardMap, keep_one: bool) -> usize {
         let len = map.words.len() + map.logs.len();
         if len == 0 {
             return 0;
@@ -541,16 +564,18 @@ impl Shared {
         };
         map.words.retain(|_, slot| keep(slot.expires));
         map.logs.retain(|_, slot| keep(slot.expires));
-        self.live_keys.fetch_sub(count, Ordering::Relaxed);
+        self.live_keys
+            .fetch_sub(count - usize::from(keep_one), Ordering::Relaxed);
         count
     }
 
     /// [`evict`](Shared::evict) in the first shard after `from` that holds
-    /// keys (one lock at a time). Whether it dropped any.
+    /// keys (one lock at a time), keeping one room for the caller. Whether
+    /// it found keys to drop (and so kept the room).
     fn evict_elsewhere(&self, from: usize) -> bool {
         (1..self.shards.len()).any(|step| {
             let shard = &self.shards[(from + step) & self.shard_mask];
-            self.evict(&mut lock(&shard.map)) > 0
+            self.evict(&mut lock(&shard.map), true) > 0
         })
     }
 
@@ -641,7 +666,10 @@ impl InMemoryBackendBuilder {
         self
     }
 
-    /// Number of lock shards, rounded up to a power of two (default 64).
+    /// Number of lock shards, rounded up to a power of two (default 64),
+    /// and at most one per 16 keys of [`max_keys`](Self::max_keys) (rounded
+    /// up to a power of two), so that each shard holds enough keys for its
+    /// eviction order at the cap to mean something.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards.clamp(1, 4096).next_power_of_two();
         self
@@ -655,7 +683,10 @@ impl InMemoryBackendBuilder {
 
     /// Builds the backend.
     pub fn build(self) -> InMemoryBackend {
-        let shards = (0..self.shards)
+        let shard_count = self
+            .shards
+            .min((self.max_keys / 16).max(1).next_power_of_two());
+        let shards = (0..shard_count)
             .map(|_| Shard {
                 map: ShardLock::new(ShardMap {
                     words: HashMap::default(),
@@ -672,7 +703,7 @@ impl InMemoryBackendBuilder {
                 clock: self.clock,
                 hashers: std::array::from_fn(|_| RandomState::new()),
                 shards,
-                shard_mask: self.shards - 1,
+                shard_mask: shard_count - 1,
                 live_keys: AtomicUsize::new(0),
                 max_keys: self.max_keys,
                 sweep_interval: self.sweep_interval.as_micros() as u64,
