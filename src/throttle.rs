@@ -1550,6 +1550,11 @@ impl<K> ThrottleBuilder<K> {
                         quota.capacity()
                     )));
                 }
+                // A quota the throttle's own backend cannot hold fails now,
+                // not on every request.
+                if let BackendChoice::Fixed(backend) = &self.backend {
+                    backend.check_quota(&quota)?;
+                }
                 RateSource::Static(Some(quota))
             }
             (None, Some(dynamic)) => RateSource::Dynamic(dynamic),

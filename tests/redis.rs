@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use traffik::backend::{InMemoryBackend, RedisBackend, ThrottleBackend};
 use traffik::strategy::State;
-use traffik::{Decision, Error, Quota, Rate, Strategy};
+use traffik::{Decision, Error, HttpThrottle, Quota, Rate, Strategy};
 
 // ---------------------------------------------------------------- helpers
 
@@ -295,6 +295,63 @@ async fn quotas_too_large_for_lua_doubles_are_configuration_errors() {
     assert!(error.to_string().contains("2^5"), "{error}");
 }
 
+#[tokio::test]
+async fn a_throttle_with_a_quota_too_large_for_redis_fails_to_build() {
+    let Some(redis) = backend("too-large-build").await else {
+        return;
+    };
+    // At startup, not as a 500 on every request.
+    let error = HttpThrottle::builder()
+        .rate("200000/day")
+        .backend(redis.clone())
+        .build()
+        .unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("too large for the Redis backend"),
+        "{message}"
+    );
+    assert!(message.contains("2^53"), "{message}");
+    // The same rate under GCRA, and the largest daily token bucket, build
+    // and decide.
+    for (rate, strategy) in [
+        ("200000/day", Strategy::Gcra),
+        ("104000/day", Strategy::TokenBucket),
+    ] {
+        let t = HttpThrottle::builder()
+            .rate(rate)
+            .strategy(strategy)
+            .backend(redis.clone())
+            .build()
+            .unwrap();
+        let req = http::Request::get("/big")
+            .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [10, 0, 0, 9],
+                1,
+            ))))
+            .body(())
+            .unwrap();
+        let decision = t.hit(&req).await.unwrap();
+        assert!(decision.allowed, "{strategy}");
+        assert_eq!(decision.remaining, decision.limit - 1, "{strategy}");
+    }
+    // Without a backend of its own (a layer's, a scope's), the hit refuses it.
+    let t = HttpThrottle::builder().rate("200000/day").build().unwrap();
+    let req = http::Request::get("/big")
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [10, 0, 0, 9],
+            1,
+        ))))
+        .body(())
+        .unwrap();
+    let error = traffik::backend::scope(redis.clone(), t.hit(&req))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error}");
+    redis.reset().await.unwrap();
+}
+
 // ---------------------------------------------------------------- exactness
 
 #[tokio::test]
@@ -466,7 +523,18 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
     let mut steps = 0;
     for strategy in Strategy::ALL {
         let script = redis::Script::new(&format!("{prelude}\n{}", body(strategy)));
-        for (r, rate) in rates.iter().enumerate() {
+        // Each strategy's largest quotas a day (see RedisBackend's docs),
+        // where the scripts' numbers come closest to 2^53. Odd limits: round
+        // ones keep every number a multiple of a power of two, exact in a
+        // double past 2^53 too, and would prove nothing (1000003/day, past
+        // the token bucket's bound, fails here).
+        let edge = match strategy {
+            Strategy::TokenBucket => Some("104003/day"),
+            Strategy::SlidingWindowCounter => Some("26003/day"),
+            Strategy::Gcra | Strategy::FixedWindow => Some("10000019/day"),
+            Strategy::SlidingWindowLog => None,
+        };
+        for (r, rate) in rates.iter().copied().chain(edge).enumerate() {
             let mut quotas = vec![quota(rate, strategy)];
             if matches!(strategy, Strategy::TokenBucket | Strategy::Gcra) {
                 quotas.push(quota(rate, strategy).with_burst(2 + r as u64).unwrap());

@@ -106,6 +106,18 @@ pub trait ThrottleBackend: Send + Sync + 'static {
         false
     }
 
+    /// Whether this backend can decide `quota`. A throttle's `build()` asks
+    /// its own backend (`.backend(..)`) for a static rate, so that a quota
+    /// the backend cannot hold fails at startup with
+    /// [`Error::Configuration`] rather than on every hit. The default
+    /// accepts every quota; a backend that refuses some should still refuse
+    /// them in [`hit`](ThrottleBackend::hit) too (a layer's or a scope's
+    /// backend is only known then).
+    fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
+        let _ = quota;
+        Ok(())
+    }
+
     /// Internal: lets throttles call the in-memory backend directly (no
     /// text key, no future). Keep the default. A wrapper that forwards it is
     /// bypassed: throttles then skip the wrapper's `hit` and `peek` for
@@ -137,6 +149,9 @@ impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
     }
     fn persistent(&self) -> bool {
         (**self).persistent()
+    }
+    fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
+        (**self).check_quota(quota)
     }
     fn as_in_memory(&self) -> Option<&InMemoryBackend> {
         (**self).as_in_memory()

@@ -33,6 +33,11 @@ const SCAN_COUNT: usize = 1_000;
 /// server's clock (Unix microseconds, about 2^50.6) added.
 const LUA_MAX_PRODUCT: u128 = 1 << 51;
 const LUA_MAX_PERIOD: u64 = 1 << 50;
+/// The token bucket's numbers are at most its full bucket (capacity ×
+/// period, in units of 1/period µs), never added to a timestamp; a refill
+/// product past 2^53 only ever meets a comparison with a smaller number,
+/// which its rounding cannot turn.
+const LUA_EXACT: u128 = 1 << 53;
 
 const PRELUDE: &str = include_str!("redis/prelude.lua");
 
@@ -84,10 +89,14 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   `remaining`, `reset_after` and `retry_after`. Keys expire with `PEXPIRE`
 ///   once their state is equivalent to a fresh one.
 /// * **Exact numbers.** Lua numbers are doubles; a quota whose numbers could
-///   take an intermediate past 2^53 (for example token bucket capacity ×
-///   period in microseconds above 2^51, or a period above 2^50 µs, about 35
-///   years) is refused by [`hit`](ThrottleBackend::hit) with
-///   [`Error::Configuration`].
+///   take an intermediate past 2^53 is refused with
+///   [`Error::Configuration`]: by the throttle's `build()` when the throttle
+///   has this backend and a static rate, else by
+///   [`hit`](ThrottleBackend::hit). The bounds, in microseconds: token
+///   bucket capacity × period ≤ 2^53 (about 104,000 a day, 2.5 million an
+///   hour), sliding window counter limit × period ≤ 2^51 (about 26,000 a
+///   day, 625,000 an hour), GCRA burst × emission interval ≤ 2^50, a period
+///   ≤ 2^50 (about 35 years). GCRA with its default burst takes any limit.
 /// * **One connection.** A single multiplexed connection
 ///   ([`redis::aio::ConnectionManager`], or a
 ///   [`redis::cluster_async::ClusterConnection`]) that reconnects by itself
@@ -468,8 +477,8 @@ fn check_quota(quota: &Quota) -> Result<(), Error> {
     let product = |a: u64, b: u64| u128::from(a) * u128::from(b);
     match quota.strategy() {
         Strategy::TokenBucket => {
-            if product(quota.capacity(), period) > LUA_MAX_PRODUCT {
-                return too_big("capacity × period in microseconds exceeds 2^51");
+            if product(quota.capacity(), period) > LUA_EXACT {
+                return too_big("capacity × period in microseconds exceeds 2^53");
             }
         }
         Strategy::Gcra => {
@@ -702,6 +711,10 @@ impl ThrottleBackend for RedisBackend {
 
     fn persistent(&self) -> bool {
         self.inner.persistent
+    }
+
+    fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
+        check_quota(quota)
     }
 }
 
@@ -1174,5 +1187,16 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:7101@17101,host1 myself,maste
         assert!(matches!(check_quota(&quota), Err(Error::Configuration(_))));
         let quota = Quota::new("100/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
         assert!(check_quota(&quota).is_ok());
+        // The documented daily bounds, on either side.
+        let daily = |limit: u64, strategy| {
+            let rate = crate::Rate::new(limit, Duration::from_secs(86_400)).unwrap();
+            check_quota(&Quota::new(rate, strategy).unwrap()).is_ok()
+        };
+        assert!(daily(104_000, Strategy::TokenBucket));
+        assert!(!daily(105_000, Strategy::TokenBucket));
+        assert!(daily(26_000, Strategy::SlidingWindowCounter));
+        assert!(!daily(27_000, Strategy::SlidingWindowCounter));
+        assert!(daily(10_000_000, Strategy::Gcra));
+        assert!(daily(10_000_000, Strategy::FixedWindow));
     }
 }
