@@ -395,6 +395,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(fixed_statuses, [200, 200, 200, 429, 429]);
     assert_eq!(bucket_statuses, [200, 200, 429, 429]);
 
+    // Every strategy, straight through the backend: exactly the limit
+    // admitted, and the refusal says how long to wait.
+    println!(
+        "
+Every strategy on SQLite, 4 hits at 3 per minute:"
+    );
+    for strategy in Strategy::ALL {
+        let quota = traffik::Quota::new("3/min".parse()?, strategy)?;
+        let key = format!("{}:demo:all:{strategy}", sqlite.prefix());
+        let mut admitted = Vec::new();
+        let mut last = None;
+        for _ in 0..4 {
+            let decision = sqlite.hit(&key, &quota, 1).await?;
+            admitted.push(decision.allowed);
+            last = Some(decision);
+        }
+        let last = last.expect("four hits");
+        println!(
+            "{:<24} {admitted:?}, then retry after {:.1?}",
+            strategy.name(),
+            last.retry_after
+        );
+        assert_eq!(admitted, [true, true, true, false], "{strategy}");
+        assert!(
+            last.retry_after > Duration::ZERO && last.retry_after <= Duration::from_secs(60),
+            "{strategy}: {:?}",
+            last.retry_after
+        );
+    }
+
     println!("\nRows in traffik_counters:");
     println!(
         "{:<48} {:>18} {:>18} {:>4} expires in",

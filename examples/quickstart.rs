@@ -26,10 +26,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .backend(memory.clone())
         .build()?;
 
-    // A global rule: at most 2 writes per minute per client, on any route.
+    // A global rule: at most 2 writes per minute per client, on any route
+    // (without .shared_across_routes(), per route and method).
     let writes = HttpThrottle::builder()
         .uid("writes")
         .rate("2/min")
+        .shared_across_routes()
         .build()?;
     let layer = ThrottleLayer::new(memory.clone()).rule(MiddlewareThrottle::new(writes).methods([
         Method::POST,
@@ -49,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(layer);
 
     let server = common::serve(app, 3000).await?;
-    common::burst(
+    let hello = common::burst(
         server.addr,
         "Burst of 5 x GET /hello (limit: 3 per 10 seconds):",
         5,
@@ -59,7 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["retry-after", "ratelimit"],
     )
     .await?;
-    common::burst(
+    common::expect_statuses("GET /hello", &hello, &[200, 200, 200, 429, 429])?;
+    let writes = common::burst(
         server.addr,
         "Burst of 3 x POST /items (rule: 2 writes per minute):",
         3,
@@ -69,5 +72,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["retry-after"],
     )
     .await?;
+    common::expect_statuses("POST /items", &writes, &[200, 200, 429])?;
     server.finish().await
 }

@@ -21,8 +21,13 @@
 //!     .backend(memory.clone())
 //!     .build()?;
 //!
-//! // Global rules, evaluated in order.
-//! let writes = HttpThrottle::builder().uid("writes").rate("10/min").build()?;
+//! // Global rules, evaluated in order. A rule counts per client, method and
+//! // route; `.shared_across_routes()` makes it one counter per client.
+//! let writes = HttpThrottle::builder()
+//!     .uid("writes")
+//!     .rate("10/min")
+//!     .shared_across_routes()
+//!     .build()?;
 //! let api = HttpThrottle::builder().uid("api").rate("100/min").build()?;
 //! let layer = ThrottleLayer::new(memory.clone())
 //!     .rule(MiddlewareThrottle::new(writes).methods([Method::POST, Method::PUT, Method::DELETE]))

@@ -1461,8 +1461,9 @@ impl<K> ThrottleBuilder<K> {
         self
     }
 
-    /// Replaces the 429 response. `Retry-After` and `Cache-Control: no-store`
-    /// are added when the response lacks them.
+    /// Replaces the 429 response. `Retry-After` is added when the response
+    /// lacks it, and `Cache-Control: no-store` is always set (a 429 is never
+    /// cacheable).
     ///
     /// ```
     /// use axum::response::IntoResponse;

@@ -114,10 +114,22 @@ fn empty_uid_is_an_error() {
 }
 
 #[test]
-fn generated_uids_are_distinct() {
+fn generated_uids_are_distinct_and_in_creation_order() {
     let a = HttpThrottle::builder().rate("1/s").build().unwrap();
     let b = HttpThrottle::builder().rate("1/s").build().unwrap();
     assert_ne!(a.uid(), b.uid());
+    // `{kind}-{n}`, n counting up (other tests' throttles may come between).
+    let number = |uid: &str| -> u64 {
+        let (kind, n) = uid.rsplit_once('-').expect("kind-n");
+        assert_eq!(kind, "http", "{uid}");
+        n.parse().expect("a number")
+    };
+    assert!(
+        number(a.uid()) < number(b.uid()),
+        "{} then {}",
+        a.uid(),
+        b.uid()
+    );
 }
 
 // ----------------------------------------------------------------- rate errors

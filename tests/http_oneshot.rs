@@ -59,6 +59,27 @@ fn per_hour(uid: &str, limit: u64) -> HttpThrottle {
 
 // ---------------------------------------------------------------- rule filters
 
+/// Inside `Router::nest`, axum strips the prefix before the nested router's
+/// layers see the request: path rules there match the stripped path (as the
+/// README says).
+#[tokio::test]
+async fn path_rules_inside_a_nested_router_see_the_stripped_path() {
+    let memory = InMemoryBackend::new();
+    let layer = ThrottleLayer::new(memory)
+        .rule(MiddlewareThrottle::new(per_hour("os-nest-stripped", 3)).path("^/api/"))
+        .rule(MiddlewareThrottle::new(per_hour("os-nest-full", 1)).path("^/v1/"));
+    let app = Router::new().nest(
+        "/v1",
+        Router::new().route("/api/items", get(ok)).layer(layer),
+    );
+    // The rule on `/api/` counts to its 3; the one on `/v1/` (1 an hour)
+    // never matches, or the second request would be refused.
+    assert_eq!(
+        statuses(&app, 4, || at("/v1/api/items", PEER)).await,
+        [200, 200, 200, 429]
+    );
+}
+
 #[tokio::test]
 async fn methods_filter_is_case_insensitive() {
     let memory = InMemoryBackend::new();
@@ -649,7 +670,7 @@ async fn custom_429_on_throttle_and_on_layer_throttle_wins() {
 }
 
 #[tokio::test]
-async fn custom_retry_after_is_kept() {
+async fn custom_retry_after_is_kept_and_cache_control_is_always_no_store() {
     let t = HttpThrottle::builder()
         .uid("os-custom-retry")
         .limit(1)
@@ -658,7 +679,11 @@ async fn custom_retry_after_is_kept() {
         .on_throttled(|_: &Throttled| {
             (
                 StatusCode::TOO_MANY_REQUESTS,
-                [(http::header::RETRY_AFTER, "42")],
+                [
+                    (http::header::RETRY_AFTER, "42"),
+                    // A 429 is never cacheable, whatever the responder says.
+                    (http::header::CACHE_CONTROL, "public, max-age=60"),
+                ],
                 "custom",
             )
                 .into_response()
@@ -671,6 +696,8 @@ async fn custom_retry_after_is_kept() {
     assert_eq!(reply.status, 429);
     assert_eq!(reply.retry_after(), 42);
     assert_eq!(reply.body, "custom");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(reply.headers.get_all("cache-control").iter().count(), 1);
 }
 
 // ------------------------------------------------------------ rate-limit headers

@@ -486,6 +486,43 @@ async fn guard_counts_data_messages_and_answers_excess_with_notices() {
     assert_eq!(peer.sent_texts(), [notice(4), notice(4)]);
 }
 
+/// The guard spawns no task, and dropping it drops the socket (nothing is
+/// left behind), even with a dropped message and its notice in flight.
+#[tokio::test]
+async fn the_guard_spawns_nothing_and_dropping_it_releases_the_socket() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(10)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let (socket, peer) = mock_socket();
+    let mut guarded = ws_t.guard(socket, "dropper");
+    peer.send_text("1");
+    peer.send_text("2");
+    let first = guarded.next().await.unwrap().unwrap();
+    assert_eq!(first, Message::Text("1".into()));
+    // The second is dropped: poll until its notice has gone out.
+    let _ = tokio::time::timeout(Duration::from_millis(50), guarded.next()).await;
+    assert_eq!(peer.sent_texts().len(), 1);
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        tasks_before,
+        "a task was spawned"
+    );
+    // The socket (which holds the peer's `sent` log) is only inside the guard.
+    assert_eq!(Arc::strong_count(&peer.sent), 2);
+    drop(guarded);
+    assert_eq!(
+        Arc::strong_count(&peer.sent),
+        1,
+        "the socket outlived its guard"
+    );
+    assert_eq!(metrics.num_alive_tasks(), tasks_before);
+}
+
 #[tokio::test]
 async fn close_frames_are_not_hits_and_pass_through() {
     let ws_t = WebSocketThrottle::builder()

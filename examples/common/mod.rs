@@ -130,3 +130,18 @@ pub async fn burst(
     }
     Ok(statuses)
 }
+
+/// Fails the demo when a burst was not answered as its table says it is
+/// (`.ci/run` runs every demo with `--once`, so this checks them).
+#[allow(dead_code)]
+pub fn expect_statuses(
+    label: &str,
+    got: &[u16],
+    expected: &[u16],
+) -> Result<(), Box<dyn std::error::Error>> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("{label}: expected statuses {expected:?}, got {got:?}").into())
+    }
+}

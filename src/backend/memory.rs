@@ -727,6 +727,24 @@ mod tests {
         }
     }
 
+    /// The defaults the README and the docs give.
+    #[test]
+    fn defaults_are_as_documented() {
+        let backend = InMemoryBackend::new();
+        assert_eq!(backend.prefix(), "traffik");
+        assert!(!ThrottleBackend::persistent(&backend));
+        assert_eq!(backend.inner.max_keys, 1_000_000);
+        assert_eq!(backend.inner.shards.len(), 64);
+        assert_eq!(backend.inner.sweep_interval, 1_000_000, "1 s in µs");
+        // At most one shard per 16 keys of the cap, a power of two.
+        let small = InMemoryBackend::builder().max_keys(100).build();
+        assert_eq!(small.inner.shards.len(), 8);
+        let one = InMemoryBackend::builder().max_keys(1).build();
+        assert_eq!(one.inner.shards.len(), 1);
+        let asked = InMemoryBackend::builder().shards(4).build();
+        assert_eq!(asked.inner.shards.len(), 4);
+    }
+
     /// A waiter that finds the lock taken spins, then yields, and gets the
     /// lock only once the holder lets go, seeing everything it wrote.
     #[test]
