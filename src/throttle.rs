@@ -6,7 +6,7 @@ use std::borrow::{Borrow, Cow};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +43,8 @@ pub enum Exceeded {
     #[default]
     Reject,
     /// Hold it until it is allowed, waiting at most `max` in all; a hit that
-    /// would need longer is rejected at once.
+    /// would need longer is rejected at once, and so is one that would wait
+    /// while [`max_waiting`](ThrottleBuilder::max_waiting) hits already do.
     Wait {
         /// The longest wait (`Duration::MAX`: as long as it takes).
         max: Duration,
@@ -134,8 +135,33 @@ pub(crate) struct Core {
     pub(crate) failure_mode: FailureMode,
     pub(crate) shadow: bool,
     pub(crate) exceeded: Exceeded,
+    /// Hits waiting now under [`Exceeded::Wait`], and the most allowed.
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) max_waiting: usize,
     pub(crate) on_decision: Option<DecisionFn>,
     pub(crate) policy: Policy,
+}
+
+/// A hit's place among those waiting under [`Exceeded::Wait`], given back
+/// when the wait ends or the request is dropped.
+struct WaitingSlot(Arc<Core>);
+
+impl WaitingSlot {
+    /// A place, unless `max_waiting` hits wait already.
+    fn take(core: &Arc<Core>) -> Option<WaitingSlot> {
+        core.waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < core.max_waiting).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitingSlot(Arc::clone(core)))
+    }
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The outcome of one throttle for one request, once the failure mode,
@@ -397,14 +423,26 @@ impl Core {
         }
         match &self.exceeded {
             Exceeded::Wait { max } if decision.retry_after <= *max => {
-                let core = Arc::clone(self);
+                // Past `max_waiting` hits already waiting: rejected at once.
+                let Some(slot) = WaitingSlot::take(self) else {
+                    return Check::Ready(Err(self.throttled(
+                        decision,
+                        quota,
+                        key,
+                        backend.prefix(),
+                    )));
+                };
                 let backend = Arc::clone(backend);
                 let max = *max;
                 let key = key.to_owned_key(backend.prefix(), backend.as_in_memory().is_some());
                 let quota = *quota;
                 Check::Pending(Box::pin(async move {
-                    core.wait_until_allowed(decision, backend, key, quota, max)
-                        .await
+                    let core = Arc::clone(&slot.0);
+                    let verdict = core
+                        .wait_until_allowed(decision, backend, key, quota, max)
+                        .await;
+                    drop(slot);
+                    verdict
                 }))
             }
             _ => Check::Ready(Err(self.throttled(decision, quota, key, backend.prefix()))),
@@ -1271,6 +1309,7 @@ pub struct ThrottleBuilder<K> {
     failure_mode: FailureMode,
     shadow: bool,
     exceeded: Exceeded,
+    max_waiting: usize,
     on_decision: Option<DecisionFn>,
     headers: RateLimitHeaders,
     on_throttled: Option<ThrottledResponder>,
@@ -1293,6 +1332,7 @@ impl<K> ThrottleBuilder<K> {
             failure_mode: FailureMode::default(),
             shadow: false,
             exceeded: Exceeded::default(),
+            max_waiting: usize::MAX,
             on_decision: None,
             headers: RateLimitHeaders::None,
             on_throttled: None,
@@ -1446,6 +1486,29 @@ impl<K> ThrottleBuilder<K> {
         self
     }
 
+    /// Under [`Exceeded::Wait`], the most hits this throttle holds at once,
+    /// over all keys (default: no bound). A hit that would wait while `n`
+    /// already do is rejected at once, as under [`Exceeded::Reject`]. Every
+    /// held request keeps its connection and its future: bound them so
+    /// that a flood cannot hold more than you can afford.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use traffik::{Exceeded, HttpThrottle};
+    ///
+    /// let shaped = HttpThrottle::builder()
+    ///     .rate("10/s")
+    ///     .on_exceeded(Exceeded::Wait { max: Duration::from_secs(2) })
+    ///     .max_waiting(1_000)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = shaped;
+    /// ```
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
+    }
+
     /// Called with every decision that counted a hit (metrics).
     pub fn on_decision<F>(mut self, f: F) -> Self
     where
@@ -1577,6 +1640,8 @@ impl<K> ThrottleBuilder<K> {
             failure_mode: self.failure_mode,
             shadow: self.shadow,
             exceeded: self.exceeded,
+            waiting: AtomicUsize::new(0),
+            max_waiting: self.max_waiting,
             on_decision: self.on_decision,
             policy,
         };

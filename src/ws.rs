@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | [`Exceeded::Reject`] (default) | dropped: never reaches the handler | gets one notice per dropped message, `{"type":"rate_limit","error":"Too many messages","retry_after":N}` (N: whole seconds, rounded up, at least 1); the socket stays open |
 //! | [`Exceeded::Close`] | dropped | gets a close frame with code 1008 (policy violation) and the reason; the guarded stream then ends |
-//! | [`Exceeded::Wait`] | held until allowed, then delivered; nothing more is read from the socket meanwhile (backpressure). A message that would wait longer than `max` is treated as `Reject` | nothing |
+//! | [`Exceeded::Wait`] | held until allowed, then delivered; nothing more is read from the socket meanwhile (backpressure). A message that would wait longer than `max`, or while `.max_waiting(n)` messages of the throttle already wait, is treated as `Reject` | nothing |
 //!
 //! The handshake itself is an ordinary `GET` request: throttle it with an
 //! [`HttpThrottle`](crate::HttpThrottle) rule in a

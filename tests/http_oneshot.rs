@@ -1113,6 +1113,67 @@ async fn wait_without_an_upper_bound_admits_late() {
     assert!(start.elapsed() >= Duration::from_millis(1_900));
 }
 
+/// Spawns `n` requests to `/w` at once; returns each one's status and how
+/// long it took (Tokio's paused clock), in the order they came back.
+async fn concurrent_waits(app: &Router, n: usize) -> Vec<(u16, Duration)> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let app = app.clone();
+        tasks.spawn(async move { send(&app, at("/w", PEER)).await.status.as_u16() });
+    }
+    let mut out = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        out.push((status.unwrap(), start.elapsed()));
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_waiting_bounds_the_requests_held_at_once() {
+    let memory = InMemoryBackend::builder().clock(TokioClock::new()).build();
+    let t = HttpThrottle::builder()
+        .uid("os-max-waiting")
+        .limit(1)
+        .seconds(10)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(60),
+        })
+        .max_waiting(2)
+        .backend(memory)
+        .build()
+        .unwrap();
+    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    assert_eq!(send(&app, at("/w", PEER)).await.status, 200);
+
+    // Four at once: two are refused at once, two wait their turn (1 per 10 s).
+    let secs = |d: Duration| d.as_secs();
+    let replies = concurrent_waits(&app, 4).await;
+    let got: Vec<(u16, u64)> = replies.iter().map(|&(s, d)| (s, secs(d))).collect();
+    assert_eq!(got, [(429, 0), (429, 0), (200, 10), (200, 20)]);
+
+    // Their places are given back: two can wait again.
+    let got: Vec<u16> = concurrent_waits(&app, 2)
+        .await
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(got, [200, 200]);
+
+    // A waiting request that is dropped gives its place back too.
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, at("/w", PEER)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "it waits");
+    waiting.abort();
+    let _ = waiting.await;
+    let replies = concurrent_waits(&app, 3).await;
+    let got: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(got, [429, 200, 200], "{replies:?}");
+}
+
 #[tokio::test]
 async fn wait_with_a_short_real_period() {
     let t = HttpThrottle::builder()

@@ -602,6 +602,56 @@ async fn wait_reads_nothing_more_while_a_message_waits() {
     assert!(peer.sent_texts().is_empty());
 }
 
+/// `max_waiting` bounds the messages held at once over all sockets: past
+/// it, a message that would wait is dropped with a notice, as under Reject.
+#[tokio::test(start_paused = true)]
+async fn max_waiting_drops_messages_past_the_bound_with_a_notice() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(2)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(10),
+        })
+        .max_waiting(1)
+        .backend(
+            InMemoryBackend::builder()
+                .clock(common::TokioClock::new())
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let (first_socket, first_peer) = mock_socket();
+    let (second_socket, second_peer) = mock_socket();
+    // One client, two sockets: one counter.
+    let mut first = ws_t.guard(first_socket, "twice");
+    let mut second = ws_t.guard(second_socket, "twice");
+    first_peer.send_text("a1");
+    assert_eq!(
+        first.next().await.unwrap().unwrap(),
+        Message::Text("a1".into())
+    );
+    // "a2" waits (the one place)...
+    first_peer.send_text("a2");
+    assert!(futures_util::FutureExt::now_or_never(first.next()).is_none());
+    // ...so "b1", which would wait too, is dropped with a notice.
+    second_peer.send_text("b1");
+    assert!(futures_util::FutureExt::now_or_never(second.next()).is_none());
+    assert_eq!(second_peer.sent_texts(), [notice(2)]);
+    assert!(first_peer.sent_texts().is_empty());
+    // "a2" is delivered in its turn; the place is free again, so "b2" waits
+    // and is delivered in its own turn.
+    let text = |m: Option<Result<Message, Infallible>>| match m {
+        Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(text(first.next().await), "a2");
+    second_peer.send_text("b2");
+    let start = tokio::time::Instant::now();
+    assert_eq!(text(second.next().await), "b2");
+    assert!(start.elapsed() >= Duration::from_millis(1_900));
+    assert_eq!(second_peer.sent_texts(), [notice(2)]);
+}
+
 #[tokio::test]
 async fn default_key_uses_root_path_and_the_builder_context() {
     let ws_t = WebSocketThrottle::builder()
