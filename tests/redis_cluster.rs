@@ -273,3 +273,88 @@ async fn script_flush_on_every_master_is_recovered_from() {
     }
     redis.close().await.unwrap();
 }
+
+/// The README's least-privilege ACL (the single-node list, as in
+/// `tests/redis.rs`) plus the two cluster grants it names.
+const ACL_COMMANDS: &str = "+ping +evalsha +script|load +scan +unlink \
++time +get +set +del +pexpire +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange +zrevrangebyscore \
++cluster|slots +cluster|nodes";
+
+#[tokio::test]
+async fn the_documented_acl_is_enough_on_a_cluster() {
+    // Skips (or fails under CI=true) like the others when no cluster runs.
+    let Some(probe) = backend("cluster-acl-probe").await else {
+        return;
+    };
+    probe.close().await.unwrap();
+    let prefix = unique_prefix("cluster-acl");
+    let user = format!("traffik-acl-{}", &prefix[prefix.len() - 8..]);
+    let mut masters = masters().await;
+    for master in &mut masters {
+        let mut setuser = redis::cmd("ACL");
+        setuser
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(">secret")
+            .arg("resetkeys")
+            .arg(format!("~{prefix}:*"))
+            .arg("resetchannels")
+            .arg("-@all");
+        for command in ACL_COMMANDS.split_whitespace() {
+            setuser.arg(command);
+        }
+        let _: () = setuser.query_async(master).await.unwrap();
+    }
+    let urls: Vec<String> = cluster_urls()
+        .iter()
+        .map(|url| url.replacen("redis://", &format!("redis://{user}:secret@"), 1))
+        .collect();
+    let redis = RedisBackend::cluster_builder(urls)
+        .prefix(prefix.clone())
+        .persistent(false)
+        .build()
+        .await
+        .unwrap();
+    // Loading the scripts again (SCRIPT LOAD after NOSCRIPT) is covered too.
+    for master in &mut masters {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(master)
+            .await
+            .unwrap();
+    }
+    // Several identities per strategy: keys on several masters.
+    for strategy in Strategy::ALL {
+        let q = quota("2/min", strategy);
+        for client in 0..6 {
+            let key = format!("{prefix}:u:client-{client}:{strategy}");
+            assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+            assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+            assert!(!redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
+            assert!(
+                !redis.peek(&key, &q, 1).await.unwrap().allowed,
+                "{strategy}"
+            );
+        }
+    }
+    let mut stored = 0;
+    for master in &mut masters {
+        stored += count_on(master, &format!("{prefix}:*")).await;
+    }
+    assert_eq!(stored, 6 * Strategy::ALL.len());
+    // reset() walks every master with SCAN + UNLINK under this user.
+    redis.reset().await.unwrap();
+    for master in &mut masters {
+        assert_eq!(count_on(master, &format!("{prefix}:*")).await, 0);
+    }
+    redis.close().await.unwrap();
+    for master in &mut masters {
+        let _: () = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(master)
+            .await
+            .unwrap();
+    }
+}
