@@ -1490,7 +1490,10 @@ impl<K> ThrottleBuilder<K> {
     /// over all keys (default: no bound). A hit that would wait while `n`
     /// already do is rejected at once, as under [`Exceeded::Reject`]. Every
     /// held request keeps its connection and its future: bound them so
-    /// that a flood cannot hold more than you can afford.
+    /// that a flood cannot hold more than you can afford. Without
+    /// `Exceeded::Wait` it has no effect; `max_waiting(0)` rejects like
+    /// `Reject`. A WebSocket message holds its place until the guard is
+    /// polled again after its wait (or dropped).
     ///
     /// ```
     /// use std::time::Duration;
@@ -1615,9 +1618,12 @@ impl<K> ThrottleBuilder<K> {
                     )));
                 }
                 // A quota the throttle's own backend cannot hold fails now,
-                // not on every request.
+                // not on every request (in shadow mode too: it is a
+                // configuration error, not an outage). Cost 0 never asks.
                 if let BackendChoice::Fixed(backend) = &self.backend {
-                    backend.check_quota(&quota)?;
+                    if self.cost > 0 {
+                        backend.check_quota(&quota)?;
+                    }
                 }
                 RateSource::Static(Some(quota))
             }

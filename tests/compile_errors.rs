@@ -21,7 +21,7 @@ edition = "2021"
 publish = false
 
 [dependencies]
-traffik = {{ path = {path:?} }}
+traffik = {{ path = {path:?}, features = ["axum"] }}
 bytes = "1"
 http = "1"
 http-body-util = "0.1"
@@ -41,6 +41,7 @@ tower = {{ version = "0.5", features = ["util"] }}
         .current_dir(&dir)
         .env("CARGO_TARGET_DIR", &target)
         .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
         .expect("cargo runs");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();

@@ -336,6 +336,20 @@ async fn a_throttle_with_a_quota_too_large_for_redis_fails_to_build() {
         assert!(decision.allowed, "{strategy}");
         assert_eq!(decision.remaining, decision.limit - 1, "{strategy}");
     }
+    // In shadow mode too (a configuration error, not an outage); a cost of
+    // 0 never asks the backend, so it builds.
+    let shadow = HttpThrottle::builder()
+        .rate("200000/day")
+        .shadow(true)
+        .backend(redis.clone())
+        .build();
+    assert!(matches!(shadow, Err(Error::Configuration(_))));
+    assert!(HttpThrottle::builder()
+        .rate("200000/day")
+        .cost(0)
+        .backend(redis.clone())
+        .build()
+        .is_ok());
     // Without a backend of its own (a layer's, a scope's), the hit refuses it.
     let t = HttpThrottle::builder().rate("200000/day").build().unwrap();
     let req = http::Request::get("/big")

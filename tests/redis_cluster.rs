@@ -338,11 +338,15 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
             );
         }
     }
-    let mut stored = 0;
+    let mut stored = Vec::new();
     for master in &mut masters {
-        stored += count_on(master, &format!("{prefix}:*")).await;
+        stored.push(count_on(master, &format!("{prefix}:*")).await);
     }
-    assert_eq!(stored, 6 * Strategy::ALL.len());
+    assert_eq!(stored.iter().sum::<usize>(), 6 * Strategy::ALL.len());
+    assert!(
+        stored.iter().filter(|&&n| n > 0).count() >= 2,
+        "keys on several masters: {stored:?}"
+    );
     // reset() walks every master with SCAN + UNLINK under this user.
     redis.reset().await.unwrap();
     for master in &mut masters {

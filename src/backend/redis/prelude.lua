@@ -7,7 +7,10 @@
 --
 -- Lua numbers are doubles: the Rust side rejects quotas whose numbers could
 -- take an intermediate value past 2^53, so every sum and product below is
--- exact; divisions go through math.fmod, which is exact too. Numbers are
+-- exact, but for one: the token bucket's refill product, which may pass
+-- 2^53 only to be compared with a smaller number (rounding is monotone, so
+-- the comparison holds; see token_bucket.lua). Divisions go through
+-- math.fmod, which is exact too. Numbers are
 -- written back with string.format('%d') because Redis would format a Lua
 -- number with 14 significant digits, too few for microsecond timestamps.
 local function fdiv(a, b)
