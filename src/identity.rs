@@ -255,39 +255,51 @@ fn forwarded(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all(http::header::FORWARDED)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        // An element without `for=` is an unreadable hop: the chain stops there.
-        .map(|element| {
-            element
-                .split(';')
-                .find_map(|pair| {
-                    let (name, value) = pair.split_once('=')?;
-                    name.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then(|| parse_node(value.trim().trim_matches('"')))
-                })
-                .flatten()
-        })
+        .map(header_text)
+        .flat_map(|value| value.split(',').map(forwarded_for).collect::<Vec<_>>())
         .collect()
+}
+
+/// The `for=` node of one `Forwarded` element. An element without one is an
+/// unreadable hop: the chain stops there.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element
+        .split(';')
+        .find_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("for")
+                .then(|| parse_node(value.trim().trim_matches('"')))
+        })
+        .flatten()
 }
 
 fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|entry| parse_node(entry.trim()))
+        .map(header_text)
+        .flat_map(|value| {
+            value
+                .split(',')
+                .map(|entry| parse_node(entry.trim()))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
 fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get("x-real-ip")
-        .and_then(|value| value.to_str().ok())
-        .map(|value| vec![parse_node(value.trim())])
+        .map(|value| vec![parse_node(header_text(value).trim())])
         .unwrap_or_default()
+}
+
+/// A header value as text, bytes outside ASCII replaced (they can only make
+/// their own entry unreadable): a client that puts such bytes in its own
+/// entry must not make the proxy's entries after it unreadable too.
+fn header_text(value: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(value.as_bytes())
 }
 
 /// Parses `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80`, `2001:db8::1`.
@@ -392,6 +404,33 @@ mod tests {
             );
         }
         map
+    }
+
+    /// Bytes outside ASCII in a client's own entry (hyper accepts them)
+    /// make that entry unreadable, not the whole line: the proxy's entry
+    /// after it still names the client.
+    #[test]
+    fn non_ascii_bytes_spoil_only_their_own_entry() {
+        let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let raw = |name: &str, value: &[u8]| {
+            let mut map = HeaderMap::new();
+            map.insert(
+                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            map
+        };
+        let xff = raw("x-forwarded-for", b"\xff\xfe, 203.0.113.9");
+        assert_eq!(proxies.client_ip(peer, &xff), client);
+        let forwarded = raw("forwarded", b"for=\"\xff\", for=203.0.113.9;proto=http");
+        let proxies_forwarded = proxies.clone().header(ForwardedHeader::Forwarded);
+        assert_eq!(proxies_forwarded.client_ip(peer, &forwarded), client);
+        // Unreadable as a whole: the proxy is the client, as before.
+        let real = raw("x-real-ip", b"\xff");
+        let proxies_real = proxies.header(ForwardedHeader::XRealIp);
+        assert_eq!(proxies_real.client_ip(peer, &real), peer);
     }
 
     #[test]

@@ -139,11 +139,14 @@ impl MiddlewareThrottle {
         &self.throttle
     }
 
-    /// The method and path filters.
+    /// The method and path filters. HEAD counts as GET (axum answers it
+    /// with the GET handler), so a rule on GET covers HEAD too.
     fn matches(&self, request: &impl RequestHead) -> bool {
         if let Some(methods) = &self.methods {
-            let method = request.method().as_str();
-            if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+            let listed = |name: &str| methods.iter().any(|m| m.eq_ignore_ascii_case(name));
+            let method = request.method();
+            let head_as_get = method == http::Method::HEAD && listed("GET");
+            if !(listed(method.as_str()) || head_as_get) {
                 return false;
             }
         }
@@ -331,6 +334,13 @@ impl<S, M> Layer<S> for ThrottleLayer<M> {
 }
 
 /// The service of [`ThrottleLayer`]. `M` is its [body mode](crate::body).
+///
+/// A request whose check takes time (a hook, a backend that answers later,
+/// [`Exceeded::Wait`](crate::Exceeded::Wait)) holds the inner service that
+/// `poll_ready` made ready until its check ends, as any Tower middleware
+/// that awaits before calling does. Behind a concurrency limit inside the
+/// throttle, waiting requests hold its permits: put such limits outside
+/// (before) the throttle. An axum `Router` is always ready.
 pub struct ThrottleService<S, M = InnerBody> {
     inner: S,
     config: Arc<LayerConfig>,

@@ -477,8 +477,11 @@ impl Quota {
         // A clock that stepped back stays in the stored window (moving its
         // start back would end it early and admit more than the limit).
         let now = now.max(start);
-        let end = start + self.period.get();
-        let allowed = cost <= self.limit.get() && count + cost <= self.limit.get();
+        let end = start.saturating_add(self.period.get());
+        // Checked: a limit near u64::MAX with a huge cost must not wrap.
+        let allowed = count
+            .checked_add(cost)
+            .is_some_and(|total| total <= self.limit.get());
         if allowed {
             count += cost;
         }

@@ -422,7 +422,11 @@ impl Core {
             return Check::Ready(Ok(self.verdict(decision, quota)));
         }
         match &self.exceeded {
-            Exceeded::Wait { max } if decision.retry_after <= *max => {
+            // A hit that costs more than the quota holds (a dynamic rate
+            // below the cost) is never admitted: no waiting for it.
+            Exceeded::Wait { max }
+                if decision.retry_after <= *max && self.cost <= quota.capacity() =>
+            {
                 // Past `max_waiting` hits already waiting: rejected at once.
                 let Some(slot) = WaitingSlot::take(self) else {
                     return Check::Ready(Err(self.throttled(

@@ -1174,6 +1174,29 @@ async fn max_waiting_bounds_the_requests_held_at_once() {
     assert_eq!(got, [429, 200, 200], "{replies:?}");
 }
 
+/// A dynamic rate below the throttle's cost can never admit the hit:
+/// under Wait it is refused at once, not held until `max` (here forever).
+#[tokio::test(start_paused = true)]
+async fn wait_refuses_at_once_a_hit_costing_more_than_a_dynamic_rate_holds() {
+    let t = HttpThrottle::builder()
+        .uid("os-wait-cost")
+        .dynamic_rate(|_parts: &http::request::Parts| async { Rate::per_minute(1).unwrap() })
+        .cost(5)
+        .on_exceeded(Exceeded::Wait { max: Duration::MAX })
+        .max_waiting(1)
+        .backend(InMemoryBackend::builder().clock(TokioClock::new()).build())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    let start = tokio::time::Instant::now();
+    for _ in 0..2 {
+        let reply = send(&app, at("/w", PEER)).await;
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.retry_after(), 60);
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
 #[tokio::test]
 async fn wait_with_a_short_real_period() {
     let t = HttpThrottle::builder()
@@ -1898,6 +1921,26 @@ async fn hit_in_a_handler_uses_the_throttles_custom_response() {
     assert!(reply.retry_after() >= 1);
     assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
+}
+
+/// A rule on GET covers HEAD too: axum answers HEAD with the GET handler,
+/// and HEAD counts on GET's counter.
+#[tokio::test]
+async fn a_get_rule_covers_head() {
+    let layer = ThrottleLayer::new(InMemoryBackend::new())
+        .rule(MiddlewareThrottle::new(per_hour("os-rule-head", 1)).methods([Method::GET]));
+    let app = rules_app(layer);
+    let head = |peer: &'static str| move || request("HEAD", "/other", Some(peer), &[]);
+    let get = |peer: &'static str| move || request("GET", "/other", Some(peer), &[]);
+    assert_eq!(statuses(&app, 2, head("10.7.0.1:1")).await, [200, 429]);
+    assert_eq!(statuses(&app, 1, get("10.7.0.1:1")).await, [429]);
+    assert_eq!(statuses(&app, 1, get("10.7.0.2:1")).await, [200]);
+    assert_eq!(statuses(&app, 1, head("10.7.0.2:1")).await, [429]);
+    // A rule on HEAD alone does not cover GET.
+    let layer = ThrottleLayer::new(InMemoryBackend::new())
+        .rule(MiddlewareThrottle::new(per_hour("os-rule-head-only", 1)).methods(["HEAD"]));
+    let app = rules_app(layer);
+    assert_eq!(statuses(&app, 3, get("10.7.0.3:1")).await, [200, 200, 200]);
 }
 
 #[tokio::test]

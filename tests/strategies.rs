@@ -892,3 +892,30 @@ fn a_lower_limit_on_an_existing_state_does_not_panic() {
         assert!(d.retry_after <= micros(S), "{strategy}: {d:?}");
     }
 }
+
+/// A fixed window with a limit near `u64::MAX` and a huge cost: the count
+/// never wraps (which would reopen the window).
+#[test]
+fn fixed_window_count_never_wraps() {
+    let q = Quota::new(
+        Rate::new(u64::MAX, Duration::from_secs(1)).unwrap(),
+        Strategy::FixedWindow,
+    )
+    .unwrap();
+    let mut state = State::new();
+    let now = 1_000_000;
+    assert!(q.decide_micros(&mut state, now, 1 << 63).0.allowed);
+    assert!(!q.decide_micros(&mut state, now + 1, 1 << 63).0.allowed);
+    assert!(
+        q.decide_micros(&mut state, now + 2, (1 << 63) - 1)
+            .0
+            .allowed
+    );
+    assert!(!q.decide_micros(&mut state, now + 3, 1).0.allowed);
+    // The next window starts afresh.
+    assert!(
+        q.decide_micros(&mut state, now + 1_000_000, 1 << 63)
+            .0
+            .allowed
+    );
+}
