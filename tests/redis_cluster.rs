@@ -275,10 +275,10 @@ async fn script_flush_on_every_master_is_recovered_from() {
 }
 
 /// The README's least-privilege ACL (the single-node list, as in
-/// `tests/redis.rs`) plus the two cluster grants it names.
+/// `tests/redis.rs`) plus the cluster grant it names.
 const ACL_COMMANDS: &str = "+ping +evalsha +script|load +scan +unlink \
 +time +get +set +del +pexpire +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange +zrevrangebyscore \
-+cluster|slots +cluster|nodes";
++cluster|slots";
 
 #[tokio::test]
 async fn the_documented_acl_is_enough_on_a_cluster() {

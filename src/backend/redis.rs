@@ -131,14 +131,14 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 /// LOAD`, `SCAN`, `UNLINK`, and inside the scripts `TIME`, `GET`, `SET`,
 /// `DEL`, `PEXPIRE`, `ZADD`, `ZCARD`, `ZCOUNT`, `ZRANGEBYSCORE`,
 /// `ZREMRANGEBYSCORE`, `ZREVRANGE`, `ZREVRANGEBYSCORE`, on keys `{prefix}:*`;
-/// on a cluster also `CLUSTER SLOTS` and `CLUSTER NODES`, and `SELECT` with a
+/// on a cluster also `CLUSTER SLOTS`, and `SELECT` with a
 /// database other than 0 in the URL:
 ///
 /// ```text
 /// ACL SETUSER traffik on >password resetkeys ~traffik:* resetchannels -@all
 ///     +ping +evalsha +script|load +scan +unlink +time +get +set +del +pexpire
 ///     +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange
-///     +zrevrangebyscore            (+cluster|slots +cluster|nodes on a cluster)
+///     +zrevrangebyscore            (+cluster|slots on a cluster)
 /// ```
 ///
 /// ```no_run
@@ -367,7 +367,7 @@ impl RedisBackend {
             .deny_cache
             .as_ref()
             .filter(|_| record)
-            .map(|_| key.to_owned());
+            .map(|cache| (key.to_owned(), cache.generation()));
         let quota = *quota;
         BackendFuture::new(async move {
             let mut invocation = script_for(quota.strategy()).key(stored);
@@ -413,9 +413,9 @@ impl RedisBackend {
                 })
                 .await?;
             let decision = decision_from_reply(&quota, reply);
-            if let (Some(key), Some(cache)) = (cache_key, &shared.deny_cache) {
+            if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
                 if !decision.allowed {
-                    cache.insert(key, quota, cost, started, decision);
+                    cache.insert(key, quota, cost, started, decision, generation);
                 }
             }
             Ok(decision)
@@ -600,7 +600,11 @@ impl Shared {
         Ok(())
     }
 
-    /// The address of every master of the cluster, from `CLUSTER NODES`.
+    /// The address of every master that owns slots, from `CLUSTER SLOTS`:
+    /// the endpoints the cluster client itself connects to (IPs, or
+    /// hostnames under `cluster-preferred-endpoint-type hostname`), so that
+    /// commands routed by address find a connection. A master without
+    /// slots holds no keys.
     async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
         let Conn::Cluster(conn) = &self.conn else {
             return Ok(Vec::new());
@@ -608,52 +612,58 @@ impl Shared {
         let mut conn = conn.clone();
         let value = self
             .bounded(
-                "CLUSTER NODES",
+                "CLUSTER SLOTS",
                 conn.route_command(
-                    redis::cmd("CLUSTER").arg("NODES").clone(),
+                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
                 ),
             )
             .await?;
-        let text: String =
-            redis::from_redis_value(value).map_err(|e| redis_error("CLUSTER NODES", e.into()))?;
-        let masters = parse_cluster_nodes(&text);
+        let masters = parse_cluster_slots(&value)?;
         if masters.is_empty() {
-            return Err(Error::backend(
-                "Redis CLUSTER NODES listed no reachable master",
-            ));
+            return Err(Error::backend("Redis CLUSTER SLOTS listed no master"));
         }
         Ok(masters)
     }
 }
 
-/// Masters (not failed, owning slots or not) from a `CLUSTER NODES` reply:
-/// `<id> <ip:port@cport[,hostname]> <flags> <master> ...`.
-fn parse_cluster_nodes(text: &str) -> Vec<(String, u16)> {
-    let mut masters = Vec::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 3 {
-            continue;
-        }
-        let flags: Vec<&str> = fields[2].split(',').collect();
-        if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
-            continue;
-        }
-        let address = fields[1].split(['@', ',']).next().unwrap_or("");
-        let Some((host, port)) = address.rsplit_once(':') else {
-            continue;
+/// The distinct masters of a `CLUSTER SLOTS` reply: each slot range is
+/// `[start, end, [host, port, id, ...], replicas...]`. A master whose
+/// endpoint the server does not know (`?`, or empty: "the node you asked")
+/// is an error: its keys could not be reached by address.
+fn parse_cluster_slots(value: &Value) -> Result<Vec<(String, u16)>, Error> {
+    let malformed = || Error::backend(format!("unexpected CLUSTER SLOTS reply: {value:?}"));
+    let Value::Array(ranges) = value else {
+        return Err(malformed());
+    };
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(malformed());
         };
-        let Ok(port) = port.parse::<u16>() else {
-            continue;
+        let Some(Value::Array(node)) = fields.get(2) else {
+            return Err(malformed());
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            continue;
+        let host = match node.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => return Err(malformed()),
+        };
+        let port = match node.get(1) {
+            Some(Value::Int(port)) => u16::try_from(*port).map_err(|_| malformed())?,
+            _ => return Err(malformed()),
+        };
+        if host.is_empty() || host == "?" || port == 0 {
+            return Err(Error::backend(format!(
+                "Redis CLUSTER SLOTS gives no endpoint for a master ({host:?}:{port}); \
+                 set cluster-announce-ip or cluster-preferred-endpoint-type"
+            )));
         }
-        masters.push((host.to_owned(), port));
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
+        }
     }
-    masters
+    Ok(masters)
 }
 
 /// Escapes Redis glob characters so that a prefix matches only itself.
@@ -739,6 +749,9 @@ struct DenyState {
     next_sweep: Option<Instant>,
     /// Sweeps so far (for tests).
     sweeps: u64,
+    /// Bumped by every `clear()`: a denial decided before a reset must not
+    /// be cached after it.
+    generation: u64,
 }
 
 struct CachedDeny {
@@ -791,13 +804,30 @@ impl DenyCache {
         Some(decision)
     }
 
-    fn insert(&self, key: String, quota: Quota, cost: u64, sent: Instant, decision: Decision) {
-        self.insert_at(key, quota, cost, sent, decision, Instant::now());
+    /// The current generation, to pass to [`insert`](DenyCache::insert) for a
+    /// request about to be sent.
+    fn generation(&self) -> u64 {
+        self.lock().generation
     }
 
-    /// Caches a denial; `now` is the current time. A full cache drops its
+    fn insert(
+        &self,
+        key: String,
+        quota: Quota,
+        cost: u64,
+        sent: Instant,
+        decision: Decision,
+        generation: u64,
+    ) {
+        self.insert_at(key, quota, cost, sent, decision, Instant::now(), generation);
+    }
+
+    /// Caches a denial; `now` is the current time, `generation` the cache's
+    /// when the request was sent (a `clear()` since then drops the denial:
+    /// the server state it came from is gone). A full cache drops its
     /// expired entries, at most once per [`DENY_SWEEP_INTERVAL`], and skips
     /// the denial when no room is left.
+    #[allow(clippy::too_many_arguments)]
     fn insert_at(
         &self,
         key: String,
@@ -806,6 +836,7 @@ impl DenyCache {
         sent: Instant,
         decision: Decision,
         now: Instant,
+        generation: u64,
     ) {
         if decision.retry_after.is_zero() {
             return;
@@ -817,6 +848,9 @@ impl DenyCache {
             decision,
         };
         let mut state = self.lock();
+        if state.generation != generation {
+            return;
+        }
         if let Some(entries) = state.map.get_mut(key.as_str()) {
             if let Some(old) = entries
                 .iter_mut()
@@ -850,6 +884,7 @@ impl DenyCache {
         let mut state = self.lock();
         state.map.clear();
         state.len = 0;
+        state.generation += 1;
     }
 }
 
@@ -1097,13 +1132,13 @@ mod tests {
         let quota = per_minute(1);
         let t0 = Instant::now();
         for i in 0..100 {
-            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0);
+            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0, 0);
         }
         assert_eq!(cache.lock().len, 100);
         // Full of live entries: one sweep finds nothing to drop; the next
         // thousand denials are not cached and sweep nothing.
         for i in 100..1100 {
-            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0);
+            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0, 0);
         }
         assert_eq!(cache.lock().sweeps, 1);
         assert_eq!(cache.lock().len, 100);
@@ -1111,10 +1146,29 @@ mod tests {
         assert!(cache.get("k5", &quota, 1, t0).is_some());
         // Once the entries expire and the interval passes, a sweep makes room.
         let later = t0 + Duration::from_secs(11);
-        cache.insert_at("fresh".into(), quota, 1, later, denied(10_000), later);
+        cache.insert_at("fresh".into(), quota, 1, later, denied(10_000), later, 0);
         assert_eq!(cache.lock().sweeps, 2);
         assert_eq!(cache.lock().len, 1);
         assert!(cache.get("fresh", &quota, 1, later).is_some());
+    }
+
+    /// A denial decided before a `clear()` (a reset) but inserted after it
+    /// is dropped: the server state it came from is gone.
+    #[test]
+    fn the_deny_cache_drops_denials_from_before_a_clear() {
+        let cache = DenyCache::new(10);
+        let quota = per_minute(1);
+        let t0 = Instant::now();
+        let before = cache.generation();
+        cache.clear();
+        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0, before);
+        assert_eq!(cache.get("k", &quota, 1, t0), None);
+        assert_eq!(cache.lock().len, 0);
+        // One sent after the clear is cached.
+        let after = cache.generation();
+        assert_ne!(after, before);
+        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0, after);
+        assert!(cache.get("k", &quota, 1, t0).is_some());
     }
 
     #[test]
@@ -1123,10 +1177,10 @@ mod tests {
         let quota = per_minute(1);
         let other = per_minute(2);
         let t0 = Instant::now();
-        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0);
-        cache.insert_at("k".into(), quota, 1, t0, denied(2_000), t0);
-        cache.insert_at("k".into(), other, 1, t0, denied(3_000), t0);
-        cache.insert_at("k".into(), quota, 2, t0, denied(4_000), t0);
+        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0, 0);
+        cache.insert_at("k".into(), quota, 1, t0, denied(2_000), t0, 0);
+        cache.insert_at("k".into(), other, 1, t0, denied(3_000), t0, 0);
+        cache.insert_at("k".into(), quota, 2, t0, denied(4_000), t0, 0);
         assert_eq!(cache.lock().len, 3);
         let at = |q: &Quota, cost| {
             cache
@@ -1164,20 +1218,44 @@ mod tests {
     }
 
     #[test]
-    fn cluster_nodes_are_parsed() {
-        let text = "\
-07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:7102@17102 master - 0 1426238317239 2 connected 5461-10922
-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:7101@17101,host1 myself,master - 0 0 1 connected 0-5460
-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:7104@17104 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238316232 1 connected
-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:7103@17103 master,fail - 0 1426238318243 3 connected
-";
+    fn cluster_slots_are_parsed() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"07c37dfeb235213a872192d90877d0cd55635b91".to_vec()),
+            ])
+        };
+        let range = |start: i64, end: i64, nodes: Vec<Value>| {
+            let mut fields = vec![Value::Int(start), Value::Int(end)];
+            fields.extend(nodes);
+            Value::Array(fields)
+        };
+        // Two ranges on one master (listed once), a replica ignored, a
+        // hostname endpoint kept as it is.
+        let reply = Value::Array(vec![
+            range(
+                0,
+                5460,
+                vec![node("127.0.0.1", 7101), node("127.0.0.1", 7104)],
+            ),
+            range(5461, 10922, vec![node("redis-b.internal", 7102)]),
+            range(10923, 12000, vec![node("127.0.0.1", 7101)]),
+            range(12001, 16383, vec![node("127.0.0.1", 7103)]),
+        ]);
         assert_eq!(
-            parse_cluster_nodes(text),
+            parse_cluster_slots(&reply).unwrap(),
             vec![
-                ("127.0.0.1".to_owned(), 7102),
-                ("127.0.0.1".to_owned(), 7101)
+                ("127.0.0.1".to_owned(), 7101),
+                ("redis-b.internal".to_owned(), 7102),
+                ("127.0.0.1".to_owned(), 7103),
             ]
         );
+        // An unknown endpoint, or a reply of another shape, is an error.
+        let unknown = Value::Array(vec![range(0, 16383, vec![node("?", 7101)])]);
+        assert!(parse_cluster_slots(&unknown).is_err());
+        assert!(parse_cluster_slots(&Value::Int(1)).is_err());
+        assert!(parse_cluster_slots(&Value::Array(vec![Value::Array(vec![])])).is_err());
     }
 
     #[test]
