@@ -20,8 +20,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// | [`Error::Backend`] | 503 with `Retry-After` (only reached in [`FailureMode::Closed`](crate::FailureMode::Closed)) |
 /// | [`Error::AnonymousConnection`] | 500 whose body says how to fix the server setup |
 /// | [`Error::Configuration`] | 500 naming the configuration problem |
+///
+/// The four variants are the contract's: a `match` may name them all, with
+/// no catch-all arm.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum Error {
     /// The throttle, rate, rule or backend was configured wrongly. The message
     /// names the bad input and how to fix it.
@@ -31,7 +33,7 @@ pub enum Error {
     AnonymousConnection,
     /// The request exceeded its rate limit.
     Throttled(Throttled),
-    /// The backend failed (connection lost, timeout, full, ...).
+    /// The backend failed (connection lost, timeout, ...).
     Backend(BackendError),
 }
 

@@ -76,7 +76,7 @@ use pin_project_lite::pin_project;
 
 use crate::backend::{BoxFuture, DynBackend};
 use crate::throttle::{Check, Core, Mode, RateSource, ThrottleBuilder, Verdict};
-use crate::{Error, Exceeded, FailureMode, Identity, Quota, Throttled};
+use crate::{Error, Exceeded, Identity, Quota, Throttled};
 
 /// The WebSocket close code sent by [`Exceeded::Close`]: 1008, policy
 /// violation.
@@ -337,9 +337,14 @@ impl WebSocketThrottle {
     ///
     /// The backend is resolved now: the throttle's own, else the innermost
     /// [`backend::scope`](crate::backend::scope) of the calling task. With
-    /// none, a `tracing::error!` is logged and every message follows the
-    /// [`FailureMode`] (delivered when `Open`, dropped with a notice when
-    /// `Closed`; always delivered in shadow mode).
+    /// none, it is a configuration error, as over HTTP (where it is a 500
+    /// whatever the failure mode): a `tracing::error!` is logged and every
+    /// message is dropped with a `"Rate limiter unavailable"` notice, even
+    /// under [`FailureMode::Open`](crate::FailureMode::Open), which would otherwise silently turn the
+    /// throttle off; in shadow mode messages are delivered. Note that axum's
+    /// `on_upgrade` callback runs in a new task, outside the request's scope:
+    /// call `guard` with the scope's backend at hand
+    /// (`scope(backend::current().unwrap(), ..)`) or give the throttle its own.
     pub fn guard<S, M, E>(&self, socket: S, identity: impl Into<Identity>) -> GuardedSocket<S, M>
     where
         S: Stream<Item = Result<M, E>> + Sink<M>,
@@ -428,7 +433,8 @@ impl WebSocketThrottle {
 enum Target {
     /// Nothing: unlimited identity or rate, or cost 0.
     Exempt,
-    /// No backend could be resolved: every message follows the failure mode.
+    /// No backend could be resolved (a configuration error): every message
+    /// is dropped with a notice, except in shadow mode.
     Unavailable { throttle: Arc<WsInner> },
     Counted {
         throttle: Arc<WsInner>,
@@ -604,8 +610,7 @@ where
                     match &*this.target {
                         Target::Exempt => return Poll::Ready(Some(Ok(message))),
                         Target::Unavailable { throttle } => {
-                            let core = &throttle.core;
-                            if core.shadow || core.failure_mode == FailureMode::Open {
+                            if throttle.core.shadow {
                                 return Poll::Ready(Some(Ok(message)));
                             }
                             Outcome::Send(M::text(unavailable_notice()), After::Read)

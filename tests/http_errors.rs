@@ -606,3 +606,20 @@ async fn a_configuration_error_from_the_backend_is_not_failed_open() {
     let error = t.hit(&at("/r", "10.0.0.1:1")).await.unwrap_err();
     assert!(matches!(error, Error::Configuration(_)), "{error:?}");
 }
+
+/// The contract's four variants can be matched exhaustively (no catch-all
+/// arm): this only compiles while `Error` is not `#[non_exhaustive]`.
+#[test]
+fn errors_can_be_matched_exhaustively() {
+    fn status(error: &Error) -> u16 {
+        match error {
+            Error::Configuration(_) => 500,
+            Error::AnonymousConnection => 500,
+            Error::Throttled(_) => 429,
+            Error::Backend(_) => 503,
+        }
+    }
+    assert_eq!(status(&Error::configuration("x")), 500);
+    assert_eq!(status(&Error::backend("down")), 503);
+    assert_eq!(status(&Error::AnonymousConnection), 500);
+}

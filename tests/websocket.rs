@@ -824,14 +824,18 @@ async fn backend_failure_follows_the_failure_mode() {
     assert!(peer.sent_texts()[0].contains(r#""type":"rate_limit""#));
 }
 
+/// No backend is a configuration error, as over HTTP (a 500 whatever the
+/// failure mode): messages are dropped with a notice even under Open, which
+/// would otherwise silently turn the throttle off.
 #[tokio::test]
-async fn no_backend_follows_the_failure_mode_and_scopes_are_used() {
+async fn no_backend_drops_messages_with_a_notice_and_scopes_are_used() {
     let open = WebSocketThrottle::builder().rate("1/10s").build().unwrap();
     let (socket, peer) = mock_socket();
-    assert_eq!(
-        run(open.guard(socket, "g"), &peer, &["1", "2"]).await.len(),
-        2
-    );
+    assert!(run(open.guard(socket, "g"), &peer, &["1", "2"])
+        .await
+        .is_empty());
+    assert_eq!(peer.sent_texts().len(), 2);
+    assert!(peer.sent_texts()[0].contains("Rate limiter unavailable"));
 
     let closed = WebSocketThrottle::builder()
         .rate("1/10s")

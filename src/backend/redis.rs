@@ -86,8 +86,9 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   using the server's `TIME`, never the app's clock, so instances with
 ///   skewed clocks agree. The arithmetic is the integer microsecond
 ///   arithmetic of [`Quota::decide`], step for step: the same decisions,
-///   `remaining`, `reset_after` and `retry_after`. Keys expire with `PEXPIRE`
-///   once their state is equivalent to a fresh one.
+///   `remaining`, `reset_after` and `retry_after`. Keys expire by themselves
+///   (`SET ... PX`, or `PEXPIRE` for the log's sorted set) once their state
+///   is equivalent to a fresh one.
 /// * **Exact numbers.** Lua numbers are doubles; a quota whose numbers could
 ///   take an intermediate past 2^53 is refused with
 ///   [`Error::Configuration`]: by the throttle's `build()` when the throttle
