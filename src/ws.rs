@@ -204,11 +204,21 @@ impl ThrottleBuilder<WsOptions> {
         self
     }
 
-    /// Builds the throttle; [`Error::Configuration`] names any bad input
-    /// (including a `.dynamic_rate(..)`, which WebSocket throttles do not
-    /// support).
+    /// Builds the throttle; [`Error::Configuration`] names any bad input,
+    /// including options that apply to HTTP only: `.dynamic_rate(..)` (there
+    /// is no request head once the socket is open), `.headers(..)` and
+    /// `.on_throttled(..)` (a socket gets notices, not HTTP responses: see
+    /// [`notice`](Self::notice)).
     pub fn build(self) -> Result<WebSocketThrottle, Error> {
         let (core, options) = self.build_core("ws")?;
+        if core.policy.headers != crate::RateLimitHeaders::None || core.policy.responder.is_some() {
+            return Err(Error::configuration(format!(
+                "throttle {:?}: .headers(..) and .on_throttled(..) shape HTTP responses, which a \
+                 WebSocket throttle never sends; use .notice(..) for the text a client gets for a \
+                 dropped message",
+                core.uid()
+            )));
+        }
         let quota = match &core.rate {
             RateSource::Static(quota) => *quota,
             RateSource::Dynamic(_) => {

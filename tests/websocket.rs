@@ -778,6 +778,35 @@ fn dynamic_rate_is_a_configuration_error() {
     }
 }
 
+/// HTTP-only options are refused, not silently ignored; the uid is not
+/// taken by the failed build.
+#[test]
+fn http_only_options_are_configuration_errors() {
+    let headers = WebSocketThrottle::builder()
+        .uid("ws-http-only")
+        .rate("10/s")
+        .headers(traffik::RateLimitHeaders::Ietf)
+        .build();
+    let responder = WebSocketThrottle::builder()
+        .uid("ws-http-only")
+        .rate("10/s")
+        .on_throttled(|_: &traffik::Throttled| http::Response::new(String::new()))
+        .build();
+    for result in [headers, responder] {
+        match result {
+            Err(Error::Configuration(message)) => {
+                assert!(message.contains(".notice(..)"), "{message}")
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+    assert!(WebSocketThrottle::builder()
+        .uid("ws-http-only")
+        .rate("10/s")
+        .build()
+        .is_ok());
+}
+
 /// A backend that always fails, answering later (like a network backend).
 struct DeadBackend;
 
