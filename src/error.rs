@@ -33,7 +33,8 @@ pub enum Error {
     AnonymousConnection,
     /// The request exceeded its rate limit.
     Throttled(Throttled),
-    /// The backend failed (connection lost, timeout, ...).
+    /// The backend failed (connection lost, timeout, no room for a new key,
+    /// ...).
     Backend(BackendError),
 }
 

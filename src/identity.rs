@@ -295,11 +295,28 @@ fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         .unwrap_or_default()
 }
 
-/// A header value as text, bytes outside ASCII replaced (they can only make
-/// their own entry unreadable): a client that puts such bytes in its own
-/// entry must not make the proxy's entries after it unreadable too.
+/// A header value as text, every byte outside ASCII replaced by U+FFFD (so
+/// it can only make its own entry unreadable): a client that puts such
+/// bytes in its own entry must not make the proxy's entries after it
+/// unreadable too, and no non-ASCII character (a no-break space, say) is
+/// trimmed away around an address.
 fn header_text(value: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(value.as_bytes())
+    match value.to_str() {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(
+            value
+                .as_bytes()
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii() {
+                        char::from(b)
+                    } else {
+                        '\u{FFFD}'
+                    }
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// Parses `1.2.3.4`, `1.2.3.4:80`, `[2001:db8::1]`, `[2001:db8::1]:80`, `2001:db8::1`.
@@ -424,6 +441,13 @@ mod tests {
         };
         let xff = raw("x-forwarded-for", b"\xff\xfe, 203.0.113.9");
         assert_eq!(proxies.client_ip(peer, &xff), client);
+        // A valid UTF-8 no-break space is not trimmed into an address: that
+        // entry is unreadable, so the chain stops at the last trusted hop.
+        let nbsp = raw("x-forwarded-for", b"\xc2\xa0198.51.100.7, 10.0.0.9");
+        assert_eq!(
+            proxies.client_ip(peer, &nbsp),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
         let forwarded = raw("forwarded", b"for=\"\xff\", for=203.0.113.9;proto=http");
         let proxies_forwarded = proxies.clone().header(ForwardedHeader::Forwarded);
         assert_eq!(proxies_forwarded.client_ip(peer, &forwarded), client);

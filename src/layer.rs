@@ -76,7 +76,8 @@ impl MiddlewareThrottle {
         }
     }
 
-    /// Only requests with one of these methods (case-insensitive).
+    /// Only requests with one of these methods (case-insensitive). `GET`
+    /// also covers `HEAD`, which axum answers with the GET handler.
     pub fn methods<I, M>(mut self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,

@@ -1526,6 +1526,7 @@ impl<K> ThrottleBuilder<K> {
     }
 
     /// Rate-limit headers on every response this throttle saw (default none).
+    /// HTTP only: a WebSocket throttle refuses it at build.
     pub fn headers(mut self, headers: RateLimitHeaders) -> Self {
         self.headers = headers;
         self
@@ -1533,7 +1534,8 @@ impl<K> ThrottleBuilder<K> {
 
     /// Replaces the 429 response. `Retry-After` is added when the response
     /// lacks it, and `Cache-Control: no-store` is always set (a 429 is never
-    /// cacheable).
+    /// cacheable). HTTP only: a WebSocket throttle refuses it at build (its
+    /// clients get `.notice(..)` texts).
     ///
     /// ```
     /// use axum::response::IntoResponse;

@@ -353,8 +353,10 @@ impl WebSocketThrottle {
     /// under [`FailureMode::Open`](crate::FailureMode::Open), which would otherwise silently turn the
     /// throttle off; in shadow mode messages are delivered. Note that axum's
     /// `on_upgrade` callback runs in a new task, outside the request's scope:
-    /// call `guard` with the scope's backend at hand
-    /// (`scope(backend::current().unwrap(), ..)`) or give the throttle its own.
+    /// read [`backend::current()`](crate::backend::current) in the handler,
+    /// before `on_upgrade`, move it into the callback and call `guard` inside
+    /// [`backend::scope`](crate::backend::scope) with it, or give the
+    /// throttle a backend of its own.
     pub fn guard<S, M, E>(&self, socket: S, identity: impl Into<Identity>) -> GuardedSocket<S, M>
     where
         S: Stream<Item = Result<M, E>> + Sink<M>,

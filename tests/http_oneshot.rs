@@ -1190,7 +1190,10 @@ async fn wait_refuses_at_once_a_hit_costing_more_than_a_dynamic_rate_holds() {
     let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
     let start = tokio::time::Instant::now();
     for _ in 0..2 {
-        let reply = send(&app, at("/w", PEER)).await;
+        // Bounded: held forever, it would hang the test instead of failing.
+        let reply = tokio::time::timeout(Duration::from_secs(3600), send(&app, at("/w", PEER)))
+            .await
+            .expect("refused at once, not held");
         assert_eq!(reply.status, 429);
         assert_eq!(reply.retry_after(), 60);
     }

@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use super::{BackendFuture, BoxFuture, ThrottleBackend};
@@ -601,11 +602,10 @@ impl Shared {
         Ok(())
     }
 
-    /// The address of every master that owns slots, from `CLUSTER SLOTS`:
-    /// the endpoints the cluster client itself connects to (IPs, or
-    /// hostnames under `cluster-preferred-endpoint-type hostname`), so that
-    /// commands routed by address find a connection. A master without
-    /// slots holds no keys.
+    /// The address of every master, as the cluster client itself knows it:
+    /// a `PING` routed to all masters answers with each master's address
+    /// (the client's own endpoints, after its own handling of hostnames and
+    /// unknown endpoints), which routing by address then finds.
     async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
         let Conn::Cluster(conn) = &self.conn else {
             return Ok(Vec::new());
@@ -613,56 +613,47 @@ impl Shared {
         let mut conn = conn.clone();
         let value = self
             .bounded(
-                "CLUSTER SLOTS",
+                "PING",
                 conn.route_command(
-                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    redis::cmd("PING"),
+                    // No response policy: one answer per master, by address.
+                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
                 ),
             )
             .await?;
-        let masters = parse_cluster_slots(&value)?;
+        let masters = parse_master_addresses(&value)?;
         if masters.is_empty() {
-            return Err(Error::backend("Redis CLUSTER SLOTS listed no master"));
+            return Err(Error::backend("the Redis cluster client knows no master"));
         }
         Ok(masters)
     }
 }
 
-/// The distinct masters of a `CLUSTER SLOTS` reply: each slot range is
-/// `[start, end, [host, port, id, ...], replicas...]`. A master whose
-/// endpoint the server does not know (`?`, or empty: "the node you asked")
-/// is an error: its keys could not be reached by address.
-fn parse_cluster_slots(value: &Value) -> Result<Vec<(String, u16)>, Error> {
-    let malformed = || Error::backend(format!("unexpected CLUSTER SLOTS reply: {value:?}"));
-    let Value::Array(ranges) = value else {
+/// The `host:port` keys of a reply routed to every master with no response
+/// policy (a map from each master's address to its answer). A master that
+/// answered with an error is an error.
+fn parse_master_addresses(value: &Value) -> Result<Vec<(String, u16)>, Error> {
+    let malformed = || Error::backend(format!("unexpected reply from the masters: {value:?}"));
+    let Value::Map(entries) = value else {
         return Err(malformed());
     };
-    let mut masters: Vec<(String, u16)> = Vec::new();
-    for range in ranges {
-        let Value::Array(fields) = range else {
-            return Err(malformed());
-        };
-        let Some(Value::Array(node)) = fields.get(2) else {
-            return Err(malformed());
-        };
-        let host = match node.first() {
-            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-            Some(Value::SimpleString(text)) => text.clone(),
+    let mut masters = Vec::with_capacity(entries.len());
+    for (address, answer) in entries {
+        let address = match address {
+            Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            Value::SimpleString(text) => text.clone(),
             _ => return Err(malformed()),
         };
-        let port = match node.get(1) {
-            Some(Value::Int(port)) => u16::try_from(*port).map_err(|_| malformed())?,
-            _ => return Err(malformed()),
-        };
-        if host.is_empty() || host == "?" || port == 0 {
+        if let Value::ServerError(error) = answer {
             return Err(Error::backend(format!(
-                "Redis CLUSTER SLOTS gives no endpoint for a master ({host:?}:{port}); \
-                 set cluster-announce-ip or cluster-preferred-endpoint-type"
+                "Redis master {address} refused PING: {error:?}"
             )));
         }
-        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
-            masters.push((host, port));
-        }
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return Err(malformed());
+        };
+        let port = port.parse::<u16>().map_err(|_| malformed())?;
+        masters.push((host.to_owned(), port));
     }
     Ok(masters)
 }
@@ -733,6 +724,10 @@ impl ThrottleBackend for RedisBackend {
 struct DenyCache {
     capacity: usize,
     state: Mutex<DenyState>,
+    /// Bumped by every `clear()` (under the state's lock): a denial decided
+    /// before a reset must not be cached after it. Read without the lock
+    /// when a request is sent.
+    generation: AtomicU64,
 }
 
 /// A full cache is swept at most this often (a sweep reads every entry);
@@ -750,9 +745,6 @@ struct DenyState {
     next_sweep: Option<Instant>,
     /// Sweeps so far (for tests).
     sweeps: u64,
-    /// Bumped by every `clear()`: a denial decided before a reset must not
-    /// be cached after it.
-    generation: u64,
 }
 
 struct CachedDeny {
@@ -776,6 +768,7 @@ impl DenyCache {
         DenyCache {
             capacity: capacity.max(1),
             state: Mutex::new(DenyState::default()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -808,7 +801,7 @@ impl DenyCache {
     /// The current generation, to pass to [`insert`](DenyCache::insert) for a
     /// request about to be sent.
     fn generation(&self) -> u64 {
-        self.lock().generation
+        self.generation.load(Ordering::Acquire)
     }
 
     fn insert(
@@ -849,7 +842,7 @@ impl DenyCache {
             decision,
         };
         let mut state = self.lock();
-        if state.generation != generation {
+        if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
         if let Some(entries) = state.map.get_mut(key.as_str()) {
@@ -885,7 +878,7 @@ impl DenyCache {
         let mut state = self.lock();
         state.map.clear();
         state.len = 0;
-        state.generation += 1;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -1219,44 +1212,28 @@ mod tests {
     }
 
     #[test]
-    fn cluster_slots_are_parsed() {
-        let node = |host: &str, port: i64| {
-            Value::Array(vec![
-                Value::BulkString(host.as_bytes().to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"07c37dfeb235213a872192d90877d0cd55635b91".to_vec()),
-            ])
-        };
-        let range = |start: i64, end: i64, nodes: Vec<Value>| {
-            let mut fields = vec![Value::Int(start), Value::Int(end)];
-            fields.extend(nodes);
-            Value::Array(fields)
-        };
-        // Two ranges on one master (listed once), a replica ignored, a
-        // hostname endpoint kept as it is.
-        let reply = Value::Array(vec![
-            range(
-                0,
-                5460,
-                vec![node("127.0.0.1", 7101), node("127.0.0.1", 7104)],
-            ),
-            range(5461, 10922, vec![node("redis-b.internal", 7102)]),
-            range(10923, 12000, vec![node("127.0.0.1", 7101)]),
-            range(12001, 16383, vec![node("127.0.0.1", 7103)]),
+    fn master_addresses_are_parsed() {
+        let entry =
+            |address: &str, answer: Value| (Value::BulkString(address.as_bytes().to_vec()), answer);
+        let pong = || Value::SimpleString("PONG".to_owned());
+        let reply = Value::Map(vec![
+            entry("127.0.0.1:7101", pong()),
+            entry("redis-b.internal:7102", pong()),
+            entry("::1:7103", pong()),
         ]);
         assert_eq!(
-            parse_cluster_slots(&reply).unwrap(),
+            parse_master_addresses(&reply).unwrap(),
             vec![
                 ("127.0.0.1".to_owned(), 7101),
                 ("redis-b.internal".to_owned(), 7102),
-                ("127.0.0.1".to_owned(), 7103),
+                ("::1".to_owned(), 7103),
             ]
         );
-        // An unknown endpoint, or a reply of another shape, is an error.
-        let unknown = Value::Array(vec![range(0, 16383, vec![node("?", 7101)])]);
-        assert!(parse_cluster_slots(&unknown).is_err());
-        assert!(parse_cluster_slots(&Value::Int(1)).is_err());
-        assert!(parse_cluster_slots(&Value::Array(vec![Value::Array(vec![])])).is_err());
+        // A reply of another shape, an address without a port, or a master
+        // that answered an error: errors.
+        assert!(parse_master_addresses(&Value::Int(1)).is_err());
+        let no_port = Value::Map(vec![entry("127.0.0.1", pong())]);
+        assert!(parse_master_addresses(&no_port).is_err());
     }
 
     #[test]
