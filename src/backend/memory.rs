@@ -727,6 +727,118 @@ mod tests {
         }
     }
 
+    /// The shard a text key of `quota`'s strategy lands in (as `decide`).
+    fn shard_of(backend: &InMemoryBackend, key: &str, quota: &Quota) -> usize {
+        let mut hasher = backend.inner.hashers[quota.strategy() as usize].build_hasher();
+        hasher.write(key.as_bytes());
+        let digest = hasher.finish();
+        (digest >> 32) as usize & backend.inner.shard_mask
+    }
+
+    /// Keys that live in shard `shard`, `n` of them.
+    fn keys_in(backend: &InMemoryBackend, quota: &Quota, shard: usize, n: usize) -> Vec<String> {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|key| shard_of(backend, key, quota) == shard)
+            .take(n)
+            .collect()
+    }
+
+    /// The keys the shards really hold, against the count.
+    fn stored(backend: &InMemoryBackend) -> usize {
+        backend
+            .inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let map = lock(&shard.map);
+                map.words.len() + map.logs.len()
+            })
+            .sum()
+    }
+
+    /// At the cap, a new key whose shard is empty makes room in another
+    /// shard and keeps one freed place for itself.
+    #[test]
+    fn a_new_key_in_an_empty_shard_makes_room_in_another() {
+        let backend = InMemoryBackend::builder()
+            .clock(crate::clock::ManualClock::new())
+            .max_keys(32)
+            .build();
+        assert_eq!(backend.inner.shards.len(), 2);
+        let quota = Quota::new("1/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
+        for key in keys_in(&backend, &quota, 0, 32) {
+            assert!(backend.decide(&key, &quota, 1).unwrap().allowed);
+        }
+        assert_eq!(backend.len(), 32);
+        let newcomer = &keys_in(&backend, &quota, 1, 1)[0];
+        assert!(backend.decide(newcomer, &quota, 1).unwrap().allowed);
+        // Shard 0 dropped its earliest eighth (4), one of whose places the
+        // newcomer took.
+        assert_eq!(backend.len(), 29);
+        assert_eq!(stored(&backend), 29);
+        let in_shard = |i: usize| {
+            let map = lock(&backend.inner.shards[i].map);
+            map.words.len()
+        };
+        assert_eq!((in_shard(0), in_shard(1)), (28, 1));
+        // The newcomer is counted.
+        assert!(!backend.decide(newcomer, &quota, 1).unwrap().allowed);
+    }
+
+    /// Shard 0 full at the cap, shard 1 empty: threads race to store the
+    /// same new keys of shard 1 (each making room in shard 0 and holding a
+    /// place, the losers giving theirs back when they find the key stored),
+    /// then random keys with a reset running: the count always equals the
+    /// keys stored, and never passes the cap.
+    #[test]
+    fn the_count_matches_the_stored_keys_under_contention_at_the_cap() {
+        let clock = crate::clock::ManualClock::new();
+        let backend = InMemoryBackend::builder()
+            .clock(clock.clone())
+            .max_keys(32)
+            .build();
+        let quota = Quota::new("1/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
+        let full = keys_in(&backend, &quota, 0, 32);
+        let newcomers = keys_in(&backend, &quota, 1, 6);
+        for round in 0..30 {
+            for key in &full {
+                backend.decide(key, &quota, 1).unwrap();
+            }
+            assert_eq!(backend.len(), 32);
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    let (backend, quota, newcomers) = (&backend, &quota, &newcomers);
+                    s.spawn(move || {
+                        // All in the same order: races on one key.
+                        for key in newcomers {
+                            assert!(backend.decide(key, quota, 1).is_ok());
+                            assert!(backend.len() <= 32);
+                        }
+                        for i in 0..100 {
+                            let key = format!("r{round}:{t}:{i}");
+                            assert!(backend.decide(&key, quota, 1).is_ok());
+                            assert!(backend.len() <= 32);
+                        }
+                    });
+                }
+                if round % 5 == 4 {
+                    s.spawn(|| {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .build()
+                            .unwrap();
+                        rt.block_on(backend.reset()).unwrap();
+                    });
+                }
+            });
+            assert_eq!(backend.len(), stored(&backend), "round {round}");
+            clock.advance(std::time::Duration::from_secs(61));
+            backend.purge_expired();
+            assert_eq!(backend.len(), 0, "round {round}");
+            assert_eq!(stored(&backend), 0);
+        }
+    }
+
     /// The defaults the README and the docs give.
     #[test]
     fn defaults_are_as_documented() {
