@@ -166,12 +166,12 @@ pub struct WsOptions {
 /// [`HttpThrottle`](crate::HttpThrottle)'s, plus [`context`](Self::context)
 /// and [`notice`](Self::notice).
 ///
-/// Options that only mean something for HTTP (`.headers(..)`,
-/// `.on_throttled(..)`) are accepted and ignored.
-/// `.dynamic_rate(..)` is refused by [`build`](Self::build) with
-/// [`Error::Configuration`]: a rate computed from `&Parts` has no request
-/// head to read once the socket is open. Build one throttle per tier instead
-/// and pick it in the upgrade handler.
+/// Options that only mean something for HTTP are refused by
+/// [`build`](Self::build) with [`Error::Configuration`]: `.headers(..)` and
+/// `.on_throttled(..)` (a socket gets [`notice`](Self::notice) texts, not
+/// HTTP responses) and `.dynamic_rate(..)` (a rate computed from `&Parts`
+/// has no request head to read once the socket is open: build one throttle
+/// per tier instead and pick it in the upgrade handler).
 pub type WebSocketThrottleBuilder = ThrottleBuilder<WsOptions>;
 
 impl ThrottleBuilder<WsOptions> {
