@@ -252,12 +252,11 @@ fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<I
 }
 
 fn forwarded(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    headers
-        .get_all(http::header::FORWARDED)
-        .iter()
-        .map(header_text)
-        .flat_map(|value| value.split(',').map(forwarded_for).collect::<Vec<_>>())
-        .collect()
+    let mut chain = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        chain.extend(header_text(value).split(',').map(forwarded_for));
+    }
+    chain
 }
 
 /// The `for=` node of one `Forwarded` element. An element without one is an
@@ -275,17 +274,15 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 }
 
 fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(header_text)
-        .flat_map(|value| {
-            value
+    let mut chain = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        chain.extend(
+            header_text(value)
                 .split(',')
-                .map(|entry| parse_node(entry.trim()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+                .map(|entry| parse_node(entry.trim())),
+        );
+    }
+    chain
 }
 
 fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {

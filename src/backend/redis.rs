@@ -417,7 +417,8 @@ impl RedisBackend {
             let decision = decision_from_reply(&quota, reply);
             if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
                 if !decision.allowed {
-                    cache.insert(key, quota, cost, started, decision, generation);
+                    let now = Instant::now();
+                    cache.insert_at(key, quota, cost, started, decision, now, generation);
                 }
             }
             Ok(decision)
@@ -798,22 +799,10 @@ impl DenyCache {
         Some(decision)
     }
 
-    /// The current generation, to pass to [`insert`](DenyCache::insert) for a
+    /// The current generation, to pass to [`insert_at`](DenyCache::insert_at) for a
     /// request about to be sent.
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
-    }
-
-    fn insert(
-        &self,
-        key: String,
-        quota: Quota,
-        cost: u64,
-        sent: Instant,
-        decision: Decision,
-        generation: u64,
-    ) {
-        self.insert_at(key, quota, cost, sent, decision, Instant::now(), generation);
     }
 
     /// Caches a denial; `now` is the current time, `generation` the cache's
