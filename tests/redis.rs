@@ -7,6 +7,8 @@
 //! server start their own `redis-server` on a free loopback port.
 #![cfg(feature = "redis")]
 
+mod redis_common;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
@@ -1069,10 +1071,6 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
 
 // ---------------------------------------------------------------- ACL
 
-/// The README's ACL: exactly these commands, on the prefix's keys only.
-pub const ACL_COMMANDS: &str = "+ping +evalsha +script|load +scan +unlink \
-+time +get +set +del +pexpire +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange +zrevrangebyscore";
-
 #[tokio::test]
 async fn the_documented_acl_is_enough() {
     let Some(server) = Server::start().await else {
@@ -1090,7 +1088,7 @@ async fn the_documented_acl_is_enough() {
         .arg(format!("~{prefix}:*"))
         .arg("resetchannels")
         .arg("-@all");
-    for command in ACL_COMMANDS.split_whitespace() {
+    for command in redis_common::readme_acl().0 {
         setuser.arg(command);
     }
     let _: () = setuser.query_async(&mut admin).await.unwrap();
