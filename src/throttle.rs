@@ -15,7 +15,9 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 use crate::backend::{self, BoxFuture, DynBackend, IntoBackend};
 use crate::identity::AddressIdentity;
-use crate::key::{DecisionKey, KeyBuf, KeyBytes, KeyOut, Overflow, OwnedKey, Shown};
+use crate::key::{
+    escaped, put_escaped, DecisionKey, KeyBuf, KeyBytes, KeyOut, Overflow, OwnedKey, Shown,
+};
 use crate::rate::IntoRate;
 use crate::response::{
     responder, Policy, RateLimitHeaders, RateLimitInfo, RateLimitReport, ThrottledResponder,
@@ -630,7 +632,9 @@ pub(crate) fn route_of<'a>(extensions: &'a Extensions, uri: &'a Uri) -> &'a str 
 /// `{prefix}:{uid}:{ip}:http:{METHOD}:{route}` (`HEAD` counts as `GET`;
 /// `route` is Axum's `MatchedPath` when present, else the URI path, so a
 /// global rule over unrouted paths counts each path apart — use
-/// `.shared_across_routes()` for a throttle meant to stop path scans).
+/// `.shared_across_routes()` for a throttle meant to stop path scans; `%`
+/// and `:` in the uid and the route are written `%25` and `%3A`, so
+/// different keys never share a text).
 ///
 /// ```
 /// use traffik::{backend::InMemoryBackend, HttpThrottle, Strategy};
@@ -1154,7 +1158,7 @@ impl HttpInner {
                 out.put(":")?;
             }
         }
-        out.put(route)
+        put_escaped(out, route)
     }
 }
 
@@ -1178,7 +1182,7 @@ pub(crate) fn write_memory_key_text(
     };
     out.put(prefix)?;
     out.put(":")?;
-    out.put(&text(&rest[..end]))?;
+    put_escaped(out, &text(&rest[..end]))?;
     out.put(":")?;
     let rest = match &rest[end + 1..] {
         [4, a, b, c, d, rest @ ..] => {
@@ -1205,7 +1209,7 @@ pub(crate) fn write_memory_key_text(
             let index = usize::from(digit - b'0');
             let at = index * 16;
             out.put_first(&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index])?;
-            out.put(&text(route))
+            put_escaped(out, &text(route))
         }
         [b'm', rest @ ..] => {
             let Some(end) = rest.iter().position(|&byte| byte == 0xFF) else {
@@ -1214,7 +1218,7 @@ pub(crate) fn write_memory_key_text(
             out.put(":http:")?;
             out.put(&text(&rest[..end]))?;
             out.put(":")?;
-            out.put(&text(&rest[end + 1..]))
+            put_escaped(out, &text(&rest[end + 1..]))
         }
         _ => unreadable(out),
     }
@@ -1728,7 +1732,7 @@ impl ThrottleBuilder<HttpOptions> {
                 identifier: options.identifier,
                 address: options.address,
                 shared_across_routes: options.shared_across_routes,
-                uid_infix: format!(":{}:", core.uid()).into_boxed_str(),
+                uid_infix: format!(":{}:", escaped(core.uid())).into_boxed_str(),
                 memory_infix: [&[0xFF][..], core.uid().as_bytes(), &[0xFF]]
                     .concat()
                     .into(),
@@ -1868,7 +1872,7 @@ mod tests {
             let throttle = builder.build().unwrap();
             for ip in ["10.0.0.1", "255.1.0.99", "2001:db8::", "2001:db8:1:2::7"] {
                 for method in [Method::GET, Method::HEAD, Method::DELETE, purge.clone()] {
-                    for route in ["/", "/items/{id}", "/é", long.as_str()] {
+                    for route in ["/", "/items/{id}", "/é", "/a:b%c", long.as_str()] {
                         let bytes = memory_key(&throttle, ip, &method, route);
                         let expected = throttle.inner.key(
                             "myapp",

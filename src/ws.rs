@@ -75,6 +75,7 @@ use futures_util::{Sink, Stream};
 use pin_project_lite::pin_project;
 
 use crate::backend::{BoxFuture, DynBackend};
+use crate::key::escaped;
 use crate::throttle::{Check, Core, Mode, RateSource, ThrottleBuilder, Verdict};
 use crate::{Error, Exceeded, Identity, Quota, Throttled};
 
@@ -251,6 +252,8 @@ impl ThrottleBuilder<WsOptions> {
 /// [`guard_with`](Self::guard_with) or, for the context, the builder's
 /// `.context(..)`. Sockets with the same identity, path and context share one
 /// counter.
+/// (`%` and `:` in the uid, path and context are written `%25` and `%3A`:
+/// different keys never share a text).
 ///
 /// See the [module documentation](crate::ws) for the policies and a complete
 /// axum handler.
@@ -420,10 +423,13 @@ impl WebSocketThrottle {
             .as_deref()
             .or(inner.context.as_deref())
             .unwrap_or("");
+        // The uid, the path and the context hold no `:` once escaped, so
+        // the identity (which may, as an IPv6 address does) is told apart.
+        let (uid, path, context) = (escaped(uid), escaped(path), escaped(context));
         let mut key = String::with_capacity(
             prefix.len() + uid.len() + identity.len() + path.len() + context.len() + 8,
         );
-        for (i, part) in [prefix, uid, identity.as_str(), "ws", path, context]
+        for (i, part) in [prefix, &uid, identity.as_str(), "ws", &path, &context]
             .into_iter()
             .enumerate()
         {

@@ -258,6 +258,78 @@ async fn hit_and_peek_in_code_for_every_strategy() {
     }
 }
 
+/// Key parts that hold `:` cannot make two keys equal: the uid and the
+/// route are escaped, and the identity is told apart by what surrounds it.
+/// (WebSocket paths and contexts: `tests/websocket.rs`.)
+#[tokio::test]
+async fn keys_with_colons_in_their_parts_never_collide() {
+    use traffik::Identity;
+
+    let custom = MapBackend::new("esc");
+    let keyed = |uid: &str, identity: &'static str| {
+        throttle(1, Strategy::FixedWindow)
+            .uid(uid)
+            .shared_across_routes()
+            .backend(custom.clone())
+            .identifier(move |_: &http::request::Parts| async move { Identity::key(identity) })
+            .build()
+            .unwrap()
+    };
+    let req = get_request("/");
+    // The uid "esc-a" with the identity "b:x" against the uid "esc-a:b" with
+    // the identity "x": both would be `esc:esc-a:b:x:http:*` unescaped.
+    let a = keyed("esc-a", "b:x");
+    let b = keyed("esc-a:b", "x");
+    assert!(a.hit(&req).await.is_ok());
+    assert!(b.hit(&req).await.is_ok(), "a's hit spent b's quota");
+    assert!(a.hit(&req).await.unwrap_err().is_throttled());
+    assert_eq!(
+        custom.keys(),
+        ["esc:esc-a%3Ab:x:http:*", "esc:esc-a:b:x:http:*"]
+    );
+
+    // One throttle, per route: the identity "u:http:GET:/x" on the route
+    // "/y" against the identity "u" on the unrouted path "/x:http:GET:/y".
+    custom.reset().await.unwrap();
+    let per_user = throttle(1, Strategy::FixedWindow)
+        .uid("esc-route")
+        .identifier(|parts: &http::request::Parts| {
+            let user = parts.headers["x-user"].to_str().unwrap().to_owned();
+            async move { Identity::key(user) }
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/y", get(|| async { "y" }))
+        .fallback(|| async { "fallback" })
+        .layer(ThrottleLayer::new(custom.clone()).rule(MiddlewareThrottle::new(per_user)));
+    let send = |user: &str, path: &str| {
+        let mut request = get_request(path);
+        request
+            .headers_mut()
+            .insert("x-user", user.parse().unwrap());
+        let app = app.clone();
+        async move { app.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(send("u:http:GET:/x", "/y").await, StatusCode::OK);
+    assert_eq!(
+        send("u", "/x:http:GET:/y").await,
+        StatusCode::OK,
+        "shared a counter"
+    );
+    assert_eq!(
+        send("u", "/x:http:GET:/y").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        custom.keys(),
+        [
+            "esc:esc-route:u:http:GET:/x%3Ahttp%3AGET%3A/y",
+            "esc:esc-route:u:http:GET:/x:http:GET:/y",
+        ]
+    );
+}
+
 #[tokio::test]
 async fn custom_backend_lifecycle_uses_the_trait_defaults() {
     let t = throttle(1, Strategy::FixedWindow)

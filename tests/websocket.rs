@@ -687,6 +687,39 @@ async fn default_key_uses_root_path_and_the_builder_context() {
     );
 }
 
+/// A `:` in the uid, the path or the context cannot make two keys equal:
+/// they are escaped (the identity is not: IPv6 addresses stay readable).
+#[tokio::test]
+async fn colons_in_key_parts_are_escaped() {
+    let ws_t = WebSocketThrottle::builder()
+        .uid("mock:esc")
+        .rate("3/10s")
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let key = |identity: Identity, path: &str, context: &str| {
+        let (socket, _peer) = mock_socket();
+        let options = GuardOptions::new().path(path).context(context);
+        ws_t.guard_with(socket, identity, options)
+            .key()
+            .map(str::to_owned)
+    };
+    let ip = Identity::client_ip("2001:db8::1".parse().unwrap());
+    assert_eq!(
+        key(ip, "/a:b", "c").as_deref(),
+        Some("traffik:mock%3Aesc:2001:db8::/64:ws:/a%3Ab:c")
+    );
+    // Unescaped, both would be `...:u:ws:/a:b:c`.
+    let first = key(Identity::key("u"), "/a:b", "c");
+    let second = key(Identity::key("u"), "/a", "b:c");
+    assert_eq!(first.as_deref(), Some("traffik:mock%3Aesc:u:ws:/a%3Ab:c"));
+    assert_eq!(second.as_deref(), Some("traffik:mock%3Aesc:u:ws:/a:b%3Ac"));
+    assert_eq!(
+        key(Identity::key("u"), "/100%", "").as_deref(),
+        Some("traffik:mock%3Aesc:u:ws:/100%25:")
+    );
+}
+
 #[tokio::test]
 async fn unlimited_identity_touches_no_storage() {
     let memory = InMemoryBackend::new();
