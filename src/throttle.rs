@@ -792,6 +792,14 @@ impl HttpThrottle {
     /// would give: for an endpoint that tells clients their quota without
     /// spending it. Over the limit it is `Ok`, with `allowed == false`.
     ///
+    /// Like `peek`, it reports the decision the request itself would get, so
+    /// `remaining` is what one more request would leave (a fresh client of a
+    /// 100/min throttle sees `r=99`), and it looks at the counter of the
+    /// request's own route unless the throttle is
+    /// [`.shared_across_routes()`](crate::ThrottleBuilder::shared_across_routes):
+    /// a `/quota` endpoint that reports on the other routes needs a shared
+    /// throttle, as below.
+    ///
     /// ```
     /// use axum::{extract::Request, routing::get, Router};
     /// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
@@ -799,11 +807,13 @@ impl HttpThrottle {
     /// let api = HttpThrottle::builder()
     ///     .uid("api")
     ///     .rate("100/min")
+    ///     .shared_across_routes()
     ///     .headers(RateLimitHeaders::Ietf)
     ///     .backend(InMemoryBackend::new())
     ///     .build()
     ///     .unwrap();
-    /// // `GET /quota`: the `RateLimit` headers of `api`, nothing spent.
+    /// // `GET /quota`: the `RateLimit` headers of `api` (one counter per
+    /// // client for every route), nothing spent.
     /// let app: Router = Router::new().route("/quota", get(move |req: Request| {
     ///     let api = api.clone();
     ///     async move { api.peek_with_headers(&req).await }

@@ -1630,6 +1630,47 @@ async fn peek_with_headers_reports_the_quota_without_spending_it() {
     assert_eq!(remaining_of(&send(&app, at("/quota", PEER)).await), 0);
 }
 
+/// The README's `/quota` recipe: a peek looks at the request's own route
+/// unless the throttle counts across routes.
+#[tokio::test]
+async fn a_quota_endpoint_reports_other_routes_only_with_a_shared_throttle() {
+    for shared in [false, true] {
+        let mut builder = HttpThrottle::builder()
+            .uid(format!("os-quota-endpoint-{shared}"))
+            .limit(100)
+            .minutes(1)
+            .headers(RateLimitHeaders::Ietf)
+            .backend(InMemoryBackend::new());
+        if shared {
+            builder = builder.shared_across_routes();
+        }
+        let t = builder.build().unwrap();
+        let peek_t = t.clone();
+        let app = Router::new()
+            .route("/items", get(|| async { "items" }).route_layer(t.layer()))
+            .route(
+                "/quota",
+                get(move |req: AxumRequest| {
+                    let t = peek_t.clone();
+                    async move { t.peek_with_headers(&req).await }
+                }),
+            );
+        let remaining =
+            |reply: Reply| sf_param(&sf_item(reply.header("ratelimit").unwrap()).1, "r");
+        // A fresh client: the peek counts the request itself.
+        assert_eq!(remaining(send(&app, at("/quota", PEER)).await), 99);
+        for _ in 0..2 {
+            assert_eq!(send(&app, at("/items", PEER)).await.status, 200);
+        }
+        let expected = if shared { 97 } else { 99 };
+        assert_eq!(
+            remaining(send(&app, at("/quota", PEER)).await),
+            expected,
+            "shared: {shared}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn hit_with_headers_on_a_failed_backend_under_open_reports_nothing() {
     let t = HttpThrottle::builder()
