@@ -78,17 +78,42 @@ impl MiddlewareThrottle {
 
     /// Only requests with one of these methods (case-insensitive). `GET`
     /// also covers `HEAD`, which axum answers with the GET handler.
+    ///
+    /// A name outside the nine standard methods (`PROPFIND`, say) is
+    /// accepted with a `tracing::warn!`, in case it is a typo: a rule on
+    /// `"PSOT"` would never match.
+    ///
+    /// # Panics
+    ///
+    /// On a name that is no HTTP method at all (empty, or with a space or
+    /// another character a method cannot hold), with a message naming it.
+    #[track_caller]
     pub fn methods<I, M>(mut self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,
         M: AsRef<str>,
     {
-        self.methods = Some(
-            methods
-                .into_iter()
-                .map(|m| m.as_ref().to_ascii_uppercase())
-                .collect(),
-        );
+        let methods: Arc<[String]> = methods
+            .into_iter()
+            .map(|m| m.as_ref().to_ascii_uppercase())
+            .collect();
+        for name in methods.iter() {
+            match http::Method::from_bytes(name.as_bytes()) {
+                Err(_) => panic!(
+                    "invalid HTTP method {name:?} in MiddlewareThrottle::methods for throttle {:?}: \
+                     use names such as \"POST\", or http::Method::POST",
+                    self.throttle.uid()
+                ),
+                Ok(method) if !is_standard(&method) => tracing::warn!(
+                    throttle = self.throttle.uid(),
+                    method = name.as_str(),
+                    "MiddlewareThrottle::methods: {name:?} is not a standard HTTP method; \
+                     the rule matches only requests with exactly this method"
+                ),
+                Ok(_) => {}
+            }
+        }
+        self.methods = Some(methods);
         self
     }
 
@@ -111,12 +136,17 @@ impl MiddlewareThrottle {
     /// Like [`path`](Self::path), returning [`Error::Configuration`] for an
     /// invalid regex.
     pub fn try_path(mut self, pattern: &str) -> Result<Self, Error> {
-        let regex = Regex::new(&format!("^(?:{pattern})")).map_err(|error| {
+        let invalid = |error: regex::Error| {
             Error::configuration(format!(
                 "invalid path pattern {pattern:?} for throttle {:?}: {error}",
                 self.throttle.uid()
             ))
-        })?;
+        };
+        // The pattern alone first: its errors point into what the user wrote,
+        // and a pattern such as `a)|(b`, invalid alone, cannot escape the
+        // anchoring group below.
+        Regex::new(pattern).map_err(invalid)?;
+        let regex = Regex::new(&format!("^(?:{pattern})")).map_err(invalid)?;
         self.path = Some(regex);
         Ok(self)
     }
@@ -156,6 +186,23 @@ impl MiddlewareThrottle {
             None => true,
         }
     }
+}
+
+/// One of the nine methods of RFC 9110 and RFC 5789.
+fn is_standard(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ]
+    .contains(method)
 }
 
 /// Tower middleware evaluating [`MiddlewareThrottle`] rules in order: every

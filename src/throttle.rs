@@ -99,7 +99,10 @@ impl Uid {
                 }
                 if set.contains(uid.as_str()) {
                     return Err(Error::configuration(format!(
-                        "duplicate throttle uid {uid:?}: another live throttle already uses it; give each throttle its own .uid(..)"
+                        "duplicate throttle uid {uid:?}: another live throttle already uses it; give each throttle its own .uid(..). \
+                         Uids are unique in the whole process: an app built twice at once (parallel tests calling one \
+                         `fn app()`) needs a uid per build (a suffix) or no .uid(..) at all (one is generated), \
+                         or the first app dropped first"
                     )));
                 }
                 uid.into()
@@ -287,7 +290,10 @@ impl Core {
                 .ok_or_else(|| {
                     Error::configuration(format!(
                         "throttle {:?} has no backend: give it one with .backend(InMemoryBackend::new()), \
-                         add it to a ThrottleLayer::new(backend), or run it inside traffik::backend::scope(..)",
+                         add it as a .rule(MiddlewareThrottle::new(..)) of a ThrottleLayer::new(backend) \
+                         (a layer lends its backend to its own rules only, not to a throttle's .layer() \
+                         in a route_layer under it), or run it inside traffik::backend::scope(..) \
+                         or a BackendScopeLayer",
                         self.uid()
                     ))
                 }),

@@ -48,6 +48,29 @@ fn invalid_path_literal_panics_naming_the_pattern() {
 }
 
 #[test]
+#[should_panic(expected = "invalid HTTP method \"GE T\"")]
+fn a_method_name_no_method_can_have_panics_naming_it() {
+    let _ = MiddlewareThrottle::new(valid("er-method-panic")).methods(["GET", "GE T"]);
+}
+
+#[test]
+fn bad_path_patterns_are_reported_as_written() {
+    // The caret points into the user's pattern, not the anchored one.
+    let message =
+        config_message(MiddlewareThrottle::new(valid("er-path-caret")).try_path("^/api/("));
+    assert!(message.contains("unclosed group"), "{message}");
+    assert!(!message.contains("(?:"), "{message}");
+    // Invalid alone, valid once wrapped as `^(?:a)|(b)`: refused, so it
+    // cannot escape the anchoring (it would match "b" anywhere).
+    let message =
+        config_message(MiddlewareThrottle::new(valid("er-path-escape")).try_path("/a)|(/b"));
+    assert!(
+        message.contains("invalid path pattern \"/a)|(/b\""),
+        "{message}"
+    );
+}
+
+#[test]
 fn try_path_returns_a_configuration_error() {
     let message = config_message(MiddlewareThrottle::new(valid("er-try-path")).try_path("[a-"));
     assert!(message.contains("\"[a-\""), "{message}");
@@ -66,6 +89,9 @@ fn duplicate_uid_is_an_error_and_dropping_frees_it() {
     let message = config_message(HttpThrottle::builder().uid("er-dup").rate("5/min").build());
     assert!(message.contains("duplicate"), "{message}");
     assert!(message.contains("er-dup"), "{message}");
+    // The usual cause, parallel tests building one app, is named with its fixes.
+    assert!(message.contains("parallel tests"), "{message}");
+    assert!(message.contains("no .uid(..) at all"), "{message}");
 
     // A clone or a layer keeps the throttle (and its uid) alive.
     let clone = first.clone();
@@ -397,6 +423,12 @@ async fn throttle_without_backend_in_its_own_layer_is_a_500_naming_the_fix() {
     assert!(reply.body.contains("has no backend"), "{}", reply.body);
     assert!(reply.body.contains(".backend("), "{}", reply.body);
     assert!(reply.body.contains("er-nobackend"), "{}", reply.body);
+    // The common mistake: a route layer under a ThrottleLayer with a backend.
+    assert!(
+        reply.body.contains("to its own rules only"),
+        "{}",
+        reply.body
+    );
 
     // The same throttle as a rule of a layer with a backend uses the layer's.
     let layer = ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(t));

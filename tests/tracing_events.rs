@@ -15,7 +15,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 use traffik::backend::InMemoryBackend;
-use traffik::{FailureMode, HttpThrottle};
+use traffik::{FailureMode, HttpThrottle, MiddlewareThrottle};
 
 const PEER: &str = "10.7.7.7:4000";
 
@@ -189,4 +189,21 @@ async fn a_request_traffik_cannot_throttle_is_an_error_event() {
         "{:?}",
         events[0]
     );
+}
+
+#[test]
+fn a_non_standard_method_in_a_rule_is_a_warning() {
+    let (recorder, _guard) = Recorder::install();
+    let t = one_per_hour("tr-method").build().unwrap();
+    // Standard names, in any case, and `http::Method`s: no warning.
+    let _ = MiddlewareThrottle::new(t.clone()).methods(["post", "Delete"]);
+    let _ = MiddlewareThrottle::new(t.clone()).methods([http::Method::PATCH]);
+    assert!(recorder.with("not a standard HTTP method").is_empty());
+    // A typo (or an extension method) is accepted, with a warning naming it.
+    let _ = MiddlewareThrottle::new(t).methods(["PSOT"]);
+    let events = recorder.with("not a standard HTTP method");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, Level::WARN);
+    assert!(events[0].1.contains("\"PSOT\""), "{events:?}");
+    assert!(events[0].1.contains("throttle=\"tr-method\""), "{events:?}");
 }
