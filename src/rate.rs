@@ -189,10 +189,17 @@ impl FromStr for Rate {
         } else {
             return Err(bad("missing '/' or 'per'"));
         };
-        let limit: u64 = limit_part
-            .trim()
-            .parse()
-            .map_err(|_| bad("the limit is not a whole number"))?;
+        let number = |part: &str, what: &str| -> Result<u64, Error> {
+            part.parse()
+                .map_err(|error: std::num::ParseIntError| match error.kind() {
+                    std::num::IntErrorKind::PosOverflow => bad(&format!(
+                        "the {what} {part} is too large (at most {})",
+                        u64::MAX
+                    )),
+                    _ => bad(&format!("the {what} {part:?} is not a whole number")),
+                })
+        };
+        let limit = number(limit_part.trim(), "limit")?;
         let period_part = period_part.trim();
         let split = period_part
             .find(|c: char| !c.is_ascii_digit())
@@ -202,9 +209,7 @@ impl FromStr for Rate {
         let count: u64 = if count.is_empty() {
             1
         } else {
-            count
-                .parse()
-                .map_err(|_| bad("the period count is not a whole number"))?
+            number(count, "period count")?
         };
         let unit = unit_duration(unit.trim()).ok_or_else(|| bad("unknown time unit"))?;
         let period = u64::try_from(unit.as_micros())

@@ -262,12 +262,13 @@ impl Quota {
     }
 
     fn check(&self) -> Result<(), Error> {
-        let too_big = |what: &str| {
+        let too_big_for = |what: &str, fix: &str| {
             Err(Error::configuration(format!(
-                "rate {} with {:?} is too large for exact arithmetic ({what}); use a shorter period or a smaller limit",
+                "rate {} with {:?} is too large for exact arithmetic ({what}); {fix}",
                 self.rate, self.strategy
             )))
         };
+        let too_big = |what: &str| too_big_for(what, "use a shorter period or a smaller limit");
         match self.strategy {
             Strategy::TokenBucket => {
                 if u128::from(self.capacity) * u128::from(self.period.get()) > MAX_PRODUCT {
@@ -287,7 +288,7 @@ impl Quota {
             }
             Strategy::SlidingWindowCounter => {
                 if self.limit.get() > u64::from(u32::MAX) {
-                    return too_big("the limit exceeds 2^32 - 1");
+                    return too_big_for("the limit exceeds 2^32 - 1", "use a smaller limit");
                 }
                 if u128::from(self.limit.get()) * u128::from(self.period.get()) > MAX_PRODUCT {
                     return too_big("limit × period in microseconds exceeds 2^62");
@@ -295,7 +296,10 @@ impl Quota {
             }
             Strategy::SlidingWindowLog => {
                 if self.limit.get() > 1_000_000 {
-                    return too_big("a sliding window log keeps one entry per hit; use SlidingWindowCounter above 1,000,000 per period");
+                    return too_big_for(
+                        "a sliding window log keeps one entry per hit, at most 1,000,000 per period",
+                        "use a smaller limit, or Strategy::SlidingWindowCounter",
+                    );
                 }
             }
             Strategy::FixedWindow => {}

@@ -289,22 +289,32 @@ fn missing_separator_is_an_error() {
 
 #[test]
 fn non_numeric_limit_is_an_error() {
-    for text in [
-        "abc/s",
-        "/s",
-        "five/s",
-        "1.5/s",
-        "-1/s",
-        "1e3/s",
-        "18446744073709551616/s",
-        "1 0/s",
-    ] {
+    for text in ["abc/s", "/s", "five/s", "1.5/s", "-1/s", "1e3/s", "1 0/s"] {
         let message = parse_error(text);
+        let limit = text.split('/').next().unwrap();
         assert!(
-            message.contains("the limit is not a whole number"),
+            message.contains(&format!("the limit {limit:?} is not a whole number")),
             "{text:?}: {message}"
         );
     }
+    // Words after the number: the message shows what was read as the limit.
+    let message = parse_error("5 requests per minute");
+    assert!(
+        message.contains("the limit \"5 requests\" is not a whole number"),
+        "{message}"
+    );
+    // A number too large for a u64 is named as such.
+    let message = parse_error("18446744073709551616/s");
+    assert!(
+        message
+            .contains("the limit 18446744073709551616 is too large (at most 18446744073709551615)"),
+        "{message}"
+    );
+    let message = parse_error("1/99999999999999999999s");
+    assert!(
+        message.contains("the period count 99999999999999999999 is too large"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -406,6 +416,20 @@ fn quota_too_large_for_exact_arithmetic() {
             "{strategy}: {message}"
         );
     }
+    // Each message names a fix that helps: for the log, only the limit counts.
+    let log = Rate::new(1_000_000_000, Duration::from_secs(1)).unwrap();
+    let message = config_error(Quota::new(log, Strategy::SlidingWindowLog));
+    assert!(
+        message.contains("use a smaller limit, or Strategy::SlidingWindowCounter"),
+        "{message}"
+    );
+    assert!(!message.contains("shorter period"), "{message}");
+    let message = config_error(Quota::new(
+        Rate::new(u64::from(u32::MAX) + 1, Duration::from_millis(1)).unwrap(),
+        Strategy::SlidingWindowCounter,
+    ));
+    assert!(message.contains("use a smaller limit"), "{message}");
+    assert!(!message.contains("shorter period"), "{message}");
     // Fixed window only counts.
     Quota::new(huge, Strategy::FixedWindow).unwrap();
     let message = config_error(
