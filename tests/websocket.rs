@@ -720,6 +720,37 @@ async fn colons_in_key_parts_are_escaped() {
     );
 }
 
+/// The README's recipe behind a reverse proxy: the socket is keyed on the
+/// client the proxy forwarded for, not on the proxy.
+#[tokio::test]
+async fn behind_a_proxy_sockets_are_keyed_on_the_forwarded_client() {
+    let ws_t = WebSocketThrottle::builder()
+        .uid("mock-proxied")
+        .rate("3/10s")
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let proxies = traffik::TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+    let proxy: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+    let key = |forwarded_for: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-forwarded-for", forwarded_for.parse().unwrap());
+        let identity = Identity::client_ip(proxies.client_ip(proxy, &headers));
+        let (socket, _peer) = mock_socket();
+        ws_t.guard(socket, identity).key().map(str::to_owned)
+    };
+    assert_eq!(
+        key("203.0.113.7").as_deref(),
+        Some("traffik:mock-proxied:203.0.113.7:ws:/:")
+    );
+    // A client's own forged entry, left of what the proxy saw, is ignored;
+    // IPv6 clients are grouped by their /64 as over HTTP.
+    assert_eq!(
+        key("1.1.1.1, 2001:db8:1:2::99").as_deref(),
+        Some("traffik:mock-proxied:2001:db8:1:2::/64:ws:/:")
+    );
+}
+
 #[tokio::test]
 async fn unlimited_identity_touches_no_storage() {
     let memory = InMemoryBackend::new();
