@@ -170,7 +170,7 @@ pub(crate) fn error_response(
         Error::Configuration(_) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
         Error::Backend(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "Service temporarily unavailable: the rate limiter's backend is not answering. Retry in 1 seconds."
+            "Service temporarily unavailable: the rate limiter's backend is not answering. Retry in 1 second."
                 .to_owned(),
         ),
     };

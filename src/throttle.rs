@@ -280,7 +280,9 @@ impl Core {
             BackendChoice::Dynamic => backend::current().ok_or_else(|| {
                 Error::configuration(format!(
                     "throttle {:?} uses .dynamic_backend() but no backend is in scope: run the request inside \
-                     traffik::backend::scope(backend, future) or add a BackendScopeLayer",
+                     traffik::backend::scope(backend, future) or add a BackendScopeLayer outside the \
+                     throttle's layer (with Router::layer or ServiceBuilder, the layer added after it; \
+                     a BackendScopeLayer inside the throttle's layer has not run yet when the throttle asks)",
                     self.uid()
                 ))
             }),

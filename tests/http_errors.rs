@@ -490,6 +490,10 @@ async fn failing_backend_closed_is_a_503_with_retry_after() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.retry_after() >= 1);
     assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        reply.body,
+        "Service temporarily unavailable: the rate limiter's backend is not answering. Retry in 1 second."
+    );
     match t.hit(&at("/f", PEER)).await {
         Err(Error::Backend(error)) => assert!(error.to_string().contains("down"), "{error}"),
         other => panic!("expected Error::Backend, got {other:?}"),

@@ -1174,6 +1174,49 @@ async fn max_waiting_bounds_the_requests_held_at_once() {
     assert_eq!(got, [429, 200, 200], "{replies:?}");
 }
 
+/// The README's Wait caveat: the estimate is for one request alone, so of
+/// six at once on 1/s with `max` 2.5 s, three are admitted a slot apart and
+/// three, which each expected to be in time, get their 429 as soon as the
+/// next slot (3 s) would come after `max`: at 2 s, not at once.
+#[tokio::test(start_paused = true)]
+async fn waiters_that_lose_their_turn_are_rejected_when_max_runs_out() {
+    let decisions = Arc::new(AtomicUsize::new(0));
+    let t = HttpThrottle::builder()
+        .uid("os-wait-turns")
+        .limit(1)
+        .seconds(1)
+        .on_decision({
+            let decisions = Arc::clone(&decisions);
+            move |_: &traffik::Decision| {
+                decisions.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_millis(2_500),
+        })
+        .backend(InMemoryBackend::builder().clock(TokioClock::new()).build())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/w", get(ok).route_layer(t.layer()));
+    let replies = concurrent_waits(&app, 6).await;
+    let ms = |d: Duration| d.as_millis();
+    let got: Vec<(u16, u128)> = replies.iter().map(|&(s, d)| (s, ms(d))).collect();
+    assert_eq!(
+        got,
+        [
+            (200, 0),
+            (200, 1_000),
+            (200, 2_000),
+            (429, 2_000),
+            (429, 2_000),
+            (429, 2_000)
+        ],
+        "{replies:?}"
+    );
+    // Every waiter asked again at each free slot: 6 + 5 + 4 decisions.
+    assert_eq!(decisions.load(Ordering::SeqCst), 15);
+}
+
 /// A dynamic rate below the throttle's cost can never admit the hit:
 /// under Wait it is refused at once, not held until `max` (here forever).
 #[tokio::test(start_paused = true)]
@@ -1289,6 +1332,40 @@ async fn dynamic_rate_per_request() {
     assert_eq!(
         statuses(&app, 10, tier("10.0.0.4:1", "staff")).await,
         [200; 10]
+    );
+}
+
+/// The README's caveat: the rate is not part of the key, so a client moved
+/// from free (2/min) to pro (5/min) keeps its spent counter and gets the pro
+/// quota as it refills (one hit per 12 s), not at once.
+#[tokio::test]
+async fn a_client_moved_to_a_higher_tier_keeps_its_counter() {
+    let t = HttpThrottle::builder()
+        .uid("os-tier-upgrade")
+        .dynamic_rate(|parts: &http::request::Parts| {
+            let pro = parts.headers.contains_key("x-pro");
+            async move {
+                if pro {
+                    Rate::per_minute(5).unwrap()
+                } else {
+                    Rate::per_minute(2).unwrap()
+                }
+            }
+        })
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/t", get(ok).route_layer(t.layer()));
+    let free = || request("GET", "/t", Some("10.0.0.9:1"), &[]);
+    let pro = || request("GET", "/t", Some("10.0.0.9:1"), &[("x-pro", "1")]);
+    assert_eq!(statuses(&app, 3, free).await, [200, 200, 429]);
+    let reply = send(&app, pro()).await;
+    assert_eq!(reply.status, 429);
+    // The next pro token: 60 s / 5, less the moment since the free hits.
+    assert!(
+        (11..=12).contains(&reply.retry_after()),
+        "{}",
+        reply.retry_after()
     );
 }
 

@@ -459,6 +459,8 @@ async fn plain_hyper_server_around_a_tower_service() {
                 .uid("sv-hyper")
                 .limit(3)
                 .hours(1)
+                // No `MatchedPath` outside axum: one counter for every path.
+                .shared_across_routes()
                 .build()
                 .unwrap(),
         ))
@@ -490,6 +492,9 @@ async fn plain_hyper_server_around_a_tower_service() {
     let (ok, throttled, rejected) = burst(&client(), addr, Method::GET, "/", 5).await;
     assert_eq!((ok, throttled), (3, 2));
     assert!(rejected[0].body.starts_with("Too many requests."));
+    // Another path does not get around the limit.
+    let reply = fetch(&client(), addr, Method::GET, "/made-up", &[]).await;
+    assert_eq!(reply.status, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
