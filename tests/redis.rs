@@ -263,6 +263,7 @@ async fn defaults() {
     assert!(redis.persistent());
     assert!(ThrottleBackend::persistent(&redis));
     assert_eq!(redis.timeout(), Duration::from_secs(1));
+    assert_eq!(redis.circuit_breaker(), Duration::from_millis(500));
     assert!(!redis.is_cluster());
 }
 
@@ -1007,6 +1008,233 @@ async fn a_server_that_stops_answering_times_out() {
     while redis.hit(&key, &q, 1).await.is_err() {
         assert!(Instant::now() < deadline, "no recovery after SIGCONT");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP proxy to a server on `127.0.0.1:port` that can black-hole the
+/// connections it carries: their sockets stay open but nothing passes any
+/// more, as with a dead NAT entry or L4 proxy. Connections made after that
+/// pass again.
+struct Proxy {
+    port: u16,
+    /// Connections of an older epoch are black-holed.
+    epoch: std::sync::Arc<AtomicU64>,
+    accepted: std::sync::Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (epoch, accepted) = (Arc::clone(&epoch), Arc::clone(&accepted));
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let mine = epoch.load(Ordering::SeqCst);
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        continue;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(Proxy::pump(
+                        client_read,
+                        server_write,
+                        Arc::clone(&epoch),
+                        mine,
+                    ));
+                    tokio::spawn(Proxy::pump(
+                        server_read,
+                        client_write,
+                        Arc::clone(&epoch),
+                        mine,
+                    ));
+                }
+            }
+        });
+        Proxy {
+            port,
+            epoch,
+            accepted,
+            task,
+        }
+    }
+
+    /// Copies `from` to `to` while the connection's epoch is current; then
+    /// reads and drops everything, keeping both sockets open.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        epoch: std::sync::Arc<AtomicU64>,
+        mine: u64,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if epoch.load(Ordering::SeqCst) == mine && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn black_hole_open_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection that stays open but silent is never dropped by the Redis
+/// client: before, the backend timed out on it forever, though the path to
+/// Redis had healed. A command that times out now has it replaced.
+#[tokio::test]
+async fn a_connection_that_goes_silent_is_replaced() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let proxy = Proxy::start(server.port).await;
+    let redis = RedisBackend::builder(proxy.url())
+        .prefix(unique_prefix("silent"))
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
+        .circuit_breaker(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::TokenBucket);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    let connections = proxy.accepted();
+
+    proxy.black_hole_open_connections();
+    let error = redis.hit(&key, &q, 1).await.unwrap_err();
+    let message = error.to_string();
+    // The client's own response timeout or the backend's, whichever first.
+    assert!(
+        message.contains("EVALSHA timed out") || message.contains("did not answer EVALSHA"),
+        "{message}"
+    );
+    // Nothing else changes: the backend gets through again on its own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match redis.hit(&key, &q, 1).await {
+            Ok(decision) => {
+                assert!(decision.allowed);
+                break;
+            }
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the silent connection was kept: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(
+        proxy.accepted() > connections,
+        "a new connection was opened"
+    );
+}
+
+/// While Redis cannot be reached, hits fail at once with the circuit
+/// breaker's error (no round trip, no timeout to wait for), and after its
+/// pause a test hit finds the server back.
+#[tokio::test]
+async fn hits_fail_at_once_while_redis_is_unreachable() {
+    let Some(mut server) = Server::start().await else {
+        return;
+    };
+    let redis = RedisBackend::builder(server.url())
+        .prefix(unique_prefix("breaker"))
+        .timeout(Duration::from_millis(300))
+        .circuit_breaker(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::Gcra);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    server.kill();
+    // The first hit finds out (a lost connection or a timeout)...
+    let first = redis.hit(&key, &q, 1).await.unwrap_err();
+    assert!(
+        !first.to_string().contains("without a round trip"),
+        "{first}"
+    );
+    // ...and the next ones fail at once, naming the cause and the setting.
+    for _ in 0..3 {
+        let error = redis.hit(&key, &q, 1).await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, Error::Backend(_)), "{message}");
+        assert!(message.contains("without a round trip"), "{message}");
+        assert!(message.contains("circuit_breaker"), "{message}");
+    }
+    // Back: after the pause a test hit gets through, and so do the others.
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redis.hit(&key, &q, 1).await {
+            Ok(decision) => {
+                assert!(decision.allowed);
+                break;
+            }
+            Err(error) => {
+                assert!(Instant::now() < deadline, "no recovery: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+}
+
+/// `circuit_breaker(Duration::ZERO)`: every hit asks Redis, as before.
+#[tokio::test]
+async fn a_zero_circuit_breaker_sends_every_hit_to_redis() {
+    let Some(mut server) = Server::start().await else {
+        return;
+    };
+    let redis = RedisBackend::builder(server.url())
+        .prefix(unique_prefix("no-breaker"))
+        .timeout(Duration::from_millis(300))
+        .circuit_breaker(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::Gcra);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    server.kill();
+    for _ in 0..3 {
+        let error = redis.hit(&key, &q, 1).await.unwrap_err();
+        assert!(
+            !error.to_string().contains("without a round trip"),
+            "{error}"
+        );
     }
 }
 

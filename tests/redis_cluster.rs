@@ -47,6 +47,8 @@ async fn backend(test: &str) -> Option<RedisBackend> {
     {
         Ok(backend) => {
             assert!(backend.is_cluster());
+            // One breaker would cover every node: off on a cluster by default.
+            assert_eq!(backend.circuit_breaker(), std::time::Duration::ZERO);
             Some(backend)
         }
         Err(error) => {

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -16,6 +16,9 @@ use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRou
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use super::{BackendFuture, BoxFuture, ThrottleBackend};
+use breaker::{Breaker, Outcome};
+
+mod breaker;
 use crate::{Decision, Error, Quota, Strategy};
 
 /// Default key prefix.
@@ -24,6 +27,9 @@ const DEFAULT_PREFIX: &str = "traffik";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on establishing the connection.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default pause of the circuit breaker: how long hits fail at once after
+/// Redis could not be reached.
+const DEFAULT_BREAKER_PAUSE: Duration = Duration::from_millis(500);
 /// Default number of denied keys the local deny cache remembers.
 const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
 /// Keys asked for per SCAN call during a reset.
@@ -102,12 +108,16 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 /// * **One connection.** A single multiplexed connection
 ///   ([`redis::aio::ConnectionManager`], or a
 ///   [`redis::cluster_async::ClusterConnection`]) that reconnects by itself
-///   after an outage; no pool. Clones share it: `RedisBackend` is an `Arc`
+///   after an outage, and is replaced in the background when a command
+///   times out on it (a connection left open but silent is never dropped by
+///   the client); no pool. Clones share it: `RedisBackend` is an `Arc`
 ///   inside.
 /// * **Bounded waits.** Every command is bounded by the response timeout
 ///   (default 1 s); failures and timeouts are [`Error::Backend`] naming Redis
 ///   and the cause, and the throttle's
 ///   [`FailureMode`](crate::FailureMode) decides what the request gets.
+///   While Redis cannot be reached, hits fail at once (see
+///   [`circuit_breaker`](RedisBackendBuilder::circuit_breaker)).
 ///   [`connect`](RedisBackend::connect) fails within the connect timeout
 ///   (default 1 s) when no server answers.
 /// * **Keys.** The throttle's key `{prefix}:{uid}:{identity}:{scope}` is
@@ -172,7 +182,14 @@ pub struct RedisBackend {
 }
 
 struct Shared {
-    conn: Conn,
+    /// Replaced by a new connection after a command times out (see
+    /// [`Shared::replace_connection`]).
+    conn: RwLock<Conn>,
+    /// How to open a connection again.
+    opener: Opener,
+    /// A new connection is being opened.
+    replacing: AtomicBool,
+    breaker: Breaker,
     prefix: String,
     persistent: bool,
     timeout: Duration,
@@ -220,7 +237,7 @@ impl fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("prefix", &self.inner.prefix)
             .field("persistent", &self.inner.persistent)
-            .field("cluster", &matches!(self.inner.conn, Conn::Cluster(_)))
+            .field("cluster", &self.is_cluster())
             .field("timeout", &self.inner.timeout)
             .field("deny_cache", &self.inner.deny_cache.is_some())
             .finish()
@@ -299,12 +316,18 @@ impl RedisBackend {
 
     /// Whether this backend talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.inner.conn, Conn::Cluster(_))
+        matches!(self.inner.opener.target, Target::Cluster(_))
     }
 
     /// The bound on every command.
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
+    }
+
+    /// How long hits fail at once after Redis could not be reached (zero:
+    /// never); see [`RedisBackendBuilder::circuit_breaker`].
+    pub fn circuit_breaker(&self) -> Duration {
+        self.inner.breaker.pause()
     }
 
     /// Checks the connection, loads the scripts and, when not persistent,
@@ -372,6 +395,8 @@ impl RedisBackend {
             .map(|cache| (key.to_owned(), cache.generation()));
         let quota = *quota;
         BackendFuture::new(async move {
+            // While Redis is unreachable, fail at once (see `breaker`).
+            let ticket = shared.breaker.admit()?;
             let mut invocation = script_for(quota.strategy()).key(stored);
             invocation.arg(if record { "1" } else { "0" });
             match quota.strategy() {
@@ -398,9 +423,9 @@ impl RedisBackend {
                         .arg(cost);
                 }
             }
-            let mut conn = shared.conn.clone();
-            let reply: [i64; 4] = shared
-                .bounded("EVALSHA", async {
+            let mut conn = shared.conn();
+            let reply: Result<[i64; 4], Failure> = shared
+                .attempt("EVALSHA", async {
                     // `invoke_async` loads the script on NOSCRIPT and retries
                     // once; a second SCRIPT FLUSH in between gets one more try.
                     match invocation.invoke_async(&mut conn).await {
@@ -413,8 +438,21 @@ impl RedisBackend {
                         result => result,
                     }
                 })
-                .await?;
-            let decision = decision_from_reply(&quota, reply);
+                .await;
+            match &reply {
+                Ok(_) => ticket.record(Outcome::Reached, &String::new),
+                Err(Failure::TimedOut(error)) => {
+                    ticket.record(Outcome::Unreachable, &|| error.to_string());
+                    // A connection that stopped answering (a dead proxy or
+                    // NAT entry) is never dropped by the client: replace it.
+                    shared.replace_connection();
+                }
+                Err(Failure::Unreachable(error)) => {
+                    ticket.record(Outcome::Unreachable, &|| error.to_string())
+                }
+                Err(Failure::Other(_)) => ticket.record(Outcome::Other, &String::new),
+            }
+            let decision = decision_from_reply(&quota, reply.map_err(Failure::into_error)?);
             if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
                 if !decision.allowed {
                     let now = Instant::now();
@@ -503,25 +541,113 @@ fn check_quota(quota: &Quota) -> Result<(), Error> {
     Ok(())
 }
 
+/// Why a command failed.
+enum Failure {
+    /// No answer in time (the backend's timeout, or the client's).
+    TimedOut(Error),
+    /// A refused or lost connection.
+    Unreachable(Error),
+    /// Anything else (a script or server error).
+    Other(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::TimedOut(error) | Failure::Unreachable(error) | Failure::Other(error) => error,
+        }
+    }
+}
+
 impl Shared {
+    /// The current connection (cheap: a clone of handles).
+    fn conn(&self) -> Conn {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Opens a new connection in the background, and uses it from then on,
+    /// unless one is already being opened. Called when a command times out:
+    /// the client reconnects by itself when a connection is refused or
+    /// closed, but not when it stays open and silent, which a dead proxy,
+    /// NAT entry or failover can leave behind.
+    fn replace_connection(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            let opened =
+                tokio::time::timeout(shared.opener.connect_timeout, shared.opener.open()).await;
+            match opened {
+                Ok(Ok(conn)) => {
+                    *shared.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                    tracing::info!(
+                        prefix = shared.prefix.as_str(),
+                        "traffik: opened a new Redis connection after a command timed out"
+                    );
+                }
+                Ok(Err(error)) => tracing::warn!(
+                    prefix = shared.prefix.as_str(),
+                    %error,
+                    "traffik: could not open a new Redis connection after a command timed out"
+                ),
+                Err(_) => tracing::warn!(
+                    prefix = shared.prefix.as_str(),
+                    "traffik: could not open a new Redis connection within the connect timeout"
+                ),
+            }
+            shared.replacing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Runs one command under the response timeout, saying why it failed.
+    async fn attempt<T>(
+        &self,
+        what: &str,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                let timed_out = error.is_timeout();
+                let unreachable = error.is_connection_refusal()
+                    || error.is_io_error()
+                    || error.is_connection_dropped();
+                let error = redis_error(what, error);
+                Err(if timed_out {
+                    Failure::TimedOut(error)
+                } else if unreachable {
+                    Failure::Unreachable(error)
+                } else {
+                    Failure::Other(error)
+                })
+            }
+            Err(_) => Err(Failure::TimedOut(Error::backend(format!(
+                "Redis did not answer {what} within {:?} (the RedisBackend timeout)",
+                self.timeout
+            )))),
+        }
+    }
+
     /// Runs one command under the response timeout, mapping errors.
     async fn bounded<T>(
         &self,
         what: &str,
         command: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(redis_error(what, error)),
-            Err(_) => Err(Error::backend(format!(
-                "Redis did not answer {what} within {:?} (the RedisBackend timeout)",
-                self.timeout
-            ))),
-        }
+        self.attempt(what, command)
+            .await
+            .map_err(Failure::into_error)
     }
 
     async fn initialize(&self) -> Result<(), Error> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let pong: String = self
             .bounded("PING", redis::cmd("PING").query_async(&mut conn))
             .await?;
@@ -530,7 +656,7 @@ impl Shared {
         }
         for strategy in Strategy::ALL {
             let script = script_for(strategy);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let sha: String = self
                 .bounded("SCRIPT LOAD", script.prepare_invoke().load_async(&mut conn))
                 .await?;
@@ -551,7 +677,8 @@ impl Shared {
         // Stored keys are `{prefix}:{...}`: matching the brace keeps a
         // backend whose prefix starts with this one ("app:t1" for "app") safe.
         let pattern = format!("{}:{{*", glob_escape(&self.prefix));
-        let nodes = match &self.conn {
+        let conn = self.conn();
+        let nodes = match &conn {
             Conn::Single(_) => vec![None],
             Conn::Cluster(_) => self.masters().await?.into_iter().map(Some).collect(),
         };
@@ -564,7 +691,7 @@ impl Shared {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(SCAN_COUNT);
-                let (next, keys): (u64, Vec<String>) = match (&self.conn, &node) {
+                let (next, keys): (u64, Vec<String>) = match (&conn, &node) {
                     (Conn::Cluster(conn), Some((host, port))) => {
                         let mut conn = conn.clone();
                         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -577,13 +704,13 @@ impl Shared {
                         redis::from_redis_value(value).map_err(|e| redis_error("SCAN", e.into()))?
                     }
                     _ => {
-                        let mut conn = self.conn.clone();
+                        let mut conn = conn.clone();
                         self.bounded("SCAN", scan.query_async(&mut conn)).await?
                     }
                 };
                 if !keys.is_empty() {
                     // On a cluster the client splits UNLINK by slot.
-                    let mut conn = self.conn.clone();
+                    let mut conn = conn.clone();
                     let _: i64 = self
                         .bounded(
                             "UNLINK",
@@ -608,10 +735,9 @@ impl Shared {
     /// (the client's own endpoints, after its own handling of hostnames and
     /// unknown endpoints), which routing by address then finds.
     async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
-        let Conn::Cluster(conn) = &self.conn else {
+        let Conn::Cluster(mut conn) = self.conn() else {
             return Ok(Vec::new());
         };
-        let mut conn = conn.clone();
         let value = self
             .bounded(
                 "PING",
@@ -871,10 +997,19 @@ impl DenyCache {
     }
 }
 
+#[derive(Clone)]
 enum Target {
     Url(String),
     Client(Box<redis::Client>),
     Cluster(Vec<String>),
+}
+
+/// What opening a connection takes: at build, and again to replace a
+/// connection that stopped answering.
+struct Opener {
+    target: Target,
+    timeout: Duration,
+    connect_timeout: Duration,
 }
 
 /// Builder for [`RedisBackend`], from [`RedisBackend::builder`],
@@ -901,6 +1036,8 @@ pub struct RedisBackendBuilder {
     persistent: bool,
     timeout: Duration,
     connect_timeout: Duration,
+    /// `None`: the default, which depends on the target.
+    circuit_breaker: Option<Duration>,
     deny_cache: bool,
     deny_cache_capacity: usize,
 }
@@ -912,6 +1049,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("persistent", &self.persistent)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("circuit_breaker", &self.circuit_breaker)
             .field("deny_cache", &self.deny_cache)
             .finish_non_exhaustive()
     }
@@ -925,6 +1063,7 @@ impl RedisBackendBuilder {
             persistent: true,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            circuit_breaker: None,
             deny_cache: false,
             deny_cache_capacity: DEFAULT_DENY_CACHE_CAPACITY,
         }
@@ -953,6 +1092,29 @@ impl RedisBackendBuilder {
     /// (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long hits fail at once after Redis could not be reached (a
+    /// timeout, a refused or lost connection), default 500 ms (off on a
+    /// cluster, see below): the
+    /// throttle's [`FailureMode`](crate::FailureMode) then answers at once
+    /// (`Open` lets the request through, `Closed` answers 503) instead of
+    /// every request waiting for the timeout while Redis is down. After the
+    /// pause one hit tests the connection (the others still fail at once
+    /// until it ends); when it gets through, hits go to Redis again, else a
+    /// new pause starts. `Duration::ZERO` sends every hit to Redis.
+    ///
+    /// On a Redis Cluster one breaker covers every node, so one master's
+    /// failure would make hits on the healthy ones fail too: it is off there
+    /// unless set.
+    ///
+    /// Whatever this setting, a connection on which a command times out is
+    /// replaced by a new one in the background: the client reconnects by
+    /// itself after a refused or closed connection, but not when one stays
+    /// open and silent (a dead proxy or NAT entry).
+    pub fn circuit_breaker(mut self, pause: Duration) -> Self {
+        self.circuit_breaker = Some(pause);
         self
     }
 
@@ -986,19 +1148,31 @@ impl RedisBackendBuilder {
                 "RedisBackend timeouts must be longer than zero",
             ));
         }
+        let breaker_pause = self.circuit_breaker.unwrap_or(match self.target {
+            Target::Cluster(_) => Duration::ZERO,
+            _ => DEFAULT_BREAKER_PAUSE,
+        });
+        let opener = Opener {
+            target: self.target,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+        };
         let deadline = self.connect_timeout;
-        let conn = match tokio::time::timeout(deadline, self.open()).await {
+        let conn = match tokio::time::timeout(deadline, opener.open()).await {
             Ok(conn) => conn?,
             Err(_) => {
                 return Err(Error::backend(format!(
                     "could not connect to Redis at {} within {deadline:?} (the RedisBackend connect timeout)",
-                    self.describe_target()
+                    opener.describe_target()
                 )))
             }
         };
         let backend = RedisBackend {
             inner: Arc::new(Shared {
-                conn,
+                conn: RwLock::new(conn),
+                opener,
+                replacing: AtomicBool::new(false),
+                breaker: Breaker::new(breaker_pause),
                 prefix: self.prefix,
                 persistent: self.persistent,
                 timeout: self.timeout,
@@ -1010,7 +1184,9 @@ impl RedisBackendBuilder {
         backend.initialize().await?;
         Ok(backend)
     }
+}
 
+impl Opener {
     fn describe_target(&self) -> String {
         match &self.target {
             Target::Url(url) => match redis::Client::open(url.as_str()) {
