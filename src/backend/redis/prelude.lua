@@ -31,6 +31,217 @@ end
 local function ttl_ms(us)
   return int(cdiv(us, 1000) + 1)
 end
+-- Exact integers, for numbers that can pass 2^53: arrays of
+-- base-2^24 limbs, least significant first, without high zero limbs (zero
+-- is {}), so that every limb sum and product stays far below 2^53. Built
+-- on demand (`local N = bignum()`): a script that does not need it pays
+-- for one closure.
+local function bignum()
+  local B = 16777216
+  local fmod, floor = math.fmod, math.floor
+  local N = {}
+  local function trim(a)
+    local n = #a
+    while n > 0 and a[n] == 0 do
+      a[n] = nil
+      n = n - 1
+    end
+    return a
+  end
+  -- From a Lua number holding a whole number (exact at any size: math.fmod
+  -- and division by 2^24 are).
+  local function of(x)
+    local a, n = {}, 0
+    while x > 0 do
+      local lo = fmod(x, B)
+      n = n + 1
+      a[n] = lo
+      x = (x - lo) / B
+    end
+    return a
+  end
+  -- The Lua number nearest to `a`, give or take a few roundings (exact below
+  -- 2^53).
+  local function num(a)
+    local x = 0
+    for i = #a, 1, -1 do
+      x = x * B + a[i]
+    end
+    return x
+  end
+  local function cmp(a, b)
+    if #a ~= #b then
+      return #a < #b and -1 or 1
+    end
+    for i = #a, 1, -1 do
+      if a[i] ~= b[i] then
+        return a[i] < b[i] and -1 or 1
+      end
+    end
+    return 0
+  end
+  local function add(a, b)
+    local c, carry = {}, 0
+    local n = #a
+    if #b > n then
+      n = #b
+    end
+    for i = 1, n do
+      local s = (a[i] or 0) + (b[i] or 0) + carry
+      if s >= B then
+        c[i], carry = s - B, 1
+      else
+        c[i], carry = s, 0
+      end
+    end
+    if carry > 0 then
+      c[n + 1] = carry
+    end
+    return c
+  end
+  -- a - b, for a >= b.
+  local function sub(a, b)
+    local c, borrow = {}, 0
+    for i = 1, #a do
+      local s = a[i] - (b[i] or 0) - borrow
+      if s < 0 then
+        c[i], borrow = s + B, 1
+      else
+        c[i], borrow = s, 0
+      end
+    end
+    return trim(c)
+  end
+  local function mul(a, b)
+    local na, nb = #a, #b
+    if na == 0 or nb == 0 then
+      return {}
+    end
+    local c = {}
+    for i = 1, na + nb do
+      c[i] = 0
+    end
+    for i = 1, na do
+      local ai, carry = a[i], 0
+      for j = 1, nb do
+        -- Below 2^24 + 2^48 + 2^25: exact.
+        local t = c[i + j - 1] + ai * b[j] + carry
+        local lo = fmod(t, B)
+        c[i + j - 1] = lo
+        carry = (t - lo) / B
+      end
+      c[i + nb] = carry
+    end
+    return trim(c)
+  end
+  -- Whether a < 2^53 (= 32 × 2^48): exact as a Lua number.
+  local function small(a)
+    return #a <= 2 or (#a == 3 and a[3] < 32)
+  end
+  -- floor(n / d) and n % d, for d > 0: a quotient estimated with doubles,
+  -- scaled down so that it stays at most the true one (num's and the
+  -- division's relative errors add up to less than 2^-49), taken off
+  -- exactly, until the remainder is under 2^53, where math.fmod finishes
+  -- exactly: at most three rounds for quotients under 2^64.
+  local SAFE = 1 - 2 ^ -44
+  local function divmod(n, d)
+    local q, r = {}, n
+    local dn = num(d)
+    while cmp(r, d) >= 0 do
+      if small(r) then
+        -- r, and d ≤ r, are exact as Lua numbers.
+        local x = num(r)
+        local m = fmod(x, dn)
+        return add(q, of((x - m) / dn)), of(m)
+      end
+      local e = floor(num(r) / dn * SAFE)
+      if e < 1 then
+        e = 1
+      end
+      e = of(e)
+      local taken = mul(e, d)
+      if cmp(taken, r) > 0 then
+        error('traffik: inexact quotient estimate')
+      end
+      q, r = add(q, e), sub(r, taken)
+    end
+    return q, r
+  end
+  -- ceil(n / d), for d > 0.
+  local function cdiv(n, d)
+    local q, r = divmod(n, d)
+    if #r > 0 then
+      q = add(q, { 1 })
+    end
+    return q
+  end
+  local TEN = { 10, 100, 1000, 10000, 100000, 1000000, 10000000 }
+  -- From a string of decimal digits, seven at a time.
+  local function parse(s)
+    local a, len = {}, #s
+    if len <= 15 then
+      -- Under 10^15 < 2^53: exact as a Lua number.
+      return of(tonumber(s))
+    end
+    local i, j = 1, len % 7
+    if j == 0 then
+      j = 7
+    end
+    while i <= len do
+      local m, carry = TEN[j - i + 1], tonumber(string.sub(s, i, j))
+      for k = 1, #a do
+        local t = a[k] * m + carry
+        local lo = fmod(t, B)
+        a[k] = lo
+        carry = (t - lo) / B
+      end
+      while carry > 0 do
+        local lo = fmod(carry, B)
+        a[#a + 1] = lo
+        carry = (carry - lo) / B
+      end
+      i, j = j + 1, j + 7
+    end
+    return trim(a)
+  end
+  -- Decimal digits, seven at a time.
+  local function str(a)
+    if small(a) then
+      return string.format('%d', num(a))
+    end
+    if #a == 3 then
+      -- Under 2^72: a = x × 2^24 + a[1] with x < 2^48, split at 10^8 (every
+      -- step under 2^53).
+      local x = a[3] * B + a[2]
+      local xm = fmod(x, 100000000)
+      local t = xm * B + a[1]
+      local lo = fmod(t, 100000000)
+      return string.format('%d%08d', (x - xm) / 100000000 * B + (t - lo) / 100000000, lo)
+    end
+    local q, parts = {}, {}
+    for i = 1, #a do
+      q[i] = a[i]
+    end
+    while #q > 0 do
+      local r = 0
+      for i = #q, 1, -1 do
+        local t = r * B + q[i]
+        r = fmod(t, 10000000)
+        q[i] = (t - r) / 10000000
+      end
+      trim(q)
+      parts[#parts + 1] = r
+    end
+    local s = string.format('%d', parts[#parts])
+    for i = #parts - 1, 1, -1 do
+      s = s .. string.format('%07d', parts[i])
+    end
+    return s
+  end
+  N.of, N.num, N.cmp, N.add, N.sub, N.mul = of, num, cmp, add, sub, mul
+  N.divmod, N.cdiv, N.parse, N.str = divmod, cdiv, parse, str
+  return N
+end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local key = KEYS[1]
