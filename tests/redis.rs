@@ -291,11 +291,31 @@ async fn quotas_too_large_for_lua_doubles_are_configuration_errors() {
         return;
     };
     let key = format!("{}:u:k:s", redis.prefix());
-    let rate = Rate::new(1000, Duration::from_secs(86_400 * 365)).unwrap();
-    let q = Quota::new(rate, Strategy::TokenBucket).unwrap();
-    let error = redis.hit(&key, &q, 1).await.unwrap_err();
-    assert!(matches!(error, Error::Configuration(_)), "{error}");
-    assert!(error.to_string().contains("2^5"), "{error}");
+    // A period past 2^50 µs (40 years): refused where the scripts decide on
+    // doubles only; the token bucket and the sliding window counter switch
+    // to exact integers and decide.
+    let rate = Rate::new(1000, Duration::from_secs(86_400 * 365 * 40)).unwrap();
+    for strategy in Strategy::ALL {
+        let q = Quota::new(rate, strategy).unwrap();
+        let result = redis.hit(&key, &q, 1).await;
+        if matches!(
+            strategy,
+            Strategy::TokenBucket | Strategy::SlidingWindowCounter
+        ) {
+            let decision = result.unwrap();
+            assert!(decision.allowed, "{strategy}");
+            assert_eq!(decision.remaining, 999, "{strategy}");
+        } else {
+            let error = result.unwrap_err();
+            assert!(matches!(error, Error::Configuration(_)), "{error}");
+            let message = error.to_string();
+            assert!(
+                message.contains("too large for the Redis backend") && message.contains("2^50"),
+                "{message}"
+            );
+        }
+    }
+    redis.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -303,9 +323,12 @@ async fn a_throttle_with_a_quota_too_large_for_redis_fails_to_build() {
     let Some(redis) = backend("too-large-build").await else {
         return;
     };
-    // At startup, not as a 500 on every request.
+    // At startup, not as a 500 on every request: a fixed window of 41
+    // years (a period past 2^50 µs).
+    let too_long = "10/15000d";
     let error = HttpThrottle::builder()
-        .rate("200000/day")
+        .rate(too_long)
+        .strategy(Strategy::FixedWindow)
         .backend(redis.clone())
         .build()
         .unwrap_err();
@@ -315,12 +338,32 @@ async fn a_throttle_with_a_quota_too_large_for_redis_fails_to_build() {
         message.contains("too large for the Redis backend"),
         "{message}"
     );
-    assert!(message.contains("2^53"), "{message}");
-    // The same rate under GCRA, and the largest daily token bucket, build
-    // and decide.
+    assert!(message.contains("2^50"), "{message}");
+    // Past the new bound of the token bucket and the sliding window counter,
+    // the in-memory one (× period ≤ 2^62): refused as well, naming it.
+    for strategy in [Strategy::TokenBucket, Strategy::SlidingWindowCounter] {
+        let error = HttpThrottle::builder()
+            .rate("53375996/day")
+            .strategy(strategy)
+            .backend(redis.clone())
+            .build()
+            .unwrap_err();
+        assert!(matches!(error, Error::Configuration(_)), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("too large for exact arithmetic") && message.contains("2^62"),
+            "{message}"
+        );
+    }
+    // Large daily quotas build and decide: GCRA's, and the token bucket's
+    // and the sliding window counter's up to that bound (1,000,000 a day
+    // was refused when their scripts used doubles only).
     for (rate, strategy) in [
         ("200000/day", Strategy::Gcra),
-        ("104000/day", Strategy::TokenBucket),
+        ("1000000/day", Strategy::TokenBucket),
+        ("53375995/day", Strategy::TokenBucket),
+        ("1000000/day", Strategy::SlidingWindowCounter),
+        ("53375995/day", Strategy::SlidingWindowCounter),
     ] {
         let t = HttpThrottle::builder()
             .rate(rate)
@@ -336,25 +379,31 @@ async fn a_throttle_with_a_quota_too_large_for_redis_fails_to_build() {
             .body(())
             .unwrap();
         let decision = t.hit(&req).await.unwrap();
-        assert!(decision.allowed, "{strategy}");
-        assert_eq!(decision.remaining, decision.limit - 1, "{strategy}");
+        assert!(decision.allowed, "{rate} {strategy}");
+        assert_eq!(decision.remaining, decision.limit - 1, "{rate} {strategy}");
     }
     // In shadow mode too (a configuration error, not an outage); a cost of
     // 0 never asks the backend, so it builds.
     let shadow = HttpThrottle::builder()
-        .rate("200000/day")
+        .rate(too_long)
+        .strategy(Strategy::FixedWindow)
         .shadow(true)
         .backend(redis.clone())
         .build();
     assert!(matches!(shadow, Err(Error::Configuration(_))));
     assert!(HttpThrottle::builder()
-        .rate("200000/day")
+        .rate(too_long)
+        .strategy(Strategy::FixedWindow)
         .cost(0)
         .backend(redis.clone())
         .build()
         .is_ok());
     // Without a backend of its own (a layer's, a scope's), the hit refuses it.
-    let t = HttpThrottle::builder().rate("200000/day").build().unwrap();
+    let t = HttpThrottle::builder()
+        .rate(too_long)
+        .strategy(Strategy::FixedWindow)
+        .build()
+        .unwrap();
     let req = http::Request::get("/big")
         .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
             [10, 0, 0, 9],
@@ -540,21 +589,43 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
     let mut steps = 0;
     for strategy in Strategy::ALL {
         let script = redis::Script::new(&format!("{prelude}\n{}", body(strategy)));
-        // Each strategy's largest quotas a day (see RedisBackend's docs),
-        // where the scripts' numbers come closest to 2^53. Odd limits: round
-        // ones keep every number a multiple of a power of two, exact in a
-        // double past 2^53 too, and would prove nothing (1000003/day, past
-        // the token bucket's bound, fails here).
-        let edge = match strategy {
-            Strategy::TokenBucket => Some("104003/day"),
-            Strategy::SlidingWindowCounter => Some("26003/day"),
-            Strategy::Gcra | Strategy::FixedWindow => Some("10000019/day"),
-            Strategy::SlidingWindowLog => None,
+        // Each strategy's largest quotas (see RedisBackend's docs), where the
+        // scripts' numbers come closest to 2^53 or pass it. Odd limits (and
+        // an odd period): round ones keep every number a multiple of a power
+        // of two, exact in a double past 2^53 too, and would prove nothing.
+        // The token bucket and the sliding window counter switch to exact
+        // integers past 2^53 (2^51 for the counter): a daily quota just
+        // under that, then quotas up to the in-memory bound (× period ≤
+        // 2^62), an odd period, a period past 2^50 µs, and for the token
+        // bucket a bucket of 2^62 - 1 tokens (remaining past 2^53) and a
+        // burst far above the rate (reset and retry past 2^53).
+        let edge: &[&str] = match strategy {
+            Strategy::TokenBucket => &[
+                "104003/day",
+                "1000003/day",
+                "1000003/86399999us",
+                "53375993/day",
+                "3643/14610d",
+                "4611686018427387903/us",
+            ],
+            Strategy::SlidingWindowCounter => &[
+                "26003/day",
+                "1000003/day",
+                "1000003/86399999us",
+                "53375993/day",
+                "3643/14610d",
+                "3/14610d",
+            ],
+            Strategy::Gcra | Strategy::FixedWindow => &["10000019/day"],
+            Strategy::SlidingWindowLog => &[],
         };
-        for (r, rate) in rates.iter().copied().chain(edge).enumerate() {
+        for (r, rate) in rates.iter().chain(edge).copied().enumerate() {
             let mut quotas = vec![quota(rate, strategy)];
             if matches!(strategy, Strategy::TokenBucket | Strategy::Gcra) {
                 quotas.push(quota(rate, strategy).with_burst(2 + r as u64).unwrap());
+            }
+            if strategy == Strategy::TokenBucket && rate == "1000003/day" {
+                quotas.push(quota("7/day", strategy).with_burst(53_375_993).unwrap());
             }
             for (b, q) in quotas.iter().enumerate() {
                 let key = format!("{}:{{mirror-{strategy}-{r}-{b}}}", redis.prefix());
@@ -562,22 +633,47 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
                 // A realistic Unix time in microseconds, with a random offset.
                 let mut now: u64 = 1_700_000_000_000_000 + next(1 << 40);
                 let period = q.period_micros();
+                let micros = |d: Duration| d.as_micros() as u64;
+                let (mut last, mut last_cost) = (Decision::unlimited(), 1);
                 for step in 0..150 {
-                    now += match next(6) {
+                    // Small costs, costs near the remaining tokens, any cost.
+                    let mut cost = match next(4) {
+                        0 => 1 + next(3),
+                        1 => last.remaining.min(q.capacity()) + next(3),
+                        _ => 1 + next(q.capacity() + 1),
+                    }
+                    .max(1);
+                    let gap = match next(10) {
                         0 => 0,
                         1 => next(50),
                         2 => next(period / q.limit() + 1),
                         3 => next(period),
                         4 => period + next(period),
+                        // The last cost again exactly when the last decision
+                        // said to retry, and a microsecond early; the whole
+                        // capacity when the key would be back to its full
+                        // quota, and a microsecond early: where a rounded
+                        // number shows.
+                        5 | 6 => {
+                            cost = last_cost;
+                            micros(last.retry_after).saturating_sub(next(2))
+                        }
+                        7 | 8 => {
+                            cost = q.capacity();
+                            micros(last.reset_after).saturating_sub(next(2))
+                        }
                         _ => next(period / 4 + 1),
                     };
-                    let cost = 1 + next(q.capacity() + 1);
+                    // The server's clock stays realistic (Unix µs, under 2^52).
+                    now += if gap > 1 << 44 { next(1 << 44) } else { gap };
+                    last_cost = cost;
                     let record = next(5) != 0;
                     let expected = if record {
                         q.decide_micros(&mut state, now, cost).0
                     } else {
                         q.decide_micros(&mut state.clone(), now, cost).0
                     };
+                    last = expected;
                     let mut invocation = script.key(&key);
                     invocation.arg(if record { "1" } else { "0" });
                     match strategy {
@@ -613,13 +709,37 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
                             Duration::from_micros(retry as u64)
                         },
                     };
-                    assert_eq!(
-                        got,
-                        expected,
+                    let what = format!(
                         "{strategy} {} burst {} step {step} now {now} cost {cost} record {record}",
                         q.rate(),
                         q.capacity()
                     );
+                    assert_eq!(got, expected, "{what}");
+                    // The stored state too, digit for digit, where the two
+                    // words are stored as numbers.
+                    let words = matches!(
+                        strategy,
+                        Strategy::TokenBucket | Strategy::SlidingWindowCounter
+                    );
+                    if words && record && !expected.reset_after.is_zero() {
+                        let stored: String = redis::cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        let [a, b] = state.words().unwrap_or_default();
+                        match strategy {
+                            Strategy::TokenBucket => {
+                                assert_eq!(stored, format!("{a} {b}"), "{what}")
+                            }
+                            Strategy::SlidingWindowCounter => assert_eq!(
+                                stored,
+                                format!("{a} {} {}", b >> 32, b & u64::from(u32::MAX)),
+                                "{what}"
+                            ),
+                            _ => {}
+                        }
+                    }
                     steps += 1;
                 }
             }
@@ -629,7 +749,8 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
     redis.close().await.unwrap();
 }
 
-/// The prelude's exact integers against `u128`: parsing and formatting,
+/// The prelude's exact integers (the token bucket's and the sliding window
+/// counter's path past 2^53) against `u128`: parsing and formatting,
 /// comparison, sum, difference, product and division, at random sizes up
 /// to 64 bits and at the limb and digit-group boundaries.
 #[tokio::test]

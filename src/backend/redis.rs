@@ -35,16 +35,14 @@ const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
 /// Keys asked for per SCAN call during a reset.
 const SCAN_COUNT: usize = 1_000;
 
-/// Largest product or sum the scripts may form: Lua numbers are doubles, exact
-/// up to 2^53. The bounds below keep every intermediate under 2^53 with the
-/// server's clock (Unix microseconds, about 2^50.6) added.
+/// Bounds for the scripts that decide on plain Lua numbers (doubles, exact
+/// up to 2^53) at every quota: GCRA, the fixed window and the sliding window
+/// log. They keep every intermediate under 2^53 with the server's clock
+/// (Unix microseconds, about 2^50.6) added. The token bucket and the sliding
+/// window counter need none: past 2^53 their scripts switch to exact
+/// integers of any size, so they take every quota [`Quota::new`] takes.
 const LUA_MAX_PRODUCT: u128 = 1 << 51;
 const LUA_MAX_PERIOD: u64 = 1 << 50;
-/// The token bucket's numbers are at most its full bucket (capacity ×
-/// period, in units of 1/period µs), never added to a timestamp; a refill
-/// product past 2^53 only ever meets a comparison with a smaller number,
-/// which its rounding cannot turn.
-const LUA_EXACT: u128 = 1 << 53;
 
 const PRELUDE: &str = include_str!("redis/prelude.lua");
 
@@ -96,15 +94,19 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   `remaining`, `reset_after` and `retry_after`. Keys expire by themselves
 ///   (`SET ... PX`, or `PEXPIRE` for the log's sorted set) once their state
 ///   is equivalent to a fresh one.
-/// * **Exact numbers.** Lua numbers are doubles; a quota whose numbers could
-///   take an intermediate past 2^53 is refused with
-///   [`Error::Configuration`]: by the throttle's `build()` when the throttle
-///   has this backend and a static rate, else by
-///   [`hit`](ThrottleBackend::hit). The bounds, in microseconds: token
-///   bucket capacity × period ≤ 2^53 (about 104,000 a day, 2.5 million an
-///   hour), sliding window counter limit × period ≤ 2^51 (about 26,000 a
-///   day, 625,000 an hour), GCRA burst × emission interval ≤ 2^50, a period
-///   ≤ 2^50 (about 35 years). GCRA with its default burst takes any limit.
+/// * **Exact numbers.** Lua numbers are doubles, exact up to 2^53. The
+///   token bucket and the sliding window counter decide on them while their
+///   numbers stay under 2^53, and on exact multi-limb integers past it (a
+///   slower path, taken only by such quotas), so they take every quota
+///   [`Quota::new`] takes: capacity (or limit) × period ≤ 2^62 in
+///   microseconds, about 53 million a day or 1.28 billion an hour. For the
+///   other strategies a quota whose numbers could take an intermediate past
+///   2^53 is refused with [`Error::Configuration`]: by the throttle's
+///   `build()` when the throttle has this backend and a static rate, else by
+///   [`hit`](ThrottleBackend::hit). Their bounds, in microseconds: GCRA
+///   burst × emission interval ≤ 2^50, a fixed window or log limit ≤ 2^51,
+///   a period ≤ 2^50 (about 35 years). GCRA with its default burst takes
+///   any limit.
 /// * **One connection.** A single multiplexed connection
 ///   ([`redis::aio::ConnectionManager`], or a
 ///   [`redis::cluster_async::ClusterConnection`]) that reconnects by itself
@@ -500,7 +502,9 @@ fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
 }
 
 /// Refuses quotas whose numbers could take a Lua (double) intermediate past
-/// 2^53, where the scripts would no longer be exact.
+/// 2^53, where the scripts would no longer be exact. The token bucket and the
+/// sliding window counter take any quota (their scripts switch to exact
+/// integers past 2^53); [`Quota::new`] bounds them (products ≤ 2^62).
 fn check_quota(quota: &Quota) -> Result<(), Error> {
     let period = quota.period_micros();
     let too_big = |what: &str| {
@@ -512,27 +516,21 @@ fn check_quota(quota: &Quota) -> Result<(), Error> {
             quota.strategy()
         )))
     };
-    if period > LUA_MAX_PERIOD {
-        return too_big("the period exceeds 2^50 microseconds (about 35 years)");
-    }
     let product = |a: u64, b: u64| u128::from(a) * u128::from(b);
     match quota.strategy() {
-        Strategy::TokenBucket => {
-            if product(quota.capacity(), period) > LUA_EXACT {
-                return too_big("capacity × period in microseconds exceeds 2^53");
-            }
-        }
+        Strategy::TokenBucket | Strategy::SlidingWindowCounter => {}
         Strategy::Gcra => {
+            if period > LUA_MAX_PERIOD {
+                return too_big("the period exceeds 2^50 microseconds (about 35 years)");
+            }
             if product(quota.capacity(), quota.emission_interval()) > u128::from(LUA_MAX_PERIOD) {
                 return too_big("burst × emission interval in microseconds exceeds 2^50");
             }
         }
-        Strategy::SlidingWindowCounter => {
-            if product(quota.limit(), period) > LUA_MAX_PRODUCT {
-                return too_big("limit × period in microseconds exceeds 2^51");
-            }
-        }
         Strategy::FixedWindow | Strategy::SlidingWindowLog => {
+            if period > LUA_MAX_PERIOD {
+                return too_big("the period exceeds 2^50 microseconds (about 35 years)");
+            }
             if u128::from(quota.limit()) > LUA_MAX_PRODUCT {
                 return too_big("the limit exceeds 2^51");
             }
@@ -1403,21 +1401,43 @@ mod tests {
 
     #[test]
     fn lua_bounds_are_checked() {
-        let rate = crate::Rate::new(1000, Duration::from_secs(3600 * 24 * 365)).unwrap();
-        let quota = Quota::new(rate, Strategy::TokenBucket).unwrap();
-        assert!(matches!(check_quota(&quota), Err(Error::Configuration(_))));
         let quota = Quota::new("100/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
         assert!(check_quota(&quota).is_ok());
-        // The documented daily bounds, on either side.
+        // A period past 2^50 µs (40 years): refused where the scripts use
+        // doubles only, taken by the token bucket and the sliding window
+        // counter, whose scripts switch to exact integers.
+        let rate = crate::Rate::new(1000, Duration::from_secs(86_400 * 365 * 40)).unwrap();
+        for strategy in Strategy::ALL {
+            let quota = Quota::new(rate, strategy).unwrap();
+            let exact = matches!(
+                strategy,
+                Strategy::TokenBucket | Strategy::SlidingWindowCounter
+            );
+            match check_quota(&quota) {
+                Ok(()) => assert!(exact, "{strategy}"),
+                Err(Error::Configuration(message)) => {
+                    assert!(!exact, "{strategy}: {message}");
+                    assert!(message.contains("2^50"), "{message}");
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        // The documented daily bounds: the token bucket and the sliding
+        // window counter take what Quota::new takes (× period ≤ 2^62).
         let daily = |limit: u64, strategy| {
             let rate = crate::Rate::new(limit, Duration::from_secs(86_400)).unwrap();
-            check_quota(&Quota::new(rate, strategy).unwrap()).is_ok()
+            Quota::new(rate, strategy).map(|quota| check_quota(&quota).is_ok())
         };
-        assert!(daily(104_000, Strategy::TokenBucket));
-        assert!(!daily(105_000, Strategy::TokenBucket));
-        assert!(daily(26_000, Strategy::SlidingWindowCounter));
-        assert!(!daily(27_000, Strategy::SlidingWindowCounter));
-        assert!(daily(10_000_000, Strategy::Gcra));
-        assert!(daily(10_000_000, Strategy::FixedWindow));
+        for strategy in [Strategy::TokenBucket, Strategy::SlidingWindowCounter] {
+            assert!(daily(1_000_000, strategy).unwrap());
+            assert!(daily(53_375_995, strategy).unwrap());
+            assert!(daily(53_375_996, strategy).is_err());
+        }
+        assert!(daily(10_000_000, Strategy::Gcra).unwrap());
+        assert!(daily(10_000_000, Strategy::FixedWindow).unwrap());
+        // GCRA's burst × emission interval past 2^50.
+        let gcra = Quota::new("1000/day".parse().unwrap(), Strategy::Gcra).unwrap();
+        assert!(check_quota(&gcra.with_burst(13_031_248).unwrap()).is_ok());
+        assert!(check_quota(&gcra.with_burst(13_031_249).unwrap()).is_err());
     }
 }

@@ -3,16 +3,20 @@
 -- KEYS[1]: the state key. ARGV[1]: '1' to record the hit, '0' to peek (no
 -- write at all). The other ARGV are the strategy's integers, formatted in
 -- decimal. Every script returns {allowed (1/0), remaining, reset_after_us,
--- retry_after_us}.
+-- retry_after_us} (numbers, or decimal strings where they may pass 2^53).
 --
--- Lua numbers are doubles: the Rust side rejects quotas whose numbers could
--- take an intermediate value past 2^53, so every sum and product below is
--- exact, but for one: the token bucket's refill product, which may pass
+-- Lua numbers are doubles, exact up to 2^53. Each script's everyday path
+-- uses them directly: it runs only for quotas whose sums and products stay
+-- under 2^53, but for one: the token bucket's refill product, which may pass
 -- 2^53 only to be compared with a smaller number (rounding is monotone, so
 -- the comparison holds; see token_bucket.lua). Divisions go through
--- math.fmod, which is exact too. Numbers are
--- written back with string.format('%d') because Redis would format a Lua
--- number with 14 significant digits, too few for microsecond timestamps.
+-- math.fmod, which is exact too. The token bucket and the sliding window
+-- counter take larger quotas through a second path on exact integers of
+-- any size (bignum below); the Rust side refuses, for the other
+-- strategies, quotas whose numbers could pass 2^53. Numbers are
+-- written back with string.format('%d') (exact for any whole double below
+-- 2^63) because Redis would format a Lua number with 14 significant digits,
+-- too few for microsecond timestamps.
 local function fdiv(a, b)
   return (a - math.fmod(a, b)) / b
 end
@@ -31,7 +35,7 @@ end
 local function ttl_ms(us)
   return int(cdiv(us, 1000) + 1)
 end
--- Exact integers, for numbers that can pass 2^53: arrays of
+-- Exact integers for the quotas whose numbers can pass 2^53: arrays of
 -- base-2^24 limbs, least significant first, without high zero limbs (zero
 -- is {}), so that every limb sum and product stays far below 2^53. Built
 -- on demand (`local N = bignum()`): a script that does not need it pays
