@@ -101,6 +101,10 @@ impl std::error::Error for Error {
 pub struct BackendError {
     message: String,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    /// The backend is known to be down and failed at once (a circuit
+    /// breaker): the outage was reported when it began, so throttles log
+    /// this at DEBUG rather than once per request.
+    known_outage: bool,
 }
 
 impl BackendError {
@@ -109,6 +113,7 @@ impl BackendError {
         BackendError {
             message: message.into(),
             source: None,
+            known_outage: false,
         }
     }
 
@@ -120,7 +125,31 @@ impl BackendError {
         BackendError {
             message: message.into(),
             source: Some(Arc::new(source)),
+            known_outage: false,
         }
+    }
+
+    /// A failure of a backend known to be down, answered at once without
+    /// trying (a circuit breaker's refusal). Throttles log it at DEBUG, not
+    /// WARN: a backend that fails this way reports the outage itself, once,
+    /// when it begins, instead of a warning per request.
+    ///
+    /// ```
+    /// use traffik::BackendError;
+    /// let error = BackendError::known_outage("the store is down; not retried before 12:00:05");
+    /// assert!(error.is_known_outage());
+    /// assert!(!BackendError::new("timed out").is_known_outage());
+    /// ```
+    pub fn known_outage(message: impl Into<String>) -> Self {
+        BackendError {
+            known_outage: true,
+            ..BackendError::new(message)
+        }
+    }
+
+    /// Whether this is a [`known_outage`](BackendError::known_outage).
+    pub fn is_known_outage(&self) -> bool {
+        self.known_outage
     }
 
     /// The message.

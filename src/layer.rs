@@ -108,7 +108,7 @@ impl MiddlewareThrottle {
                     throttle = self.throttle.uid(),
                     method = name.as_str(),
                     "MiddlewareThrottle::methods: {name:?} is not a standard HTTP method; \
-                     the rule matches only requests with exactly this method"
+                     the rule matches only requests with this method (in any case)"
                 ),
                 Ok(_) => {}
             }
@@ -142,11 +142,11 @@ impl MiddlewareThrottle {
                 self.throttle.uid()
             ))
         };
-        // The pattern alone first: its errors point into what the user wrote,
-        // and a pattern such as `a)|(b`, invalid alone, cannot escape the
-        // anchoring group below.
-        Regex::new(pattern).map_err(invalid)?;
-        let regex = Regex::new(&format!("^(?:{pattern})")).map_err(invalid)?;
+        // Compiled as written (errors point into what the user wrote) and
+        // anchored when matching (see `matches`): wrapping it in `^(?:..)`
+        // would let `a)|(b` escape the group, or `(?x)/a # note` comment the
+        // group's end out.
+        let regex = Regex::new(pattern).map_err(invalid)?;
         self.path = Some(regex);
         Ok(self)
     }
@@ -182,7 +182,11 @@ impl MiddlewareThrottle {
             }
         }
         match &self.path {
-            Some(path) => path.is_match(request.uri().path()),
+            // Matched at the start: the leftmost match starts at 0 exactly
+            // when some match does.
+            Some(path) => path
+                .find(request.uri().path())
+                .is_some_and(|found| found.start() == 0),
             None => true,
         }
     }

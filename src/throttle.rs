@@ -549,6 +549,20 @@ impl Core {
             tracing::error!(throttle = self.uid(), key = %key, %error, "traffik cannot decide this request");
             return Err(error);
         }
+        if let Error::Backend(backend) = &error {
+            if backend.is_known_outage() {
+                // Reported once, when the outage began (a warning from the
+                // backend), not once per request.
+                tracing::debug!(throttle = self.uid(), key = %key, %error, "traffik backend is down; {}", match self.failure_mode {
+                    FailureMode::Open => "letting the request through (FailureMode::Open)",
+                    FailureMode::Closed => "refusing the request (FailureMode::Closed)",
+                });
+                return match self.failure_mode {
+                    FailureMode::Open => Ok(Verdict::exempt()),
+                    FailureMode::Closed => Err(error),
+                };
+            }
+        }
         match self.failure_mode {
             FailureMode::Open => {
                 tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; letting the request through (FailureMode::Open)");

@@ -68,6 +68,11 @@ fn bad_path_patterns_are_reported_as_written() {
         message.contains("invalid path pattern \"/a)|(/b\""),
         "{message}"
     );
+    // Valid alone and not broken by anchoring: a comment in verbose mode
+    // swallows nothing the crate adds.
+    assert!(MiddlewareThrottle::new(valid("er-path-verbose"))
+        .try_path("(?x)/api # the API")
+        .is_ok());
 }
 
 #[test]

@@ -149,6 +149,22 @@ async fn path_filter_is_a_prefix_regex_anchored_at_the_start() {
 }
 
 #[tokio::test]
+async fn path_filters_are_anchored_whatever_the_pattern() {
+    // An alternation: each branch at the start, not "/api/" anywhere.
+    let layer = ThrottleLayer::new(InMemoryBackend::new())
+        .rule(MiddlewareThrottle::new(per_hour("os-path-alt", 1)).path("/other|/api/"));
+    let app = rules_app(layer);
+    assert_eq!(statuses(&app, 3, || at("/v1/api/x", PEER)).await, [200; 3]);
+    assert_eq!(statuses(&app, 2, || at("/api/x", PEER)).await, [200, 429]);
+    // Verbose mode with a comment.
+    let layer = ThrottleLayer::new(InMemoryBackend::new())
+        .rule(MiddlewareThrottle::new(per_hour("os-path-verbose", 1)).path("(?x) /api/ # the API"));
+    let app = rules_app(layer);
+    assert_eq!(statuses(&app, 3, || at("/v1/api/x", PEER)).await, [200; 3]);
+    assert_eq!(statuses(&app, 2, || at("/api/x", PEER)).await, [200, 429]);
+}
+
+#[tokio::test]
 async fn path_filter_with_dollar_matches_whole_path_only() {
     let memory = InMemoryBackend::new();
     let layer = ThrottleLayer::new(memory)

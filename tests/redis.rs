@@ -1384,6 +1384,141 @@ async fn a_connection_that_goes_silent_is_replaced() {
     );
 }
 
+/// Hits in flight on a silent connection all time out; only the first
+/// replaces it: the others, on a connection already replaced, neither
+/// replace its successor nor reopen the breaker.
+#[tokio::test]
+async fn timeouts_in_flight_on_a_silent_connection_replace_it_once() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let proxy = Proxy::start(server.port).await;
+    let redis = RedisBackend::builder(proxy.url())
+        .prefix(unique_prefix("storm"))
+        .timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(500))
+        .circuit_breaker(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::TokenBucket);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    let connections = proxy.accepted();
+    proxy.black_hole_open_connections();
+    // Spread over the timeout, so that they time out one after another,
+    // long after the first replacement is done.
+    let in_flight: Vec<_> = (0..60u64)
+        .map(|i| {
+            let (redis, key) = (redis.clone(), key.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5 * i)).await;
+                redis.hit(&key, &q, 1).await
+            })
+        })
+        .collect();
+    for task in in_flight {
+        // Those sent after the replacement get through.
+        let _ = task.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.hit(&key, &q, 1).await.is_err() {
+        assert!(Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    }
+    // One replacement opens two connections (a first attempt, then the
+    // client's own); the timeouts that follow it must not open more pairs.
+    let opened = proxy.accepted() - connections;
+    assert!((1..=4).contains(&opened), "{opened} connections opened");
+}
+
+/// The task opening a new connection can be dropped unfinished (its
+/// runtime shut down): the next timeout may open one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_dropped_with_its_runtime_does_not_block_the_next() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let proxy = Proxy::start(server.port).await;
+    let redis = RedisBackend::builder(proxy.url())
+        .prefix(unique_prefix("dropped-task"))
+        .timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
+        .circuit_breaker(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::TokenBucket);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    proxy.black_hole_open_connections();
+    // A hit times out on a short-lived runtime, which starts the
+    // replacement there and is shut down at once.
+    std::thread::spawn({
+        let (redis, key) = (redis.clone(), key.clone());
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            assert!(runtime.block_on(redis.hit(&key, &q, 1)).is_err());
+            drop(runtime);
+        }
+    })
+    .join()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(error) = redis.hit(&key, &q, 1).await {
+        assert!(Instant::now() < deadline, "no recovery: {error}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection closed under the backend (an idle timeout, `CLIENT KILL`)
+/// is reopened by the client at once: it does not open the breaker.
+#[tokio::test]
+async fn one_lost_connection_does_not_open_the_breaker() {
+    let Some(server) = Server::start().await else {
+        return;
+    };
+    let redis = RedisBackend::builder(server.url())
+        .prefix(unique_prefix("killed"))
+        .circuit_breaker(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let q = quota("1000000/min", Strategy::Gcra);
+    let key = format!("{}:u:k:s", redis.prefix());
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    let mut admin = client_conn(&server.url()).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    // The hit on the killed connection may fail; the breaker stays closed,
+    // so the next ones reach Redis (a 30 s pause would refuse them all).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match redis.hit(&key, &q, 1).await {
+            Ok(decision) => {
+                assert!(decision.allowed);
+                break;
+            }
+            Err(error) => {
+                let message = error.to_string();
+                assert!(!message.contains("without a round trip"), "{message}");
+                assert!(Instant::now() < deadline, "no recovery: {message}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// While Redis cannot be reached, hits fail at once with the circuit
 /// breaker's error (no round trip, no timeout to wait for), and after its
 /// pause a test hit finds the server back.
@@ -1403,19 +1538,31 @@ async fn hits_fail_at_once_while_redis_is_unreachable() {
     let key = format!("{}:u:k:s", redis.prefix());
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     server.kill();
-    // The first hit finds out (a lost connection or a timeout)...
-    let first = redis.hit(&key, &q, 1).await.unwrap_err();
-    assert!(
-        !first.to_string().contains("without a round trip"),
-        "{first}"
-    );
-    // ...and the next ones fail at once, naming the cause and the setting.
+    // The first hits find out (a lost connection, then a refusal or a
+    // timeout while the client reconnects)...
+    let mut found_out = 0;
+    loop {
+        let error = redis.hit(&key, &q, 1).await.unwrap_err();
+        if error.to_string().contains("without a round trip") {
+            break;
+        }
+        found_out += 1;
+        assert!(found_out <= 3, "the breaker never opened: {error}");
+    }
+    // ...and then they fail at once, naming the cause and the setting.
     for _ in 0..3 {
         let error = redis.hit(&key, &q, 1).await.unwrap_err();
         let message = error.to_string();
-        assert!(matches!(error, Error::Backend(_)), "{message}");
+        assert!(
+            matches!(&error, Error::Backend(backend) if backend.is_known_outage()),
+            "{message}"
+        );
         assert!(message.contains("without a round trip"), "{message}");
         assert!(message.contains("circuit_breaker"), "{message}");
+        assert!(
+            !message.contains("(traffik backend error"),
+            "nested: {message}"
+        );
     }
     // Back: after the pause a test hit gets through, and so do the others.
     server.restart().await;

@@ -207,3 +207,57 @@ fn a_non_standard_method_in_a_rule_is_a_warning() {
     assert!(events[0].1.contains("\"PSOT\""), "{events:?}");
     assert!(events[0].1.contains("throttle=\"tr-method\""), "{events:?}");
 }
+
+/// A failure the backend marks as a known outage (a circuit breaker's
+/// refusal) is logged at DEBUG, not once per request at WARN, and still
+/// follows the failure mode.
+#[tokio::test]
+async fn a_known_outage_is_a_debug_event_per_request() {
+    use traffik::backend::{BackendFuture, BoxFuture, ThrottleBackend};
+    use traffik::{BackendError, Error, Quota};
+
+    #[derive(Clone)]
+    struct Down;
+    impl ThrottleBackend for Down {
+        fn prefix(&self) -> &str {
+            "down"
+        }
+        fn hit(&self, _: &str, _: &Quota, _: u64) -> BackendFuture {
+            BackendFuture::ready(Err(Error::Backend(BackendError::known_outage(
+                "the store is down",
+            ))))
+        }
+        fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+            self.hit(key, quota, cost)
+        }
+        fn reset(&self) -> BoxFuture<Result<(), Error>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    let (recorder, _guard) = Recorder::install();
+    for (uid, mode, status) in [
+        ("tr-outage-open", FailureMode::Open, 200),
+        ("tr-outage-closed", FailureMode::Closed, 503),
+    ] {
+        let t = HttpThrottle::builder()
+            .uid(uid)
+            .limit(1)
+            .hours(1)
+            .failure_mode(mode)
+            .backend(Down)
+            .build()
+            .unwrap();
+        let app = Router::new().route("/o", get(ok).route_layer(t.layer()));
+        assert_eq!(statuses(&app, 2, || at("/o", PEER)).await, [status; 2]);
+        let events = recorder.with(&format!("throttle=\"{uid}\""));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            events.iter().all(|(level, _)| *level == Level::DEBUG),
+            "{events:?}"
+        );
+        assert!(events
+            .iter()
+            .all(|(_, text)| text.contains("the store is down")));
+    }
+}

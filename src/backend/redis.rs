@@ -186,7 +186,7 @@ pub struct RedisBackend {
 struct Shared {
     /// Replaced by a new connection after a command times out (see
     /// [`Shared::replace_connection`]).
-    conn: RwLock<Conn>,
+    conn: RwLock<Current>,
     /// How to open a connection again.
     opener: Opener,
     /// A new connection is being opened.
@@ -196,6 +196,12 @@ struct Shared {
     persistent: bool,
     timeout: Duration,
     deny_cache: Option<DenyCache>,
+}
+
+/// The connection in use, and how many times it was replaced.
+struct Current {
+    conn: Conn,
+    generation: u64,
 }
 
 /// The connection: one multiplexed connection to a server, or a cluster
@@ -425,7 +431,7 @@ impl RedisBackend {
                         .arg(cost);
                 }
             }
-            let mut conn = shared.conn();
+            let (mut conn, generation) = shared.current();
             let reply: Result<[i64; 4], Failure> = shared
                 .attempt("EVALSHA", async {
                     // `invoke_async` loads the script on NOSCRIPT and retries
@@ -441,18 +447,23 @@ impl RedisBackend {
                     }
                 })
                 .await;
+            // A failure on a connection already replaced says nothing of
+            // the new one: the hits that were in flight on a silent
+            // connection neither replace its successor nor reopen the
+            // breaker once a test hit has closed it.
+            let stale = shared.current().1 != generation;
             match &reply {
                 Ok(_) => ticket.record(Outcome::Reached, &String::new),
-                Err(Failure::TimedOut(error)) => {
-                    ticket.record(Outcome::Unreachable, &|| error.to_string());
+                Err(Failure::TimedOut(error)) if !stale => {
+                    ticket.record(Outcome::Unreachable, &|| failure_text(error));
                     // A connection that stopped answering (a dead proxy or
                     // NAT entry) is never dropped by the client: replace it.
-                    shared.replace_connection();
+                    shared.replace_connection(generation);
                 }
-                Err(Failure::Unreachable(error)) => {
-                    ticket.record(Outcome::Unreachable, &|| error.to_string())
+                Err(Failure::Refused(error)) if !stale => {
+                    ticket.record(Outcome::Unreachable, &|| failure_text(error))
                 }
-                Err(Failure::Other(_)) => ticket.record(Outcome::Other, &String::new),
+                Err(_) => ticket.record(Outcome::Other, &String::new),
             }
             let decision = decision_from_reply(&quota, reply.map_err(Failure::into_error)?);
             if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
@@ -543,48 +554,82 @@ fn check_quota(quota: &Quota) -> Result<(), Error> {
 enum Failure {
     /// No answer in time (the backend's timeout, or the client's).
     TimedOut(Error),
-    /// A refused or lost connection.
-    Unreachable(Error),
-    /// Anything else (a script or server error).
+    /// A connection refused: the server is not there.
+    Refused(Error),
+    /// Anything else: a script or server error, or a connection lost (the
+    /// client reconnects at once, and a server that is really gone shows
+    /// on the next hits as refusals or timeouts).
     Other(Error),
 }
 
 impl Failure {
     fn into_error(self) -> Error {
         match self {
-            Failure::TimedOut(error) | Failure::Unreachable(error) | Failure::Other(error) => error,
+            Failure::TimedOut(error) | Failure::Refused(error) | Failure::Other(error) => error,
         }
+    }
+}
+
+/// A failure as the circuit breaker's refusals name it.
+fn failure_text(error: &Error) -> String {
+    match error {
+        Error::Backend(backend) => backend.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Lets a new connection be opened again when the task opening one ends,
+/// or is dropped unfinished (its runtime shut down).
+struct Replacing(Arc<Shared>);
+
+impl Drop for Replacing {
+    fn drop(&mut self) {
+        self.0.replacing.store(false, Ordering::Release);
     }
 }
 
 impl Shared {
     /// The current connection (cheap: a clone of handles).
     fn conn(&self) -> Conn {
-        self.conn
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current().0
+    }
+
+    /// The current connection and its generation.
+    fn current(&self) -> (Conn, u64) {
+        let current = self.conn.read().unwrap_or_else(PoisonError::into_inner);
+        (current.conn.clone(), current.generation)
     }
 
     /// Opens a new connection in the background, and uses it from then on,
     /// unless one is already being opened. Called when a command times out:
     /// the client reconnects by itself when a connection is refused or
-    /// closed, but not when it stays open and silent, which a dead proxy,
-    /// NAT entry or failover can leave behind.
-    fn replace_connection(self: &Arc<Self>) {
+    /// closed, but not when it stays open and silent, which a dead proxy or
+    /// NAT entry can leave behind.
+    /// `generation` is the connection the command timed out on: once it
+    /// has been replaced, nothing is done.
+    fn replace_connection(self: &Arc<Self>, generation: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.replacing.swap(true, Ordering::AcqRel) {
+        if self.current().1 != generation || self.replacing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let shared = Arc::clone(self);
+        // Moved into the task: dropped with it, run or not.
+        let guard = Replacing(Arc::clone(self));
         runtime.spawn(async move {
+            let shared = &guard.0;
             let opened =
                 tokio::time::timeout(shared.opener.connect_timeout, shared.opener.open()).await;
             match opened {
                 Ok(Ok(conn)) => {
-                    *shared.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
+                    let mut current = shared.conn.write().unwrap_or_else(PoisonError::into_inner);
+                    if current.generation == generation {
+                        *current = Current {
+                            conn,
+                            generation: generation + 1,
+                        };
+                    }
+                    drop(current);
                     tracing::info!(
                         prefix = shared.prefix.as_str(),
                         "traffik: opened a new Redis connection after a command timed out"
@@ -600,7 +645,6 @@ impl Shared {
                     "traffik: could not open a new Redis connection within the connect timeout"
                 ),
             }
-            shared.replacing.store(false, Ordering::Release);
         });
     }
 
@@ -614,14 +658,12 @@ impl Shared {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 let timed_out = error.is_timeout();
-                let unreachable = error.is_connection_refusal()
-                    || error.is_io_error()
-                    || error.is_connection_dropped();
+                let refused = error.is_connection_refusal();
                 let error = redis_error(what, error);
                 Err(if timed_out {
                     Failure::TimedOut(error)
-                } else if unreachable {
-                    Failure::Unreachable(error)
+                } else if refused {
+                    Failure::Refused(error)
                 } else {
                     Failure::Other(error)
                 })
@@ -1094,7 +1136,8 @@ impl RedisBackendBuilder {
     }
 
     /// How long hits fail at once after Redis could not be reached (a
-    /// timeout, a refused or lost connection), default 500 ms (off on a
+    /// timeout or a refused connection; not a single lost connection, which
+    /// the client reopens at once), default 500 ms (off on a
     /// cluster, see below): the
     /// throttle's [`FailureMode`](crate::FailureMode) then answers at once
     /// (`Open` lets the request through, `Closed` answers 503) instead of
@@ -1107,10 +1150,14 @@ impl RedisBackendBuilder {
     /// failure would make hits on the healthy ones fail too: it is off there
     /// unless set.
     ///
-    /// Whatever this setting, a connection on which a command times out is
-    /// replaced by a new one in the background: the client reconnects by
-    /// itself after a refused or closed connection, but not when one stays
-    /// open and silent (a dead proxy or NAT entry).
+    /// The breaker warns once when it opens, and its refusals are
+    /// [known outages](crate::BackendError::known_outage), which throttles
+    /// log at DEBUG. Whatever this setting, a connection on which a command
+    /// times out is replaced by a new one in the background: the client
+    /// reconnects by itself after a refused or closed connection, but not
+    /// when one stays open and silent (a dead proxy or NAT entry). Only this
+    /// backend's timeout sees such a connection: keep it below any timeout
+    /// around the request.
     pub fn circuit_breaker(mut self, pause: Duration) -> Self {
         self.circuit_breaker = Some(pause);
         self
@@ -1167,10 +1214,13 @@ impl RedisBackendBuilder {
         };
         let backend = RedisBackend {
             inner: Arc::new(Shared {
-                conn: RwLock::new(conn),
+                conn: RwLock::new(Current {
+                    conn,
+                    generation: 0,
+                }),
                 opener,
                 replacing: AtomicBool::new(false),
-                breaker: Breaker::new(breaker_pause),
+                breaker: Breaker::new(self.prefix.clone(), breaker_pause),
                 prefix: self.prefix,
                 persistent: self.persistent,
                 timeout: self.timeout,

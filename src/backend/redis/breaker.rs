@@ -1,6 +1,6 @@
 //! Failing fast while Redis is unreachable: a circuit breaker.
 //!
-//! After a command fails to reach Redis (a timeout, a refused or lost
+//! After a command fails to reach Redis (a timeout or a refused
 //! connection), hits fail at once for a pause, without a round trip, so that
 //! `FailureMode::Open` lets requests through at once and `Closed` answers
 //! 503 at once, instead of each waiting for the timeout. After the pause one
@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::error::BackendError;
 use crate::Error;
 
 pub(super) struct Breaker {
+    /// The backend's prefix, in logs.
+    name: String,
     /// How long hits fail at once after a failure; zero: never.
     pause: Duration,
     /// Zero while closed; else the time (µs since `origin`) until which
@@ -52,16 +55,18 @@ pub(super) struct Ticket<'a> {
 pub(super) enum Outcome {
     /// Redis answered.
     Reached,
-    /// Redis could not be reached (timeout, refused or lost connection).
+    /// Redis could not be reached (a timeout, a refused connection).
     Unreachable,
-    /// Another error (a script error, a quota too large): says nothing of
-    /// the connection.
+    /// Another error (a script error, a connection lost and being
+    /// reconnected, a failure on a connection already replaced): says
+    /// nothing of whether Redis can be reached now.
     Other,
 }
 
 impl Breaker {
-    pub(super) fn new(pause: Duration) -> Breaker {
+    pub(super) fn new(name: impl Into<String>, pause: Duration) -> Breaker {
         Breaker {
+            name: name.into(),
             pause,
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
@@ -129,17 +134,35 @@ impl Breaker {
     ) {
         match outcome {
             Outcome::Reached => {
-                if self.open_until.load(Ordering::Acquire) != 0 {
-                    self.open_until.store(0, Ordering::Release);
+                if self.open_until.load(Ordering::Acquire) != 0
+                    && self.open_until.swap(0, Ordering::AcqRel) != 0
+                {
+                    tracing::info!(
+                        prefix = self.name.as_str(),
+                        "traffik: Redis answers again; hits go to Redis"
+                    );
                 }
             }
             Outcome::Unreachable if !self.pause.is_zero() => {
-                *self
-                    .last_failure
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = failure();
+                let failure = failure();
                 let pause = self.pause.as_micros().min(u128::from(u64::MAX / 2)) as u64;
-                self.open_until.store(now + pause, Ordering::Release);
+                let was = {
+                    let mut last = self
+                        .last_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    last.clone_from(&failure);
+                    self.open_until.swap(now + pause, Ordering::AcqRel)
+                };
+                if was == 0 {
+                    // Once per outage; the hits it refuses log at DEBUG.
+                    tracing::warn!(
+                        prefix = self.name.as_str(),
+                        %failure,
+                        pause = ?self.pause,
+                        "traffik: Redis cannot be reached; hits fail at once until a test hit gets through"
+                    );
+                }
             }
             Outcome::Unreachable | Outcome::Other => {}
         }
@@ -154,11 +177,11 @@ impl Breaker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        Error::backend(format!(
+        Error::Backend(BackendError::known_outage(format!(
             "Redis is unreachable ({last}): hits fail at once, without a round trip, until a test hit \
              reaches it again (one every {:?}; RedisBackendBuilder::circuit_breaker)",
             self.pause
-        ))
+        )))
     }
 }
 
@@ -194,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_closed_breaker_lets_everything_through() {
-        let breaker = Breaker::new(PAUSE);
+        let breaker = Breaker::new("test", PAUSE);
         assert_eq!(breaker.admit_at(1), Admission::Go);
         breaker.record_at(1, false, Outcome::Reached, &failure);
         breaker.record_at(2, false, Outcome::Other, &failure);
@@ -203,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_failure_refuses_hits_for_the_pause_then_lets_one_probe() {
-        let breaker = Breaker::new(PAUSE);
+        let breaker = Breaker::new("test", PAUSE);
         breaker.record_at(1_000, false, Outcome::Unreachable, &failure);
         // During the pause: refused.
         assert_eq!(breaker.admit_at(1_001), Admission::Refuse);
@@ -224,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_probe_that_says_nothing_of_the_connection_hands_on_its_turn() {
-        let breaker = Breaker::new(PAUSE);
+        let breaker = Breaker::new("test", PAUSE);
         breaker.record_at(1, false, Outcome::Unreachable, &failure);
         assert_eq!(breaker.admit_at(600_000), Admission::Probe);
         breaker.record_at(600_001, true, Outcome::Other, &failure);
@@ -234,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_dropped_probe_hands_on_its_turn() {
-        let breaker = Breaker::new(PAUSE);
+        let breaker = Breaker::new("test", PAUSE);
         breaker.record_at(1, false, Outcome::Unreachable, &failure);
         // Far past the pause in real time: `admit` probes.
         breaker
@@ -252,7 +275,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_failure_and_the_setting() {
-        let breaker = Breaker::new(PAUSE);
+        let breaker = Breaker::new("test", PAUSE);
         breaker.record_at(breaker.now(), false, Outcome::Unreachable, &failure);
         let Err(error) = breaker.admit() else {
             panic!("refused during the pause");
@@ -265,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_zero_pause_never_opens() {
-        let breaker = Breaker::new(Duration::ZERO);
+        let breaker = Breaker::new("test", Duration::ZERO);
         breaker.record_at(1, false, Outcome::Unreachable, &failure);
         assert_eq!(breaker.admit_at(2), Admission::Go);
         assert!(breaker.admit().is_ok());
