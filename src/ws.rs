@@ -5,7 +5,7 @@
 //! `Stream<Item = Result<M, E>> + Sink<M>` whose message type `M` implements
 //! [`WsMessage`]: axum's [`WebSocket`](axum::extract::ws::WebSocket) (feature
 //! `axum`, default) and tokio-tungstenite's `WebSocketStream` (feature
-//! `tungstenite`) — and returns a [`GuardedSocket`], which is a stream and a
+//! `tungstenite` for 0.29, `tungstenite-0-28` for 0.28) — and returns a [`GuardedSocket`], which is a stream and a
 //! sink of the same messages. Every data message (text or binary) the client
 //! sends is one hit; ping, pong and close frames are never counted.
 //!
@@ -92,8 +92,10 @@ const MAX_CLOSE_REASON: usize = 123;
 /// close frames the guard sends.
 ///
 /// Implemented for axum's [`Message`](axum::extract::ws::Message) (feature
-/// `axum`, default) and tungstenite's `Message` (feature `tungstenite`, the
-/// type tokio-tungstenite's `WebSocketStream` carries).
+/// `axum`, default) and tungstenite's `Message`, the type tokio-tungstenite's
+/// `WebSocketStream` carries: feature `tungstenite` for tungstenite 0.29
+/// (tokio-tungstenite 0.29, the version axum 0.8 uses), `tungstenite-0-28`
+/// for 0.28. The trait is public: implement it for another message type.
 ///
 /// ```
 /// use traffik::ws::WsMessage;
@@ -136,23 +138,33 @@ impl WsMessage for axum::extract::ws::Message {
     }
 }
 
-#[cfg(feature = "tungstenite")]
-impl WsMessage for tungstenite::Message {
-    fn is_data(&self) -> bool {
-        matches!(self, Self::Text(_) | Self::Binary(_))
-    }
+/// `WsMessage` for a version of tungstenite's `Message`.
+#[cfg(any(feature = "tungstenite", feature = "tungstenite-0-28"))]
+macro_rules! tungstenite_message {
+    ($tungstenite:ident) => {
+        impl WsMessage for $tungstenite::Message {
+            fn is_data(&self) -> bool {
+                matches!(self, Self::Text(_) | Self::Binary(_))
+            }
 
-    fn text(text: String) -> Self {
-        Self::Text(text.into())
-    }
+            fn text(text: String) -> Self {
+                Self::Text(text.into())
+            }
 
-    fn close(code: u16, reason: &str) -> Self {
-        Self::Close(Some(tungstenite::protocol::CloseFrame {
-            code: code.into(),
-            reason: reason.into(),
-        }))
-    }
+            fn close(code: u16, reason: &str) -> Self {
+                Self::Close(Some($tungstenite::protocol::CloseFrame {
+                    code: code.into(),
+                    reason: reason.into(),
+                }))
+            }
+        }
+    };
 }
+
+#[cfg(feature = "tungstenite")]
+tungstenite_message!(tungstenite);
+#[cfg(feature = "tungstenite-0-28")]
+tungstenite_message!(tungstenite028);
 
 type NoticeFn = Arc<dyn Fn(&Throttled) -> String + Send + Sync>;
 

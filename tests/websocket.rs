@@ -1048,48 +1048,65 @@ async fn a_client_ip_identity_groups_ipv6_clients_by_their_64() {
 }
 
 // ---------------------------------------------------------------------------
-// tokio-tungstenite's WebSocketStream guarded directly (feature `tungstenite`).
+// tokio-tungstenite's WebSocketStream guarded directly: 0.29 (feature
+// `tungstenite`) and 0.28 (feature `tungstenite-0-28`), each against a 0.29
+// client.
 
-#[cfg(feature = "tungstenite")]
-#[tokio::test]
-async fn guards_a_tokio_tungstenite_server_socket() {
-    let ws_t = WebSocketThrottle::builder()
-        .limit(3)
-        .seconds(10)
-        .backend(InMemoryBackend::new())
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (count_tx, mut count_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let mut socket = ws_t.guard(socket, peer.ip());
-        while let Some(Ok(message)) = socket.next().await {
-            if message.is_text() {
-                let _ = count_tx.send(message.clone());
-                socket.send(message).await.unwrap();
+macro_rules! guards_a_tokio_tungstenite_server_socket {
+    ($name:ident, $feature:literal, $server:ident) => {
+        #[cfg(feature = $feature)]
+        #[tokio::test]
+        async fn $name() {
+            let ws_t = WebSocketThrottle::builder()
+                .limit(3)
+                .seconds(10)
+                .backend(InMemoryBackend::new())
+                .build()
+                .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (count_tx, mut count_rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let (tcp, peer) = listener.accept().await.unwrap();
+                let socket = $server::accept_async(tcp).await.unwrap();
+                let mut socket = ws_t.guard(socket, peer.ip());
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_text() {
+                        let _ = count_tx.send(message.clone());
+                        socket.send(message).await.unwrap();
+                    }
+                }
+            });
+            let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+                .await
+                .unwrap();
+            for i in 1..=5 {
+                send(&mut client, &format!("m{i}")).await;
             }
+            let mut answers = Vec::new();
+            for _ in 0..5 {
+                answers.push(next_text(&mut client).await);
+            }
+            assert_eq!(answers, ["m1", "m2", "m3", &notice(4), &notice(4)]);
+            let mut delivered = 0;
+            while count_rx.try_recv().is_ok() {
+                delivered += 1;
+            }
+            assert_eq!(delivered, 3);
         }
-    });
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-        .await
-        .unwrap();
-    for i in 1..=5 {
-        send(&mut client, &format!("m{i}")).await;
-    }
-    let mut answers = Vec::new();
-    for _ in 0..5 {
-        answers.push(next_text(&mut client).await);
-    }
-    assert_eq!(answers, ["m1", "m2", "m3", &notice(4), &notice(4)]);
-    let mut delivered = 0;
-    while count_rx.try_recv().is_ok() {
-        delivered += 1;
-    }
-    assert_eq!(delivered, 3);
+    };
 }
+
+guards_a_tokio_tungstenite_server_socket!(
+    guards_a_tokio_tungstenite_server_socket,
+    "tungstenite",
+    tokio_tungstenite
+);
+guards_a_tokio_tungstenite_server_socket!(
+    guards_a_tokio_tungstenite_0_28_server_socket,
+    "tungstenite-0-28",
+    tokio_tungstenite_028
+);
 
 // ---------------------------------------------------------------------------
 // The same counts with the Redis backend (feature `redis`).
