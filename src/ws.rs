@@ -16,7 +16,7 @@
 //! |---|---|---|
 //! | [`Exceeded::Reject`] (default) | dropped: never reaches the handler | gets one notice per dropped message, `{"type":"rate_limit","error":"Too many messages","retry_after":N}` (N: whole seconds, rounded up, at least 1); the socket stays open |
 //! | [`Exceeded::Close`] | dropped | gets a close frame with code 1008 (policy violation) and the reason; the guarded stream then ends |
-//! | [`Exceeded::Wait`] | held until allowed, then delivered; nothing more is read from the socket meanwhile (backpressure). A message that would wait longer than `max`, or while `.max_waiting(n)` messages of the throttle already wait, is treated as `Reject` | nothing |
+//! | [`Exceeded::Wait`] | held until allowed, then delivered; meanwhile at most one more data message is read from the socket (backpressure), control frames pass, and a client that closes or leaves is noticed at once (the waiting message is dropped). A message that would wait longer than `max`, or while `.max_waiting(n)` messages of the throttle already wait, is treated as `Reject` | nothing |
 //!
 //! The handshake itself is an ordinary `GET` request: throttle it with an
 //! [`HttpThrottle`](crate::HttpThrottle) rule in a
@@ -112,6 +112,13 @@ pub trait WsMessage: Sized {
     /// `true` for the messages that count as hits: text and binary.
     fn is_data(&self) -> bool;
 
+    /// `true` for a close frame: a client that sends one while its message
+    /// waits for a decision has left, and the message is dropped. The
+    /// default, `false`, keeps such messages waiting.
+    fn is_close(&self) -> bool {
+        false
+    }
+
     /// A text message.
     fn text(text: String) -> Self;
 
@@ -124,6 +131,10 @@ pub trait WsMessage: Sized {
 impl WsMessage for axum::extract::ws::Message {
     fn is_data(&self) -> bool {
         matches!(self, Self::Text(_) | Self::Binary(_))
+    }
+
+    fn is_close(&self) -> bool {
+        matches!(self, Self::Close(_))
     }
 
     fn text(text: String) -> Self {
@@ -145,6 +156,10 @@ macro_rules! tungstenite_message {
         impl WsMessage for $tungstenite::Message {
             fn is_data(&self) -> bool {
                 matches!(self, Self::Text(_) | Self::Binary(_))
+            }
+
+            fn is_close(&self) -> bool {
+                matches!(self, Self::Close(_))
             }
 
             fn text(text: String) -> Self {
@@ -407,6 +422,7 @@ impl WebSocketThrottle {
             socket,
             target: self.target(identity.into(), options),
             state: State::Reading,
+            ahead: None,
         }
     }
 
@@ -479,7 +495,9 @@ enum State<M> {
     /// Reading the next message from the socket.
     Reading,
     /// A data message waits for its decision (a network backend or
-    /// [`Exceeded::Wait`]); nothing more is read meanwhile.
+    /// [`Exceeded::Wait`]). Meanwhile the socket is still read, so that a
+    /// client that leaves is noticed and control frames pass (pings get
+    /// their pongs), but at most one more data message, kept in `ahead`.
     Deciding {
         check: BoxFuture<Result<Verdict, Error>>,
         message: M,
@@ -520,6 +538,9 @@ pin_project! {
         socket: S,
         target: Target,
         state: State<M>,
+        // A data message read while another waited for its decision, to
+        // decide next.
+        ahead: Option<M>,
     }
 }
 
@@ -546,7 +567,8 @@ impl<S, M> GuardedSocket<S, M> {
         &mut self.socket
     }
 
-    /// The socket back (a message waiting for its decision is lost).
+    /// The socket back (a message waiting for its decision, and one read
+    /// behind it, are lost).
     pub fn into_inner(self) -> S {
         self.socket
     }
@@ -626,13 +648,16 @@ where
             let outcome = match this.state {
                 State::Done => return Poll::Ready(None),
                 State::Reading => {
-                    let message = match ready!(this.socket.as_mut().poll_next(cx)) {
-                        None => {
-                            *this.state = State::Done;
-                            return Poll::Ready(None);
-                        }
-                        Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                        Some(Ok(message)) => message,
+                    let message = match this.ahead.take() {
+                        Some(message) => message,
+                        None => match ready!(this.socket.as_mut().poll_next(cx)) {
+                            None => {
+                                *this.state = State::Done;
+                                return Poll::Ready(None);
+                            }
+                            Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                            Some(Ok(message)) => message,
+                        },
                     };
                     if !message.is_data() {
                         return Poll::Ready(Some(Ok(message)));
@@ -666,7 +691,36 @@ where
                     }
                 }
                 State::Deciding { check, .. } => {
-                    let result = ready!(check.as_mut().poll(cx));
+                    let result = match check.as_mut().poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending if this.ahead.is_some() => return Poll::Pending,
+                        Poll::Pending => match ready!(this.socket.as_mut().poll_next(cx)) {
+                            // The client left (or its socket failed) while
+                            // its message waited: the message is dropped,
+                            // and so is the wait, which gives back its
+                            // `max_waiting` place.
+                            None => {
+                                *this.state = State::Done;
+                                return Poll::Ready(None);
+                            }
+                            Some(Err(error)) => {
+                                *this.state = State::Reading;
+                                return Poll::Ready(Some(Err(error)));
+                            }
+                            Some(Ok(message)) if message.is_close() => {
+                                *this.state = State::Reading;
+                                return Poll::Ready(Some(Ok(message)));
+                            }
+                            // Pings and pongs pass while the data waits.
+                            Some(Ok(message)) if !message.is_data() => {
+                                return Poll::Ready(Some(Ok(message)));
+                            }
+                            Some(Ok(message)) => {
+                                *this.ahead = Some(message);
+                                return Poll::Pending;
+                            }
+                        },
+                    };
                     let State::Deciding { message, .. } =
                         std::mem::replace(this.state, State::Reading)
                     else {

@@ -571,8 +571,11 @@ async fn close_frames_are_not_hits_and_pass_through() {
     assert!(matches!(&sent[0], Message::Text(t) if t.as_str() == notice(10)));
 }
 
+/// While a message waits, the socket is still read (a client that leaves is
+/// noticed, control frames pass) but at most one more data message is read
+/// ahead: the rest stays in the socket (backpressure).
 #[tokio::test(start_paused = true)]
-async fn wait_reads_nothing_more_while_a_message_waits() {
+async fn wait_reads_at_most_one_message_ahead_while_a_message_waits() {
     let ws_t = WebSocketThrottle::builder()
         .limit(1)
         .seconds(2)
@@ -588,7 +591,7 @@ async fn wait_reads_nothing_more_while_a_message_waits() {
         .unwrap();
     let (socket, peer) = mock_socket();
     let mut guarded = ws_t.guard(socket, "waiter");
-    for text in ["1", "2", "3"] {
+    for text in ["1", "2", "3", "4"] {
         peer.send_text(text);
     }
     let text = |m: Option<Result<Message, Infallible>>| match m {
@@ -598,16 +601,91 @@ async fn wait_reads_nothing_more_while_a_message_waits() {
     assert_eq!(text(guarded.next().await), "1");
     assert_eq!(peer.reads.load(Ordering::SeqCst), 1);
     // "2" is read and must wait 2 s (Tokio's paused clock does not move
-    // here); "3" stays in the socket meanwhile (backpressure).
+    // here); "3" is read behind it, "4" stays in the socket.
     assert!(futures_util::FutureExt::now_or_never(guarded.next()).is_none());
-    assert_eq!(peer.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 3);
     let start = tokio::time::Instant::now();
     assert_eq!(text(guarded.next().await), "2");
     assert!(start.elapsed() >= Duration::from_millis(1_900));
-    assert_eq!(peer.reads.load(Ordering::SeqCst), 2);
-    assert_eq!(text(guarded.next().await), "3");
     assert_eq!(peer.reads.load(Ordering::SeqCst), 3);
+    // In order: "3" waits its turn, with "4" read behind it.
+    assert_eq!(text(guarded.next().await), "3");
+    assert!(start.elapsed() >= Duration::from_millis(3_900));
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 4);
+    assert_eq!(text(guarded.next().await), "4");
     assert!(peer.sent_texts().is_empty());
+}
+
+/// A client that leaves while its message waits is noticed at once: the
+/// message is dropped, the stream ends, and the `max_waiting` place is given
+/// back; a ping or a close frame from a client whose message waits passes at
+/// once.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_while_its_message_waits_frees_its_place() {
+    let ws_t = WebSocketThrottle::builder()
+        .limit(1)
+        .seconds(60)
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(600),
+        })
+        .max_waiting(1)
+        .backend(
+            InMemoryBackend::builder()
+                .clock(common::TokioClock::new())
+                .build(),
+        )
+        .build()
+        .unwrap();
+
+    // A client spends its message, then one waits; a ping passes meanwhile.
+    let (socket, peer) = mock_socket();
+    let mut first = ws_t.guard(socket, "leaver");
+    peer.send_text("1");
+    peer.send_text("2");
+    assert!(matches!(first.next().await, Some(Ok(Message::Text(_)))));
+    assert!(
+        futures_util::FutureExt::now_or_never(first.next()).is_none(),
+        "\"2\" waits"
+    );
+    peer.to_socket
+        .send(Message::Ping(Default::default()))
+        .unwrap();
+    assert!(matches!(
+        futures_util::FutureExt::now_or_never(first.next()),
+        Some(Some(Ok(Message::Ping(_))))
+    ));
+    // It leaves: the stream ends at once, without "2".
+    drop(peer);
+    assert!(matches!(
+        futures_util::FutureExt::now_or_never(first.next()),
+        Some(None)
+    ));
+
+    // Its place is free: another client's message waits instead of being
+    // refused with a notice.
+    let (socket, other) = mock_socket();
+    let mut second = ws_t.guard(socket, "stayer");
+    other.send_text("a");
+    other.send_text("b");
+    assert!(matches!(second.next().await, Some(Ok(Message::Text(_)))));
+    assert!(
+        futures_util::FutureExt::now_or_never(second.next()).is_none(),
+        "\"b\" waits"
+    );
+    assert!(other.sent_texts().is_empty(), "not refused");
+
+    // A close frame while "b" waits: it reaches the handler at once and "b"
+    // is dropped.
+    other.to_socket.send(Message::Close(None)).unwrap();
+    assert!(matches!(
+        futures_util::FutureExt::now_or_never(second.next()),
+        Some(Some(Ok(Message::Close(None))))
+    ));
+    drop(other);
+    assert!(matches!(
+        futures_util::FutureExt::now_or_never(second.next()),
+        Some(None)
+    ));
 }
 
 /// `max_waiting` bounds the messages held at once over all sockets: past
