@@ -1,5 +1,5 @@
-//! Time sources: the [`Clock`] trait, the monotonic [`SystemClock`] and the
-//! [`ManualClock`] for tests.
+//! Time sources: the [`Clock`] trait, the monotonic [`SystemClock`], and for
+//! tests the [`ManualClock`] and Tokio's clock ([`TokioClock`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,6 +101,51 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_micros(self.micros.load(Ordering::SeqCst))
+    }
+}
+
+/// Tokio's clock: for tests of an app under `#[tokio::test(start_paused =
+/// true)]` (or `tokio::time::pause()`), where time moves only when the
+/// runtime is idle or told to (`tokio::time::advance`), and where waiting
+/// ([`Exceeded::Wait`](crate::Exceeded::Wait), which sleeps on Tokio's timer)
+/// must see time move. A [`ManualClock`] never moves by itself, so a
+/// request waiting on it waits until its `max` and gets its 429.
+///
+/// ```
+/// use std::time::Duration;
+/// use traffik::backend::InMemoryBackend;
+/// use traffik::clock::TokioClock;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// tokio::time::pause();
+/// let memory = InMemoryBackend::builder().clock(TokioClock::new()).build();
+/// tokio::time::advance(Duration::from_secs(60)).await;   // the backend sees it
+/// # drop(memory); }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock whose origin is Tokio's now. Needs a Tokio runtime (with its
+    /// time driver) when read, and is made after `pause()` when paused.
+    pub fn new() -> Self {
+        TokioClock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        TokioClock::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.origin)
     }
 }
 

@@ -740,7 +740,13 @@ impl HttpThrottle {
     ///
     /// Returns the [`Decision`], or `Err(Error::Throttled(_))` when the
     /// request is over its limit — which, with the `axum` feature, turns into
-    /// the 429 response when returned from a handler with `?`. The future is
+    /// the 429 response when returned from a handler with `?`. Other errors:
+    /// `Error::Backend` when the backend fails under `FailureMode::Closed`
+    /// (a 503), `Error::AnonymousConnection` and `Error::Configuration` (a
+    /// 500). An exempt request, or a backend failure under
+    /// `FailureMode::Open`, is `Ok(Decision::unlimited())`: allowed, with
+    /// `limit` and `remaining` at `u64::MAX` (count failures with the
+    /// `tracing` warning, not from this decision). The future is
     /// `Send + 'static`: everything it needs is read from the request first;
     /// like any future it does nothing until polled (a dropped, never-awaited
     /// `hit` counts nothing).

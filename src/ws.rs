@@ -213,6 +213,8 @@ impl ThrottleBuilder<WsOptions> {
 
     /// Replaces the text message sent to the client for each dropped message
     /// (default: `{"type":"rate_limit","error":"Too many messages","retry_after":N}`).
+    /// An empty text sends nothing: the message is dropped silently, and a
+    /// flooding client gets no frame back per message.
     ///
     /// ```
     /// use traffik::{Throttled, WebSocketThrottle};
@@ -587,6 +589,8 @@ impl<S, M> GuardedSocket<S, M> {
 enum Outcome<M> {
     Deliver(M),
     Send(M, After),
+    /// Dropped without a notice; read on.
+    Drop,
 }
 
 fn settle<M: WsMessage>(
@@ -609,6 +613,9 @@ fn settle<M: WsMessage>(
                         throttled.retry_after_secs()
                     ),
                 };
+                if notice.is_empty() {
+                    return Outcome::Drop;
+                }
                 Outcome::Send(M::text(notice), After::Read)
             }
         },
@@ -760,6 +767,7 @@ where
             };
             match outcome {
                 Outcome::Deliver(message) => return Poll::Ready(Some(Ok(message))),
+                Outcome::Drop => *this.state = State::Reading,
                 Outcome::Send(message, then) => {
                     *this.state = State::Sending {
                         message: Some(message),

@@ -467,8 +467,11 @@ async fn failing_backend_open_lets_requests_through() {
     let (t, app) = failing_app("er-fail-open", FailureMode::Open, backend.clone());
     assert_eq!(statuses(&app, 5, || at("/f", PEER)).await, [200; 5]);
     assert_eq!(backend.calls.load(Ordering::SeqCst), 5);
-    // `hit` is Ok too (uncounted).
-    assert!(t.hit(&at("/f", PEER)).await.unwrap().allowed);
+    // `hit` is Ok too (uncounted): the unlimited decision, as documented.
+    assert_eq!(
+        t.hit(&at("/f", PEER)).await.unwrap(),
+        traffik::Decision::unlimited()
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,11 @@
 //!   path (requests that match no route count per path);
 //! * the in-memory `max_keys` cap: a new key at the cap is counted, and the
 //!   key closest to its reset makes room for it, whatever the failure mode,
-//!   end to end.
+//!   end to end;
+//! * "Testing your own limits": a `ManualClock` makes the 6th request in a
+//!   minute a 429 and a minute later a 200; under Tokio's paused clock a
+//!   `TokioClock` lets a waiting request through where a `ManualClock`
+//!   gives it its 429.
 
 mod common;
 
@@ -281,4 +285,67 @@ async fn key_cap_counts_new_clients_in_the_place_of_the_oldest_key() {
         assert_eq!(send(&app, at("/k", CLIENT_C)).await.status, 429);
         assert_eq!(memory.len(), 2);
     }
+}
+
+// --------------------------------------------------- testing your own limits
+
+fn five_a_minute(uid: &str, memory: InMemoryBackend) -> Router {
+    let t = HttpThrottle::builder()
+        .uid(uid)
+        .rate("5/min")
+        .backend(memory)
+        .build()
+        .unwrap();
+    Router::new().route("/api/items", get(ok).route_layer(t.layer()))
+}
+
+#[tokio::test]
+async fn a_manual_clock_tests_a_limit_without_sleeping() {
+    let clock = ManualClock::new();
+    let memory = InMemoryBackend::builder().clock(clock.clone()).build();
+    let app = five_a_minute("rc-testing-manual", memory);
+    let req = || at("/api/items", PEER);
+    assert_eq!(statuses(&app, 6, req).await, [200, 200, 200, 200, 200, 429]);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(send(&app, req()).await.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_need_tokio_s_clock_under_a_paused_runtime() {
+    use traffik::clock::TokioClock;
+    use traffik::Exceeded;
+
+    let wait = |uid: &str, memory: InMemoryBackend| {
+        let t = HttpThrottle::builder()
+            .uid(uid)
+            .rate("5/min")
+            .on_exceeded(Exceeded::Wait {
+                max: Duration::from_secs(30),
+            })
+            .backend(memory)
+            .build()
+            .unwrap();
+        Router::new().route("/api/items", get(ok).route_layer(t.layer()))
+    };
+    let req = || at("/api/items", PEER);
+    // TokioClock: the 6th waits 12 s of Tokio's paused time, then passes.
+    let app = wait(
+        "rc-testing-tokio",
+        InMemoryBackend::builder().clock(TokioClock::new()).build(),
+    );
+    assert_eq!(statuses(&app, 5, req).await, [200; 5]);
+    let start = tokio::time::Instant::now();
+    assert_eq!(send(&app, req()).await.status, 200);
+    assert!(
+        start.elapsed() >= Duration::from_secs(11),
+        "{:?}",
+        start.elapsed()
+    );
+    // ManualClock: the backend never sees the wait; the 6th gets its 429.
+    let app = wait(
+        "rc-testing-stuck",
+        InMemoryBackend::builder().clock(ManualClock::new()).build(),
+    );
+    assert_eq!(statuses(&app, 5, req).await, [200; 5]);
+    assert_eq!(send(&app, req()).await.status, 429);
 }

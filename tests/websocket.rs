@@ -829,6 +829,29 @@ async fn behind_a_proxy_sockets_are_keyed_on_the_forwarded_client() {
     );
 }
 
+/// `.notice(|_| String::new())`: excess messages are dropped silently, with
+/// no frame back for each.
+#[tokio::test]
+async fn an_empty_notice_drops_messages_silently() {
+    let ws_t = WebSocketThrottle::builder()
+        .uid("mock-silent-notice")
+        .rate("1/10s")
+        .notice(|_: &traffik::Throttled| String::new())
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let (socket, peer) = mock_socket();
+    let mut guarded = ws_t.guard(socket, "quiet");
+    for text in ["1", "2", "3"] {
+        peer.send_text(text);
+    }
+    assert!(matches!(guarded.next().await, Some(Ok(Message::Text(t))) if t.as_str() == "1"));
+    // "2" and "3" are read and dropped; nothing is delivered or sent.
+    assert!(futures_util::FutureExt::now_or_never(guarded.next()).is_none());
+    assert_eq!(peer.reads.load(Ordering::SeqCst), 3);
+    assert!(peer.sent.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn unlimited_identity_touches_no_storage() {
     let memory = InMemoryBackend::new();

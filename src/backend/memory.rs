@@ -224,6 +224,16 @@ impl Slot for LogSlot {
     }
 }
 
+/// Gives memory back after a sweep that left a table less than a quarter
+/// full (keeping room to double): a flood of keys that expired does not
+/// keep its peak memory. Small tables are left as they are.
+fn shrink<S>(table: &mut Table<S>) {
+    const SMALL: usize = 1024;
+    if table.capacity() > SMALL && table.len() < table.capacity() / 4 {
+        table.shrink_to((table.len() * 2).max(SMALL));
+    }
+}
+
 /// The map keys are already uniform digests: hash them as they are.
 #[derive(Default)]
 struct DigestHasher(u64);
@@ -384,8 +394,9 @@ impl Shared {
         for shard in self.shards.iter() {
             let mut map = lock(&shard.map);
             let removed = map.words.len() + map.logs.len();
-            map.words.clear();
-            map.logs.clear();
+            // New tables: the memory of the old ones is given back.
+            map.words = Table::default();
+            map.logs = Table::default();
             self.live_keys.fetch_sub(removed, Ordering::Relaxed);
         }
     }
@@ -394,6 +405,8 @@ impl Shared {
         let before = map.words.len() + map.logs.len();
         map.words.retain(|_, slot| slot.expires() > now);
         map.logs.retain(|_, slot| slot.expires() > now);
+        shrink(&mut map.words);
+        shrink(&mut map.logs);
         self.live_keys
             .fetch_sub(before - map.words.len() - map.logs.len(), Ordering::Relaxed);
         map.next_sweep = now.saturating_add(self.sweep_interval);
@@ -755,6 +768,50 @@ mod tests {
                 map.words.len() + map.logs.len()
             })
             .sum()
+    }
+
+    /// The tables' room, over every shard.
+    fn capacity(backend: &InMemoryBackend) -> usize {
+        backend
+            .inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let map = lock(&shard.map);
+                map.words.capacity() + map.logs.capacity()
+            })
+            .sum()
+    }
+
+    /// A flood of keys that expired, or a reset, gives its memory back.
+    #[test]
+    fn sweeps_and_resets_give_memory_back() {
+        let clock = crate::clock::ManualClock::new();
+        let backend = InMemoryBackend::builder().clock(clock.clone()).build();
+        let quota = Quota::new("5/s".parse().unwrap(), Strategy::FixedWindow).unwrap();
+        let flood = |prefix: &str| {
+            for i in 0..200_000 {
+                backend.decide(&format!("{prefix}{i}"), &quota, 1).unwrap();
+            }
+        };
+        let shards = backend.inner.shards.len();
+        flood("a");
+        let peak = capacity(&backend);
+        assert!(peak >= 200_000, "{peak}");
+        clock.advance(Duration::from_secs(5));
+        backend.purge_expired();
+        assert_eq!(backend.len(), 0);
+        // Small tables are kept (up to 1024 places a table).
+        assert!(
+            capacity(&backend) <= shards * 2 * 1024 * 2,
+            "{} of {peak}",
+            capacity(&backend)
+        );
+        flood("b");
+        futures_util::FutureExt::now_or_never(backend.reset())
+            .unwrap()
+            .unwrap();
+        assert_eq!(capacity(&backend), 0);
     }
 
     /// At the cap, a new key whose shard is empty makes room in another

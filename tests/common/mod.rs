@@ -13,7 +13,6 @@ use axum::Router;
 use http::{HeaderMap, Request, StatusCode};
 use tower::ServiceExt;
 use traffik::backend::{BackendFuture, BoxFuture, ThrottleBackend};
-use traffik::clock::Clock;
 use traffik::{Error, Quota};
 
 /// A socket address from `"1.2.3.4:5678"` or `"[2001:db8::1]:80"`.
@@ -149,27 +148,9 @@ impl ThrottleBackend for HangingBackend {
     }
 }
 
-/// A clock that follows tokio's (pausable) time, so that
-/// `tokio::time::pause()` and auto-advance drive the in-memory backend.
-#[derive(Clone, Copy)]
-pub struct TokioClock {
-    origin: tokio::time::Instant,
-}
-
-impl TokioClock {
-    /// Must be created inside a runtime (after `pause()` if any).
-    pub fn new() -> Self {
-        TokioClock {
-            origin: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        tokio::time::Instant::now().saturating_duration_since(self.origin)
-    }
-}
+/// The crate's Tokio clock (kept under this name for the tests).
+#[allow(unused_imports)]
+pub use traffik::clock::TokioClock;
 
 /// Parses a structured-field item `"uid";a=1;b=2` into its name and params.
 pub fn sf_item(item: &str) -> (String, Vec<(String, u64)>) {
