@@ -84,15 +84,37 @@ impl fmt::Display for Error {
     }
 }
 
+/// The chain of causes is given by `source()`, not repeated in `Display`
+/// (error reporters that walk the chain print each cause once): an
+/// `Error::Backend` shows its message, and its `source()` is the backend's
+/// own cause (the Redis error, say).
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Backend(error) => error
-                .source
-                .as_ref()
-                .map(|s| s.as_ref() as &(dyn std::error::Error + 'static)),
+            Error::Backend(error) => std::error::Error::source(error),
             _ => None,
         }
+    }
+}
+
+impl From<BackendError> for Error {
+    fn from(error: BackendError) -> Self {
+        Error::Backend(error)
+    }
+}
+
+/// An error and its causes on one line (`message: cause: cause`), for logs.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
     }
 }
 
@@ -158,11 +180,17 @@ impl BackendError {
     }
 }
 
+/// The message; the cause is [`source()`](std::error::Error::source).
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|source| source.as_ref() as &(dyn std::error::Error + 'static))
     }
 }

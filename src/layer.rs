@@ -562,7 +562,7 @@ impl LayerConfig {
     fn reject(&self, error: &Error) -> Response<BoxBody> {
         match error {
             Error::Configuration(_) | Error::AnonymousConnection => {
-                tracing::error!(%error, "traffik cannot throttle this request")
+                tracing::error!(error = %crate::error::Chain(error), "traffik cannot throttle this request")
             }
             _ => {}
         }

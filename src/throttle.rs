@@ -536,9 +536,9 @@ impl Core {
             // the backend cannot hold is still an error to fix before the
             // throttle leaves shadow mode.
             if let Error::Configuration(_) = error {
-                tracing::error!(throttle = self.uid(), key = %key, %error, "traffik cannot decide this request; letting it through (shadow mode)");
+                tracing::error!(throttle = self.uid(), key = %key, error = %crate::error::Chain(&error), "traffik cannot decide this request; letting it through (shadow mode)");
             } else {
-                tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; letting the request through (shadow mode)");
+                tracing::warn!(throttle = self.uid(), key = %key, error = %crate::error::Chain(&error), "traffik backend failed; letting the request through (shadow mode)");
             }
             return Ok(Verdict::exempt());
         }
@@ -546,14 +546,14 @@ impl Core {
             // Not an outage: a quota the backend cannot hold (e.g. too large
             // for Redis's exact arithmetic). Failing open would silently turn
             // the throttle off.
-            tracing::error!(throttle = self.uid(), key = %key, %error, "traffik cannot decide this request");
+            tracing::error!(throttle = self.uid(), key = %key, error = %crate::error::Chain(&error), "traffik cannot decide this request");
             return Err(error);
         }
         if let Error::Backend(backend) = &error {
             if backend.is_known_outage() {
                 // Reported once, when the outage began (a warning from the
                 // backend), not once per request.
-                tracing::debug!(throttle = self.uid(), key = %key, %error, "traffik backend is down; {}", match self.failure_mode {
+                tracing::debug!(throttle = self.uid(), key = %key, error = %crate::error::Chain(&error), "traffik backend is down; {}", match self.failure_mode {
                     FailureMode::Open => "letting the request through (FailureMode::Open)",
                     FailureMode::Closed => "refusing the request (FailureMode::Closed)",
                 });
@@ -565,11 +565,11 @@ impl Core {
         }
         match self.failure_mode {
             FailureMode::Open => {
-                tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; letting the request through (FailureMode::Open)");
+                tracing::warn!(throttle = self.uid(), key = %key, error = %crate::error::Chain(&error), "traffik backend failed; letting the request through (FailureMode::Open)");
                 Ok(Verdict::exempt())
             }
             FailureMode::Closed => {
-                tracing::warn!(throttle = self.uid(), key = %key, %error, "traffik backend failed; refusing the request (FailureMode::Closed)");
+                tracing::warn!(throttle = self.uid(), key = %key, error = %crate::error::Chain(&error), "traffik backend failed; refusing the request (FailureMode::Closed)");
                 Err(error)
             }
         }

@@ -439,7 +439,7 @@ impl WebSocketThrottle {
         let backend = match inner.core.resolve_backend(None) {
             Ok(backend) => backend,
             Err(error) => {
-                tracing::error!(throttle = self.uid(), %error, "traffik cannot throttle this WebSocket");
+                tracing::error!(throttle = self.uid(), error = %crate::error::Chain(&error), "traffik cannot throttle this WebSocket");
                 return Target::Unavailable {
                     throttle: Arc::clone(inner),
                 };

@@ -667,3 +667,32 @@ fn errors_can_be_matched_exhaustively() {
     assert_eq!(status(&Error::backend("down")), 503);
     assert_eq!(status(&Error::AnonymousConnection), 500);
 }
+
+/// Error reporters that walk `source()` print each cause once: `Display`
+/// shows the message, `source()` the backend's cause.
+#[test]
+fn backend_errors_give_their_cause_once() {
+    use std::error::Error as _;
+
+    let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "store down");
+    let error = Error::backend_with_source("map store failed", cause);
+    assert_eq!(error.to_string(), "traffik backend error: map store failed");
+    let source = error.source().expect("the cause");
+    assert_eq!(source.to_string(), "store down");
+    assert!(source.source().is_none());
+    let mut chain = vec![error.to_string()];
+    let mut next = error.source();
+    while let Some(cause) = next {
+        chain.push(cause.to_string());
+        next = cause.source();
+    }
+    assert_eq!(
+        chain,
+        ["traffik backend error: map store failed", "store down"]
+    );
+    // A BackendError is an error of its own, and converts.
+    let backend = traffik::BackendError::with_source("failed", std::io::Error::other("why"));
+    assert_eq!(backend.to_string(), "failed");
+    assert_eq!(backend.source().unwrap().to_string(), "why");
+    assert!(matches!(Error::from(backend), Error::Backend(_)));
+}

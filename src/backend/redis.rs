@@ -573,7 +573,7 @@ impl Failure {
 /// A failure as the circuit breaker's refusals name it.
 fn failure_text(error: &Error) -> String {
     match error {
-        Error::Backend(backend) => backend.to_string(),
+        Error::Backend(backend) => crate::error::Chain(backend).to_string(),
         other => other.to_string(),
     }
 }
@@ -637,7 +637,7 @@ impl Shared {
                 }
                 Ok(Err(error)) => tracing::warn!(
                     prefix = shared.prefix.as_str(),
-                    %error,
+                    error = %crate::error::Chain(&error),
                     "traffik: could not open a new Redis connection after a command timed out"
                 ),
                 Err(_) => tracing::warn!(
