@@ -207,6 +207,15 @@ pin_project! {
     }
 }
 
+impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            BodyKind::Inner { body } => f.debug_tuple("ResponseBody::Inner").field(body).finish(),
+            BodyKind::Traffik { .. } => f.write_str("ResponseBody::Traffik(..)"),
+        }
+    }
+}
+
 impl<B> ResponseBody<B> {
     /// Wraps a body of the inner service.
     pub fn new(body: B) -> Self {

@@ -583,6 +583,22 @@ pin_project! {
     }
 }
 
+impl<S, ReqBody, M> std::fmt::Debug for ResponseFuture<S, ReqBody, M>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Checking { .. } => "checking",
+            State::Calling { .. } => "calling the inner service",
+            State::Done { .. } => "answered by traffik",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a request that awaits its check holds: the check, then what calling
 /// the inner service takes.
 struct Checking<S, ReqBody> {

@@ -1335,6 +1335,41 @@ pub struct HttpOptions {
     shared_across_routes: bool,
 }
 
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("identifier", &self.identifier.is_some())
+            .field("ipv6_prefix", &self.address.ipv6_prefix)
+            .field("trusted_proxies", &!self.address.proxies.is_empty())
+            .field("shared_across_routes", &self.shared_across_routes)
+            .finish()
+    }
+}
+
+impl<K: std::fmt::Debug> std::fmt::Debug for ThrottleBuilder<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThrottleBuilder")
+            .field("uid", &self.uid)
+            .field("limit", &self.limit)
+            .field("period", &self.period)
+            .field("rate", &self.rate)
+            .field("dynamic_rate", &self.dynamic_rate.is_some())
+            .field("strategy", &self.strategy)
+            .field("burst", &self.burst)
+            .field("cost", &self.cost)
+            .field("failure_mode", &self.failure_mode)
+            .field("shadow", &self.shadow)
+            .field("exceeded", &self.exceeded)
+            .field("max_waiting", &self.max_waiting)
+            .field("on_decision", &self.on_decision.is_some())
+            .field("headers", &self.headers)
+            .field("on_throttled", &self.on_throttled.is_some())
+            .field("errors", &self.errors)
+            .field("options", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Builder of an [`HttpThrottle`].
 pub type HttpThrottleBuilder = ThrottleBuilder<HttpOptions>;
 

@@ -190,6 +190,15 @@ pub struct WsOptions {
     notice: Option<NoticeFn>,
 }
 
+impl fmt::Debug for WsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsOptions")
+            .field("context", &self.context)
+            .field("notice", &self.notice.is_some())
+            .finish()
+    }
+}
+
 /// Builder of a [`WebSocketThrottle`]: the same builder as
 /// [`HttpThrottle`](crate::HttpThrottle)'s, plus [`context`](Self::context)
 /// and [`notice`](Self::notice).

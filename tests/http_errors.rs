@@ -696,3 +696,34 @@ fn backend_errors_give_their_cause_once() {
     assert_eq!(backend.source().unwrap().to_string(), "why");
     assert!(matches!(Error::from(backend), Error::Backend(_)));
 }
+
+/// Builders, options, response futures and bodies are `Debug` (C-DEBUG), and
+/// show what was configured.
+#[test]
+fn public_types_are_debug() {
+    fn debug<T: std::fmt::Debug>(value: &T) -> String {
+        format!("{value:?}")
+    }
+    let http = debug(&HttpThrottle::builder().uid("er-debug").rate("5/min"));
+    assert!(
+        http.contains("\"er-debug\"") && http.contains("HttpOptions"),
+        "{http}"
+    );
+    let ws = debug(&traffik::WebSocketThrottle::builder().context("room"));
+    assert!(ws.contains("\"room\""), "{ws}");
+    let memory = debug(&InMemoryBackend::builder().max_keys(10));
+    assert!(memory.contains("max_keys: 10"), "{memory}");
+    let body = debug(&traffik::ResponseBody::new(String::from("hi")));
+    assert!(body.contains("\"hi\""), "{body}");
+    type Future = traffik::ResponseFuture<
+        tower::util::ServiceFn<
+            fn(
+                http::Request<()>,
+            )
+                -> std::future::Ready<Result<http::Response<()>, std::convert::Infallible>>,
+        >,
+        (),
+    >;
+    fn future_is_debug<T: std::fmt::Debug>() {}
+    future_is_debug::<Future>();
+}

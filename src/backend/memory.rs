@@ -640,6 +640,25 @@ pub struct InMemoryBackendBuilder {
     sweep_interval: Duration,
 }
 
+impl std::fmt::Debug for InMemoryBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryBackendBuilder")
+            .field("prefix", &self.prefix)
+            .field("persistent", &self.persistent)
+            .field(
+                "clock",
+                &match self.clock {
+                    ClockSource::System(_) => "system",
+                    ClockSource::Other(_) => "custom",
+                },
+            )
+            .field("max_keys", &self.max_keys)
+            .field("shards", &self.shards)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
+    }
+}
+
 impl Default for InMemoryBackendBuilder {
     fn default() -> Self {
         InMemoryBackendBuilder {
