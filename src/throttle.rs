@@ -1328,7 +1328,7 @@ enum KeyIdentityOwned {
 }
 
 /// Options only HTTP throttles have.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct HttpOptions {
     identifier: Option<IdentifierFn>,
     address: AddressIdentity,
@@ -1377,6 +1377,7 @@ pub type HttpThrottleBuilder = ThrottleBuilder<HttpOptions>;
 /// [`WebSocketThrottle`](crate::WebSocketThrottle); `K` holds the options of
 /// one kind.
 #[must_use = "call .build() to get the throttle"]
+#[derive(Clone)]
 pub struct ThrottleBuilder<K> {
     uid: Option<String>,
     limit: Option<u64>,

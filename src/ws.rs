@@ -184,7 +184,7 @@ tungstenite_message!(tungstenite028);
 type NoticeFn = Arc<dyn Fn(&Throttled) -> String + Send + Sync>;
 
 /// Options only WebSocket throttles have (see [`WebSocketThrottleBuilder`]).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct WsOptions {
     context: Option<String>,
     notice: Option<NoticeFn>,

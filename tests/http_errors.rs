@@ -698,7 +698,7 @@ fn backend_errors_give_their_cause_once() {
 }
 
 /// Builders, options, response futures and bodies are `Debug` (C-DEBUG), and
-/// show what was configured.
+/// show what was configured; builders are `Clone`, for templates.
 #[test]
 fn public_types_are_debug() {
     fn debug<T: std::fmt::Debug>(value: &T) -> String {
@@ -726,4 +726,14 @@ fn public_types_are_debug() {
     >;
     fn future_is_debug<T: std::fmt::Debug>() {}
     future_is_debug::<Future>();
+
+    // A builder as a template: each clone builds its own throttle.
+    let template = HttpThrottle::builder().rate("5/min").shared_across_routes();
+    let a = template.clone().uid("er-template-a").build().unwrap();
+    let b = template.uid("er-template-b").build().unwrap();
+    assert_eq!((a.uid(), b.uid()), ("er-template-a", "er-template-b"));
+    let _ = (
+        traffik::WebSocketThrottle::builder().clone(),
+        InMemoryBackend::builder().clone(),
+    );
 }

@@ -265,6 +265,11 @@ async fn defaults() {
     assert_eq!(redis.timeout(), Duration::from_secs(1));
     assert_eq!(redis.circuit_breaker(), Duration::from_millis(500));
     assert!(!redis.is_cluster());
+    // The builder is a template: clones connect on their own.
+    let template = RedisBackend::builder(redis_url()).prefix(unique_prefix("template"));
+    let copy = template.clone().persistent(false).build().await.unwrap();
+    assert!(!copy.persistent());
+    assert!(template.build().await.unwrap().persistent());
 }
 
 #[tokio::test]

@@ -341,6 +341,7 @@ impl InMemoryBackend {
 }
 
 /// The system clock called directly (inlined on the hot path), or any other.
+#[derive(Clone)]
 enum ClockSource {
     System(SystemClock),
     Other(Arc<dyn Clock>),
@@ -631,6 +632,7 @@ impl ThrottleBackend for InMemoryBackend {
 }
 
 /// Builder for [`InMemoryBackend`].
+#[derive(Clone)]
 pub struct InMemoryBackendBuilder {
     prefix: String,
     persistent: bool,

@@ -1070,6 +1070,7 @@ struct Opener {
 ///     .await?;
 /// # let _ = redis; Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct RedisBackendBuilder {
     target: Target,
     prefix: String,
