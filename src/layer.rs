@@ -218,6 +218,7 @@ fn is_standard(method: &http::Method) -> bool {
 /// [`backend::scope`](crate::backend::scope)).
 ///
 /// ```
+/// # #[cfg(feature = "axum")] {
 /// use axum::{routing::get, Router};
 /// use http::Method;
 /// use traffik::{backend::InMemoryBackend, HttpThrottle, MiddlewareThrottle, ThrottleLayer};
@@ -229,6 +230,7 @@ fn is_standard(method: &http::Method) -> bool {
 ///     .rule(MiddlewareThrottle::new(writes).methods([Method::POST, Method::PUT, Method::DELETE]))
 ///     .rule(MiddlewareThrottle::new(api).path(r"/api/"));
 /// let app: Router = Router::new().route("/api/items", get(|| async { "items" })).layer(layer);
+/// # }
 /// ```
 ///
 /// Responses keep the inner service's body type (axum's `Body` under a
@@ -357,6 +359,7 @@ impl HttpThrottle {
     /// requests get a 500 naming the fix.
     ///
     /// ```
+    /// # #[cfg(feature = "axum")] {
     /// use axum::{routing::get, Router};
     /// use traffik::{backend::InMemoryBackend, HttpThrottle};
     ///
@@ -367,6 +370,7 @@ impl HttpThrottle {
     ///     .unwrap();
     /// let app: Router = Router::new()
     ///     .route("/hello", get(|| async { "hello" }).route_layer(throttle.layer()));
+    /// # }
     /// ```
     pub fn layer(&self) -> ThrottleLayer {
         ThrottleLayer::scoped().rule(MiddlewareThrottle::new(self.clone()))

@@ -5,12 +5,13 @@
 //! Redis (Redis Cluster included). A Rust take on the Python library Traffik.
 //!
 //! ```
+//! # #[cfg(feature = "axum")]
+//! # fn main() -> Result<(), traffik::Error> {
 //! use axum::{routing::get, Router};
 //! use http::Method;
 //! use traffik::backend::InMemoryBackend;
 //! use traffik::{HttpThrottle, MiddlewareThrottle, ThrottleLayer};
 //!
-//! # fn main() -> Result<(), traffik::Error> {
 //! let memory = InMemoryBackend::new();
 //!
 //! // Per route: 5 requests per 10 seconds per client IP.
@@ -42,6 +43,7 @@
 //! # let _ = app;
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "axum"))] fn main() {}
 //! ```
 //!
 //! Data flows one way: request → [rule matching](MiddlewareThrottle) →

@@ -281,6 +281,7 @@ impl RateLimitInfo {
 /// give one too.
 ///
 /// ```
+/// # #[cfg(feature = "axum")] {
 /// use axum::{extract::Request, routing::get, Router};
 /// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
 ///
@@ -300,6 +301,7 @@ impl RateLimitInfo {
 ///         Ok::<_, traffik::Error>((report, "results"))
 ///     }
 /// }));
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct RateLimitReport {

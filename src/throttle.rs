@@ -752,6 +752,7 @@ impl HttpThrottle {
     /// `hit` counts nothing).
     ///
     /// ```
+    /// # #[cfg(feature = "axum")] {
     /// use axum::{extract::Request, routing::get, Router};
     /// use traffik::{backend::InMemoryBackend, HttpThrottle};
     ///
@@ -767,6 +768,7 @@ impl HttpThrottle {
     ///         Ok::<_, traffik::Error>("hello")
     ///     }
     /// }));
+    /// # }
     /// ```
     pub fn hit<B>(
         &self,
@@ -791,6 +793,7 @@ impl HttpThrottle {
     /// the headers already.
     ///
     /// ```
+    /// # #[cfg(feature = "axum")] {
     /// use axum::{extract::Request, routing::get, Router};
     /// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
     ///
@@ -808,6 +811,7 @@ impl HttpThrottle {
     ///         Ok::<_, traffik::Error>((report, "hello"))
     ///     }
     /// }));
+    /// # }
     /// ```
     pub fn hit_with_headers<B>(
         &self,
@@ -829,6 +833,7 @@ impl HttpThrottle {
     /// throttle, as below.
     ///
     /// ```
+    /// # #[cfg(feature = "axum")] {
     /// use axum::{extract::Request, routing::get, Router};
     /// use traffik::{backend::InMemoryBackend, HttpThrottle, RateLimitHeaders};
     ///
@@ -846,6 +851,7 @@ impl HttpThrottle {
     ///     let api = api.clone();
     ///     async move { api.peek_with_headers(&req).await }
     /// }));
+    /// # }
     /// ```
     pub fn peek_with_headers<B>(
         &self,

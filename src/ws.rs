@@ -3,7 +3,7 @@
 //!
 //! [`WebSocketThrottle::guard`] wraps a socket — anything that is a
 //! `Stream<Item = Result<M, E>> + Sink<M>` whose message type `M` implements
-//! [`WsMessage`]: axum's [`WebSocket`](axum::extract::ws::WebSocket) (feature
+//! [`WsMessage`]: axum's [`WebSocket`](https://docs.rs/axum/0.8/axum/extract/ws/struct.WebSocket.html) (feature
 //! `axum`, default) and tokio-tungstenite's `WebSocketStream` (feature
 //! `tungstenite` for 0.29, `tungstenite-0-28` for 0.28) — and returns a [`GuardedSocket`], which is a stream and a
 //! sink of the same messages. Every data message (text or binary) the client
@@ -24,6 +24,7 @@
 //! request (a refused upgrade is an HTTP 429).
 //!
 //! ```
+//! # #[cfg(feature = "axum")] {
 //! use std::net::SocketAddr;
 //!
 //! use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -63,6 +64,7 @@
 //!     }),
 //! );
 //! # let _: Router = app;
+//! # }
 //! ```
 
 use std::fmt;
@@ -91,7 +93,7 @@ const MAX_CLOSE_REASON: usize = 123;
 /// (counted) from control frames (not counted), and makes the notices and
 /// close frames the guard sends.
 ///
-/// Implemented for axum's [`Message`](axum::extract::ws::Message) (feature
+/// Implemented for axum's [`Message`](https://docs.rs/axum/0.8/axum/extract/ws/enum.Message.html) (feature
 /// `axum`, default) and tungstenite's `Message`, the type tokio-tungstenite's
 /// `WebSocketStream` carries: feature `tungstenite` for tungstenite 0.29
 /// (tokio-tungstenite 0.29, the version axum 0.8 uses), `tungstenite-0-28`
@@ -409,6 +411,7 @@ impl WebSocketThrottle {
     /// Like [`guard`](Self::guard), with the socket's path and context.
     ///
     /// ```
+    /// # #[cfg(feature = "axum")] {
     /// use axum::extract::ws::WebSocket;
     /// use traffik::ws::{GuardOptions, GuardedSocket};
     /// use traffik::WebSocketThrottle;
@@ -418,6 +421,7 @@ impl WebSocketThrottle {
     /// {
     ///     ws_t.guard_with(socket, user, GuardOptions::new().path("/chat").context(room))
     /// }
+    /// # }
     /// ```
     pub fn guard_with<S, M, E>(
         &self,

@@ -113,12 +113,13 @@ pub fn current() -> Option<DynBackend> {
 /// after them in `.layer(..)` calls:
 ///
 /// ```
+/// # #[cfg(feature = "axum")]
+/// # fn main() -> Result<(), traffik::Error> {
 /// use axum::{routing::get, Router};
 /// use http::request::Parts;
 /// use traffik::backend::{BackendScopeLayer, InMemoryBackend};
 /// use traffik::{HttpThrottle, MiddlewareThrottle, ThrottleLayer};
 ///
-/// # fn main() -> Result<(), traffik::Error> {
 /// let free = InMemoryBackend::builder().prefix("free").build();
 /// let paid = InMemoryBackend::builder().prefix("paid").build();
 /// let per_route = HttpThrottle::builder().rate("5/min").dynamic_backend().build()?;
@@ -130,6 +131,7 @@ pub fn current() -> Option<DynBackend> {
 ///         if parts.headers.contains_key("x-paid") { paid.clone() } else { free.clone() }
 ///     }));
 /// # Ok(()) }
+/// # #[cfg(not(feature = "axum"))] fn main() {}
 /// ```
 pub struct BackendScopeLayer<F> {
     select: Arc<F>,
