@@ -285,11 +285,15 @@ fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     chain
 }
 
+/// Every `X-Real-IP` line, in order, as a chain: a proxy that appends its
+/// line (HAProxy's or Apache's `add-header`) leaves a client's own lines
+/// before it, and the right-most untrusted entry is the proxy's.
 fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
-        .get("x-real-ip")
-        .map(|value| vec![parse_node(header_text(value).trim())])
-        .unwrap_or_default()
+        .get_all("x-real-ip")
+        .iter()
+        .map(|value| parse_node(header_text(value).trim()))
+        .collect()
 }
 
 /// A header value as text, every byte outside ASCII replaced by U+FFFD (so
@@ -340,6 +344,9 @@ pub fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
     extensions.get::<SocketAddr>().copied()
 }
 
+/// `64:ff9b::/96`, shifted down by 32 bits.
+const NAT64_PREFIX: u128 = 0x0064_ff9b_0000_0000_0000_0000;
+
 /// How the default identifier turns a client address into a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AddressIdentity {
@@ -379,6 +386,12 @@ impl AddressIdentity {
     #[inline]
     fn mask(&self, ip: IpAddr) -> IpAddr {
         match ip {
+            // NAT64's well-known prefix (RFC 6052) carries an IPv4 client:
+            // masked to a /64, every IPv4 client behind NAT64 would share
+            // one counter.
+            IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_PREFIX => {
+                IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
+            }
             IpAddr::V6(v6) if self.ipv6_prefix < 128 => {
                 let bits = u128::from(v6);
                 let mask = if self.ipv6_prefix == 0 {

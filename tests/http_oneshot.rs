@@ -978,6 +978,12 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
         send(&app, via(&[("x-real-ip", "5.5.5.5")])).await.status,
         429
     );
+    // A proxy that appends its line: the client's own lines before it are
+    // not believed (the first line used to win, so any forged one passed).
+    for forged in ["6.6.6.1", "6.6.6.2"] {
+        let lines = [("x-real-ip", forged), ("x-real-ip", "5.5.5.5")];
+        assert_eq!(send(&app, via(&lines)).await.status, 429, "{forged}");
+    }
     // No header (or only one the proxies do not write): the proxy itself is
     // the client.
     assert_eq!(
@@ -992,6 +998,22 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
     let direct = |xff: &str| request("GET", "/ip", Some("8.8.8.8:1"), &[("x-forwarded-for", xff)]);
     assert_eq!(send(&app, direct("6.6.6.6")).await.status, 200);
     assert_eq!(send(&app, direct("7.7.7.7")).await.status, 429);
+}
+
+/// NAT64 (`64:ff9b::/96`) carries IPv4 clients: each is its own client, not
+/// one /64 for all of them.
+#[tokio::test]
+async fn nat64_clients_are_their_ipv4_address() {
+    let app = ip_app("os-nat64", None);
+    let from = |peer: &str| at("/ip", peer);
+    assert_eq!(send(&app, from("[64:ff9b::102:304]:1")).await.status, 200);
+    assert_eq!(
+        send(&app, from("[64:ff9b::506:708]:1")).await.status,
+        200,
+        "another client"
+    );
+    // The same IPv4 client, directly or through NAT64: one counter.
+    assert_eq!(send(&app, from("1.2.3.4:1")).await.status, 429);
 }
 
 #[tokio::test]
