@@ -1147,8 +1147,7 @@ impl HttpInner {
     /// [`DecisionKey`]): `0xFF {uid} 0xFF`, the address (`4` and its 4
     /// bytes, or `6`, the IPv6 prefix length and the 16 bytes of the masked
     /// address, as the text has `/{bits}`), then `*` for a counter shared across
-    /// routes, or the method (one digit for the standard methods, else `m`,
-    /// its name and `0xFF`) and the route.
+    /// routes, or the method (one digit, see [`method_index`]) and the route.
     #[inline]
     fn write_memory_key(&self, out: &mut KeyBytes, ip: IpAddr, method: &Method, route: &str) {
         out.put(&self.memory_infix);
@@ -1165,14 +1164,7 @@ impl HttpInner {
         if self.shared_across_routes {
             return out.put(b"*");
         }
-        match method_index(method) {
-            Some(index) => out.put(&[b'0' + index as u8]),
-            None => {
-                out.put(b"m");
-                out.put(method.as_str().as_bytes());
-                out.put(&[0xFF]);
-            }
-        }
+        out.put(&[b'0' + method_index(method) as u8]);
         out.put(route.as_bytes());
     }
 
@@ -1194,14 +1186,8 @@ impl HttpInner {
         if self.shared_across_routes {
             return out.put(":http:*");
         }
-        match method_infix(method) {
-            Some((infix, len)) => out.put_first(infix, len)?,
-            None => {
-                out.put(":http:")?;
-                out.put(method.as_str())?;
-                out.put(":")?;
-            }
-        }
+        let (infix, len) = method_infix(method);
+        out.put_first(infix, len)?;
         put_escaped(out, route)
     }
 }
@@ -1249,20 +1235,11 @@ pub(crate) fn write_memory_key_text(
     };
     match rest {
         [b'*'] => out.put(":http:*"),
-        [digit @ b'0'..=b'7', route @ ..] => {
+        [digit @ b'0'..=b'8', route @ ..] => {
             let index = usize::from(digit - b'0');
             let at = index * 16;
             out.put_first(&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index])?;
             put_escaped(out, &text(route))
-        }
-        [b'm', rest @ ..] => {
-            let Some(end) = rest.iter().position(|&byte| byte == 0xFF) else {
-                return unreadable(out);
-            };
-            out.put(":http:")?;
-            out.put(&text(&rest[..end]))?;
-            out.put(":")?;
-            put_escaped(out, &text(&rest[end + 1..]))
         }
         _ => unreadable(out),
     }
@@ -1272,16 +1249,20 @@ pub(crate) fn write_memory_key_text(
 /// as GET: Axum answers HEAD with the GET handler, and a separate HEAD
 /// counter would double a client's quota.
 #[inline]
-fn method_infix(method: &Method) -> Option<(&'static str, usize)> {
-    let index = method_index(method)?;
+fn method_infix(method: &Method) -> (&'static str, usize) {
+    let index = method_index(method);
     let at = index * 16;
-    Some((&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index]))
+    (&METHOD_INFIX_TEXT[at..at + 16], METHOD_INFIX_LENS[index])
 }
 
-/// The standard methods' index in [`METHOD_INFIX_TEXT`] (HEAD is GET's).
+/// The method's index in [`METHOD_INFIX_TEXT`]: HEAD is GET's, a standard
+/// method in another case (`get`) is that method's, and every other method
+/// shares `OTHER`'s. Methods are case-sensitive and any token is one, so
+/// keying them as sent would give a client one more quota per name it
+/// makes up on a route that answers any method (`any(..)`, a fallback).
 #[inline]
-fn method_index(method: &Method) -> Option<usize> {
-    Some(match *method {
+fn method_index(method: &Method) -> usize {
+    match *method {
         Method::GET | Method::HEAD => 0,
         Method::POST => 1,
         Method::PUT => 2,
@@ -1290,8 +1271,27 @@ fn method_index(method: &Method) -> Option<usize> {
         Method::OPTIONS => 5,
         Method::CONNECT => 6,
         Method::TRACE => 7,
-        _ => return None,
-    })
+        _ => other_method_index(method.as_str()),
+    }
+}
+
+#[cold]
+fn other_method_index(name: &str) -> usize {
+    const STANDARD: [(&str, usize); 9] = [
+        ("GET", 0),
+        ("HEAD", 0),
+        ("POST", 1),
+        ("PUT", 2),
+        ("DELETE", 3),
+        ("PATCH", 4),
+        ("OPTIONS", 5),
+        ("CONNECT", 6),
+        ("TRACE", 7),
+    ];
+    STANDARD
+        .iter()
+        .find(|(standard, _)| standard.eq_ignore_ascii_case(name))
+        .map_or(8, |&(_, index)| index)
 }
 
 /// `":http:{METHOD}:"` of the standard methods, 16 bytes each (NUL-padded):
@@ -1305,12 +1305,13 @@ const METHOD_INFIX_TEXT: &str = concat!(
     ":http:OPTIONS:\0\0",
     ":http:CONNECT:\0\0",
     ":http:TRACE:\0\0\0\0",
+    ":http:OTHER:\0\0\0\0",
 );
 
-const _: () = assert!(METHOD_INFIX_TEXT.len() == 8 * 16);
+const _: () = assert!(METHOD_INFIX_TEXT.len() == 9 * 16);
 
 /// The length of each infix of [`METHOD_INFIX_TEXT`] without its padding.
-const METHOD_INFIX_LENS: [usize; 8] = [10, 11, 10, 13, 12, 14, 14, 12];
+const METHOD_INFIX_LENS: [usize; 9] = [10, 11, 10, 13, 12, 14, 14, 12, 12];
 
 enum IdentityStep {
     Future(BoxFuture<Identity>),
@@ -1861,7 +1862,12 @@ mod tests {
             (Method::OPTIONS, "OPTIONS"),
             (Method::CONNECT, "CONNECT"),
             (Method::TRACE, "TRACE"),
-            (purge, "PURGE"),
+            // Another case is the standard method; made-up names share one.
+            (Method::from_bytes(b"get").unwrap(), "GET"),
+            (Method::from_bytes(b"Post").unwrap(), "POST"),
+            (Method::from_bytes(b"head").unwrap(), "GET"),
+            (purge, "OTHER"),
+            (Method::from_bytes(b"M1").unwrap(), "OTHER"),
         ];
         for (method, name) in cases {
             assert_eq!(
@@ -1917,6 +1923,16 @@ mod tests {
                 assert_ne!(key, other);
             }
         }
+        // A made-up method shares one counter with every other; a standard
+        // one in another case is that method.
+        assert_eq!(
+            memory_key(&a, "10.0.0.1", &purge, "/"),
+            memory_key(&a, "10.0.0.1", &Method::from_bytes(b"M1").unwrap(), "/")
+        );
+        assert_eq!(
+            memory_key(&a, "10.0.0.1", &Method::from_bytes(b"gEt").unwrap(), "/"),
+            memory_key(&a, "10.0.0.1", &get, "/")
+        );
         // HEAD counts as GET; a shared counter ignores method and route.
         assert_eq!(
             memory_key(&a, "10.0.0.1", &Method::HEAD, "/"),

@@ -1000,6 +1000,39 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
     assert_eq!(send(&app, direct("7.7.7.7")).await.status, 429);
 }
 
+/// Made-up method names cannot multiply a per-route quota on a route that
+/// answers any method: another case of a standard method is that method,
+/// and every other name shares one counter.
+#[tokio::test]
+async fn made_up_methods_share_one_counter() {
+    let t = HttpThrottle::builder()
+        .uid("os-methods-made-up")
+        .limit(3)
+        .hours(1)
+        .backend(InMemoryBackend::new())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/any", axum::routing::any(ok).layer(t.layer()));
+    let with = |method: &str| request(method, "/any", Some(PEER), &[]);
+    for _ in 0..3 {
+        assert_eq!(send(&app, with("GET")).await.status, 200);
+    }
+    for method in ["get", "Get", "HEAD", "head"] {
+        assert_eq!(send(&app, with(method)).await.status, 429, "{method}");
+    }
+    let made_up: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for i in 0..6 {
+            statuses.push(send(&app, with(&format!("M{i}"))).await.status.as_u16());
+        }
+        statuses
+    };
+    assert_eq!(made_up, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(send(&app, with("PURGE")).await.status, 429);
+    // The standard methods keep their own counters.
+    assert_eq!(send(&app, with("POST")).await.status, 200);
+}
+
 /// NAT64 (`64:ff9b::/96`) carries IPv4 clients: each is its own client, not
 /// one /64 for all of them.
 #[tokio::test]
