@@ -118,7 +118,10 @@ impl MiddlewareThrottle {
     }
 
     /// Only requests whose path matches `pattern` at its start (`"/api/"` is a
-    /// prefix; add `$` to match the whole path).
+    /// prefix; add `$` to match the whole path). The path is percent-decoded
+    /// and its empty, `.` and `..` segments resolved first (`/users/%61dmin`
+    /// and `//users/./admin` are `/users/admin`), so that writing it another
+    /// way does not step around the rule.
     ///
     /// # Panics
     ///
@@ -185,11 +188,49 @@ impl MiddlewareThrottle {
             // Matched at the start: the leftmost match starts at 0 exactly
             // when some match does.
             Some(path) => path
-                .find(request.uri().path())
+                .find(&rule_path(request.uri().path()))
                 .is_some_and(|found| found.start() == 0),
             None => true,
         }
     }
+}
+
+/// The path path rules see: percent-decoded (`/users/%61dmin` is
+/// `/users/admin`, as axum's `Path` extractor and most handlers read it),
+/// with empty and `.` segments dropped and `..` resolved (`//files/./x` is
+/// `/files/x`, as a static-file handler reads it), so that a rule cannot be
+/// stepped around by writing the same path another way. A path that needs
+/// none of this is used as it is.
+fn rule_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let needs_normalizing = decoded.contains("//")
+        || decoded.contains("/./")
+        || decoded.contains("/../")
+        || decoded.ends_with("/.")
+        || decoded.ends_with("/..");
+    if !needs_normalizing {
+        return decoded;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    let trailing = decoded.ends_with('/') && !segments.is_empty();
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if trailing || normal.is_empty() {
+        normal.push('/');
+    }
+    std::borrow::Cow::Owned(normal)
 }
 
 /// One of the nine methods of RFC 9110 and RFC 5789.
@@ -685,5 +726,37 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rule_path;
+
+    #[test]
+    fn rule_paths_are_decoded_and_normalized() {
+        for (raw, seen) in [
+            ("/users/admin/login", "/users/admin/login"),
+            ("/users/%61dmin/login", "/users/admin/login"),
+            ("/users/%61%64min/login", "/users/admin/login"),
+            ("/files/%73ecret.txt", "/files/secret.txt"),
+            ("//files/secret.txt", "/files/secret.txt"),
+            ("/files/./secret.txt", "/files/secret.txt"),
+            ("/x/../files/secret.txt", "/files/secret.txt"),
+            ("/files/%2e/secret.txt", "/files/secret.txt"),
+            ("/api/", "/api/"),
+            ("/api//", "/api/"),
+            ("/..", "/"),
+            ("/", "/"),
+            ("/a%2Fb", "/a/b"),
+            ("/%ff", "/\u{fffd}"),
+        ] {
+            assert_eq!(rule_path(raw), seen, "{raw}");
+        }
+        // Nothing to do: no copy.
+        assert!(matches!(
+            rule_path("/api/items"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

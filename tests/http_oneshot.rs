@@ -164,6 +164,48 @@ async fn path_filters_are_anchored_whatever_the_pattern() {
     assert_eq!(statuses(&app, 2, || at("/api/x", PEER)).await, [200, 429]);
 }
 
+/// A path written another way (percent-encoded, `//`, `./`) is still the
+/// path the rule names, as the handler reads it.
+#[tokio::test]
+async fn path_rules_see_through_encodings_and_dot_segments() {
+    let t = HttpThrottle::builder()
+        .uid("os-path-encoded")
+        .limit(2)
+        .hours(1)
+        .shared_across_routes()
+        .build()
+        .unwrap();
+    let layer = ThrottleLayer::new(InMemoryBackend::new())
+        .rule(MiddlewareThrottle::new(t).path("/users/admin/login"));
+    let app = Router::new()
+        .route(
+            "/users/{name}/login",
+            axum::routing::post(
+                |axum::extract::Path(name): axum::extract::Path<String>| async move { name },
+            ),
+        )
+        .layer(layer);
+    let login = |path: &str| request("POST", path, Some(PEER), &[]);
+    let first = send(&app, login("/users/admin/login")).await;
+    assert_eq!((first.status.as_u16(), first.body.as_str()), (200, "admin"));
+    // The handler reads "admin" here too: the rule counts it.
+    let encoded = send(&app, login("/users/%61dmin/login")).await;
+    assert_eq!(
+        (encoded.status.as_u16(), encoded.body.as_str()),
+        (200, "admin")
+    );
+    for path in [
+        "/users/ad%6Din/login",
+        "/users/%61%64min/login",
+        "//users/admin/login",
+        "/users/./admin/login",
+    ] {
+        assert_eq!(send(&app, login(path)).await.status, 429, "{path}");
+    }
+    // Another user is not the rule's.
+    assert_eq!(send(&app, login("/users/bob/login")).await.status, 200);
+}
+
 #[tokio::test]
 async fn path_filter_with_dollar_matches_whole_path_only() {
     let memory = InMemoryBackend::new();
