@@ -400,7 +400,7 @@ impl RedisBackend {
             .deny_cache
             .as_ref()
             .filter(|_| record)
-            .map(|cache| (key.to_owned(), cache.generation()));
+            .map(|cache| (cache.digest(key), cache.generation()));
         let quota = *quota;
         BackendFuture::new(async move {
             // While Redis is unreachable, fail at once (see `breaker`).
@@ -890,6 +890,10 @@ impl ThrottleBackend for RedisBackend {
 /// Denied keys answered locally until their `retry_after`.
 struct DenyCache {
     capacity: usize,
+    /// Keys are held as keyed digests: a key's text can be as long as a
+    /// client makes it (an identity from a header, an unrouted path), and a
+    /// cache of texts would hold the bytes of every denied one.
+    hasher: std::hash::RandomState,
     state: Mutex<DenyState>,
     /// Bumped by every `clear()` (under the state's lock): a denial decided
     /// before a reset must not be cached after it. Read without the lock
@@ -903,9 +907,9 @@ const DENY_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct DenyState {
-    /// Denials by key text (looked up without copying it); a key rarely has
-    /// more than one quota and cost.
-    map: HashMap<String, Vec<CachedDeny>>,
+    /// Denials by key digest; a key rarely has more than one quota and
+    /// cost.
+    map: HashMap<u64, Vec<CachedDeny>>,
     /// Entries in `map`.
     len: usize,
     /// A full cache is not swept before this.
@@ -934,6 +938,7 @@ impl DenyCache {
     fn new(capacity: usize) -> Self {
         DenyCache {
             capacity: capacity.max(1),
+            hasher: std::hash::RandomState::new(),
             state: Mutex::new(DenyState::default()),
             generation: AtomicU64::new(0),
         }
@@ -943,9 +948,17 @@ impl DenyCache {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The digest a key is cached under (SipHash with this cache's own
+    /// random key: clients cannot make two keys collide on purpose).
+    fn digest(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
     fn get(&self, key: &str, quota: &Quota, cost: u64, now: Instant) -> Option<Decision> {
+        let key = self.digest(key);
         let mut state = self.lock();
-        let entries = state.map.get_mut(key)?;
+        let entries = state.map.get_mut(&key)?;
         let index = entries
             .iter()
             .position(|e| e.quota == *quota && e.cost == cost)?;
@@ -954,7 +967,7 @@ impl DenyCache {
         if elapsed >= entry.decision.retry_after {
             entries.swap_remove(index);
             if entries.is_empty() {
-                state.map.remove(key);
+                state.map.remove(&key);
             }
             state.len -= 1;
             return None;
@@ -979,7 +992,7 @@ impl DenyCache {
     #[allow(clippy::too_many_arguments)]
     fn insert_at(
         &self,
-        key: String,
+        key: u64,
         quota: Quota,
         cost: u64,
         sent: Instant,
@@ -1000,7 +1013,7 @@ impl DenyCache {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if let Some(entries) = state.map.get_mut(key.as_str()) {
+        if let Some(entries) = state.map.get_mut(&key) {
             if let Some(old) = entries
                 .iter_mut()
                 .find(|e| e.quota == quota && e.cost == cost)
@@ -1334,19 +1347,48 @@ mod tests {
         .unwrap()
     }
 
+    /// A key of any length is held as a digest (the map's key type), and is
+    /// found again by its text, and only by it.
+    #[test]
+    fn long_keys_are_cached_by_digest() {
+        let cache = DenyCache::new(10);
+        let quota = Quota::new("1/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
+        let key = "x".repeat(300_000);
+        let t0 = Instant::now();
+        cache.insert_at(cache.digest(&key), quota, 1, t0, denied(10_000), t0, 0);
+        assert!(cache.get(&key, &quota, 1, t0).is_some());
+        assert!(cache.get(&key[1..], &quota, 1, t0).is_none());
+    }
+
     #[test]
     fn a_full_deny_cache_is_swept_at_most_once_per_interval() {
         let cache = DenyCache::new(100);
         let quota = per_minute(1);
         let t0 = Instant::now();
         for i in 0..100 {
-            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0, 0);
+            cache.insert_at(
+                cache.digest(&format!("k{i}")),
+                quota,
+                1,
+                t0,
+                denied(10_000),
+                t0,
+                0,
+            );
         }
         assert_eq!(cache.lock().len, 100);
         // Full of live entries: one sweep finds nothing to drop; the next
         // thousand denials are not cached and sweep nothing.
         for i in 100..1100 {
-            cache.insert_at(format!("k{i}"), quota, 1, t0, denied(10_000), t0, 0);
+            cache.insert_at(
+                cache.digest(&format!("k{i}")),
+                quota,
+                1,
+                t0,
+                denied(10_000),
+                t0,
+                0,
+            );
         }
         assert_eq!(cache.lock().sweeps, 1);
         assert_eq!(cache.lock().len, 100);
@@ -1354,7 +1396,15 @@ mod tests {
         assert!(cache.get("k5", &quota, 1, t0).is_some());
         // Once the entries expire and the interval passes, a sweep makes room.
         let later = t0 + Duration::from_secs(11);
-        cache.insert_at("fresh".into(), quota, 1, later, denied(10_000), later, 0);
+        cache.insert_at(
+            cache.digest("fresh"),
+            quota,
+            1,
+            later,
+            denied(10_000),
+            later,
+            0,
+        );
         assert_eq!(cache.lock().sweeps, 2);
         assert_eq!(cache.lock().len, 1);
         assert!(cache.get("fresh", &quota, 1, later).is_some());
@@ -1369,13 +1419,13 @@ mod tests {
         let t0 = Instant::now();
         let before = cache.generation();
         cache.clear();
-        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0, before);
+        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, before);
         assert_eq!(cache.get("k", &quota, 1, t0), None);
         assert_eq!(cache.lock().len, 0);
         // One sent after the clear is cached.
         let after = cache.generation();
         assert_ne!(after, before);
-        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0, after);
+        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, after);
         assert!(cache.get("k", &quota, 1, t0).is_some());
     }
 
@@ -1385,10 +1435,10 @@ mod tests {
         let quota = per_minute(1);
         let other = per_minute(2);
         let t0 = Instant::now();
-        cache.insert_at("k".into(), quota, 1, t0, denied(1_000), t0, 0);
-        cache.insert_at("k".into(), quota, 1, t0, denied(2_000), t0, 0);
-        cache.insert_at("k".into(), other, 1, t0, denied(3_000), t0, 0);
-        cache.insert_at("k".into(), quota, 2, t0, denied(4_000), t0, 0);
+        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, 0);
+        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(2_000), t0, 0);
+        cache.insert_at(cache.digest("k"), other, 1, t0, denied(3_000), t0, 0);
+        cache.insert_at(cache.digest("k"), quota, 2, t0, denied(4_000), t0, 0);
         assert_eq!(cache.lock().len, 3);
         let at = |q: &Quota, cost| {
             cache
