@@ -188,9 +188,22 @@ impl DecisionKey for OwnedKey {
 /// Shows a key's text for a backend's prefix (in logs).
 pub(crate) struct Shown<'a, K: ?Sized>(pub(crate) &'a K, pub(crate) &'a str);
 
+/// Keys longer than this are cut in logs (a key is as long as a client
+/// makes it: one log line must not carry a 300 KB header back).
+const MAX_SHOWN: usize = 256;
+
 impl<K: DecisionKey + ?Sized> fmt::Display for Shown<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.text(self.1).as_str())
+        let text = self.0.text(self.1);
+        let text = text.as_str();
+        if text.len() <= MAX_SHOWN {
+            return f.write_str(text);
+        }
+        let mut cut = MAX_SHOWN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{}… ({} bytes)", &text[..cut], text.len())
     }
 }
 
@@ -418,5 +431,18 @@ mod tests {
         }
         assert_eq!(escaped("a:b%c"), "a%3Ab%25c");
         assert_eq!(escaped("%3A"), "%253A");
+    }
+
+    #[test]
+    fn long_keys_are_cut_in_logs() {
+        let short = "traffik:api:10.0.0.1:http:GET:/";
+        assert_eq!(Shown(short, "traffik").to_string(), short);
+        let long = format!("traffik:api:{}:http:GET:/", "é".repeat(200_000));
+        let shown = Shown(long.as_str(), "traffik").to_string();
+        assert!(shown.len() < 300, "{}", shown.len());
+        assert!(
+            shown.ends_with(&format!("… ({} bytes)", long.len())),
+            "{shown}"
+        );
     }
 }

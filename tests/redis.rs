@@ -1613,6 +1613,41 @@ async fn a_zero_circuit_breaker_sends_every_hit_to_redis() {
     }
 }
 
+/// A client-made long identity (300 KB) is counted exactly, under a short
+/// stored key: Redis holds a digest, not the client's bytes.
+#[tokio::test]
+async fn long_identities_are_counted_under_short_keys() {
+    let Some(redis) = backend("long-keys").await else {
+        return;
+    };
+    let q = quota("2/min", Strategy::FixedWindow);
+    let key = |fill: char| {
+        format!(
+            "{}:api:{}:http:GET:/",
+            redis.prefix(),
+            fill.to_string().repeat(300_000)
+        )
+    };
+    for fill in ['a', 'b'] {
+        assert!(redis.hit(&key(fill), &q, 1).await.unwrap().allowed);
+        assert!(redis.hit(&key(fill), &q, 1).await.unwrap().allowed);
+        assert!(
+            !redis.hit(&key(fill), &q, 1).await.unwrap().allowed,
+            "{fill}"
+        );
+    }
+    let stored = redis.storage_key(&key('a'), Strategy::FixedWindow);
+    assert!(stored.len() < 300, "{}", stored.len());
+    let mut conn = client_conn(&redis_url()).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&stored)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(exists, "{stored}");
+    redis.reset().await.unwrap();
+}
+
 // ---------------------------------------------------------------- deny cache
 
 #[tokio::test]

@@ -32,6 +32,10 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_BREAKER_PAUSE: Duration = Duration::from_millis(500);
 /// Default number of denied keys the local deny cache remembers.
 const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
+/// Longer key texts are stored as their first [`KEPT_OF_LONG_KEY`] bytes,
+/// `#` and the SHA-1 of the whole.
+const MAX_STORED_KEY: usize = 256;
+const KEPT_OF_LONG_KEY: usize = 128;
 /// Keys asked for per SCAN call during a reset.
 const SCAN_COUNT: usize = 1_000;
 
@@ -126,6 +130,8 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   stored as `{prefix}:{{uid}:{identity}:{scope}}:{strategy}` (for example
 ///   `traffik:{api:10.0.0.1:http:GET:/hello}:tb`): the braces are a Redis
 ///   Cluster hash tag, so everything a decision touches lives in one slot.
+///   A key longer than 256 bytes is stored as its first 128 bytes, `#` and
+///   the SHA-1 of the whole: Redis does not hold whatever a client sends.
 /// * **Lifecycle.** [`build`](RedisBackendBuilder::build) connects, loads the
 ///   scripts and calls [`initialize`](RedisBackend::initialize) (never lazily
 ///   on the first hit). Persistent by default (a shared store outlives one
@@ -502,6 +508,20 @@ fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix(':'))
         .unwrap_or(key);
+    // A key is as long as a client makes it (an identity from a header, an
+    // unrouted path): past a bound, Redis stores its start and the SHA-1 of
+    // the whole, not every byte, the same on every app instance.
+    let long;
+    let rest = if rest.len() > MAX_STORED_KEY {
+        let mut cut = KEPT_OF_LONG_KEY;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        long = format!("{}#{}", &rest[..cut], sha1_smol::Sha1::from(rest).digest());
+        long.as_str()
+    } else {
+        rest
+    };
     let tag = strategy_tag(strategy);
     let mut stored = String::with_capacity(prefix.len() + rest.len() + tag.len() + 4);
     stored.push_str(prefix);
@@ -1349,6 +1369,32 @@ mod tests {
 
     /// A key of any length is held as a digest (the map's key type), and is
     /// found again by its text, and only by it.
+    /// A long key is stored as its start and the SHA-1 of the whole: short,
+    /// the same for the same text, different for another.
+    #[test]
+    fn long_keys_are_stored_under_a_digest() {
+        let short = "api:10.0.0.1:http:GET:/hello";
+        assert_eq!(
+            storage_key("p", &format!("p:{short}"), Strategy::Gcra),
+            format!("p:{{{short}}}:gcra")
+        );
+        let long = |fill: &str| format!("p:api:{}:http:GET:/", fill.repeat(100_000));
+        let a = storage_key("p", &long("a"), Strategy::TokenBucket);
+        assert!(a.len() < 200, "{}", a.len());
+        assert!(a.starts_with("p:{api:aaaa") && a.ends_with("}:tb"), "{a}");
+        assert_eq!(a, storage_key("p", &long("a"), Strategy::TokenBucket));
+        assert_ne!(a, storage_key("p", &long("b"), Strategy::TokenBucket));
+        // Two keys with the same start differ by their digest.
+        let (x, y) = (long("a") + "x", long("a") + "y");
+        assert_ne!(
+            storage_key("p", &x, Strategy::TokenBucket),
+            storage_key("p", &y, Strategy::TokenBucket)
+        );
+        // Cut at a character boundary.
+        let wide = format!("p:api:{}:http:GET:/", "é".repeat(1_000));
+        assert!(storage_key("p", &wide, Strategy::Gcra).starts_with("p:{api:é"));
+    }
+
     #[test]
     fn long_keys_are_cached_by_digest() {
         let cache = DenyCache::new(10);
