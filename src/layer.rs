@@ -118,10 +118,11 @@ impl MiddlewareThrottle {
     }
 
     /// Only requests whose path matches `pattern` at its start (`"/api/"` is a
-    /// prefix; add `$` to match the whole path). The path is percent-decoded
-    /// and its empty, `.` and `..` segments resolved first (`/users/%61dmin`
-    /// and `//users/./admin` are `/users/admin`), so that writing it another
-    /// way does not step around the rule.
+    /// prefix; add `$` to match the whole path). The rule matches the path as
+    /// sent, percent-decoded, or decoded with its empty, `.` and `..`
+    /// segments resolved, any of them (`/users/%61dmin` and
+    /// `//users/./admin` count under `/users/admin`; `/api/..` under
+    /// `/api/`), so that writing it another way does not step around it.
     ///
     /// # Panics
     ///
@@ -185,34 +186,46 @@ impl MiddlewareThrottle {
             }
         }
         match &self.path {
-            // Matched at the start: the leftmost match starts at 0 exactly
-            // when some match does.
-            Some(path) => path
-                .find(&rule_path(request.uri().path()))
-                .is_some_and(|found| found.start() == 0),
+            Some(path) => path_matches(path, request.uri().path()),
             None => true,
         }
     }
 }
 
-/// The path path rules see: percent-decoded (`/users/%61dmin` is
-/// `/users/admin`, as axum's `Path` extractor and most handlers read it),
-/// with empty and `.` segments dropped and `..` resolved (`//files/./x` is
-/// `/files/x`, as a static-file handler reads it), so that a rule cannot be
-/// stepped around by writing the same path another way. A path that needs
-/// none of this is used as it is.
-fn rule_path(path: &str) -> std::borrow::Cow<'_, str> {
+/// Whether `regex` matches `path` at its start (the leftmost match starts
+/// at 0 exactly when some match does), as sent or as a handler may read it:
+/// percent-decoded (`/users/%61dmin` is `/users/admin` to axum's `Path`
+/// extractor), or decoded with its empty, `.` and `..` segments resolved
+/// (`//files/./x` is `/files/x` to a static-file handler). Any of them
+/// counts: the router itself routes the path as sent (`/api/..` and
+/// `/api/a%2Fb` reach `/api/{id}`), so no single form is the one a handler
+/// sees, and writing the path another way must not step around a rule. A
+/// path with no `%` and no such segment is matched once, without a copy.
+fn path_matches(regex: &Regex, path: &str) -> bool {
+    let at_start = |path: &str| regex.find(path).is_some_and(|found| found.start() == 0);
+    if at_start(path) {
+        return true;
+    }
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let needs_normalizing = decoded.contains("//")
-        || decoded.contains("/./")
-        || decoded.contains("/../")
-        || decoded.ends_with("/.")
-        || decoded.ends_with("/..");
+    if matches!(decoded, std::borrow::Cow::Owned(_)) && at_start(&decoded) {
+        return true;
+    }
+    normalized(&decoded).is_some_and(|normal| at_start(&normal))
+}
+
+/// `path` with its empty and `.` segments dropped and `..` resolved, or
+/// `None` when it has none.
+fn normalized(path: &str) -> Option<String> {
+    let needs_normalizing = path.contains("//")
+        || path.contains("/./")
+        || path.contains("/../")
+        || path.ends_with("/.")
+        || path.ends_with("/..");
     if !needs_normalizing {
-        return decoded;
+        return None;
     }
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    for segment in path.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
@@ -221,8 +234,8 @@ fn rule_path(path: &str) -> std::borrow::Cow<'_, str> {
             segment => segments.push(segment),
         }
     }
-    let trailing = decoded.ends_with('/') && !segments.is_empty();
-    let mut normal = String::with_capacity(decoded.len());
+    let trailing = path.ends_with('/') && !segments.is_empty();
+    let mut normal = String::with_capacity(path.len());
     for segment in &segments {
         normal.push('/');
         normal.push_str(segment);
@@ -230,7 +243,7 @@ fn rule_path(path: &str) -> std::borrow::Cow<'_, str> {
     if trailing || normal.is_empty() {
         normal.push('/');
     }
-    std::borrow::Cow::Owned(normal)
+    Some(normal)
 }
 
 /// One of the nine methods of RFC 9110 and RFC 5789.
@@ -731,32 +744,53 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::rule_path;
+    use super::{normalized, path_matches};
+    use regex::Regex;
 
     #[test]
-    fn rule_paths_are_decoded_and_normalized() {
+    fn paths_are_normalized() {
         for (raw, seen) in [
-            ("/users/admin/login", "/users/admin/login"),
-            ("/users/%61dmin/login", "/users/admin/login"),
-            ("/users/%61%64min/login", "/users/admin/login"),
-            ("/files/%73ecret.txt", "/files/secret.txt"),
-            ("//files/secret.txt", "/files/secret.txt"),
-            ("/files/./secret.txt", "/files/secret.txt"),
-            ("/x/../files/secret.txt", "/files/secret.txt"),
-            ("/files/%2e/secret.txt", "/files/secret.txt"),
-            ("/api/", "/api/"),
-            ("/api//", "/api/"),
-            ("/..", "/"),
-            ("/", "/"),
-            ("/a%2Fb", "/a/b"),
-            ("/%ff", "/\u{fffd}"),
+            ("//files/secret.txt", Some("/files/secret.txt")),
+            ("/files/./secret.txt", Some("/files/secret.txt")),
+            ("/x/../files/secret.txt", Some("/files/secret.txt")),
+            ("/api//", Some("/api/")),
+            ("/..", Some("/")),
+            ("/api/items", None),
+            ("/", None),
         ] {
-            assert_eq!(rule_path(raw), seen, "{raw}");
+            assert_eq!(normalized(raw).as_deref(), seen, "{raw}");
         }
-        // Nothing to do: no copy.
-        assert!(matches!(
-            rule_path("/api/items"),
-            std::borrow::Cow::Borrowed(_)
-        ));
+    }
+
+    /// A rule counts a path as sent, decoded, or decoded and normalized.
+    #[test]
+    fn rules_match_any_form_of_the_path() {
+        let api = Regex::new("/api/").unwrap();
+        let admin = Regex::new("/users/admin/login").unwrap();
+        let one_segment = Regex::new("/files/[^/]+$").unwrap();
+        for (regex, path) in [
+            // As sent: the router routes these to /api/{id} or /files/{name}.
+            (&api, "/api/.."),
+            (&api, "/api/%2e%2e"),
+            (&api, "/api/x/.."),
+            (&api, "/api/..%2Fsecret"),
+            (&api, "/api/x%2F..%2F..%2Fpublic"),
+            (&api, "/api/."),
+            (&one_segment, "/files/a%2Fb"),
+            // Decoded, or decoded and normalized.
+            (&admin, "/users/%61dmin/login"),
+            (&admin, "/users/%61%64min/login"),
+            (&admin, "//users/./admin/login"),
+            (&admin, "/x/../users/admin/login"),
+        ] {
+            assert!(path_matches(regex, path), "{} on {path}", regex.as_str());
+        }
+        for (regex, path) in [
+            (&api, "/v1/api/x"),
+            (&admin, "/users/bob/login"),
+            (&api, "/ap%69"),
+        ] {
+            assert!(!path_matches(regex, path), "{} on {path}", regex.as_str());
+        }
     }
 }

@@ -206,6 +206,37 @@ async fn path_rules_see_through_encodings_and_dot_segments() {
     assert_eq!(send(&app, login("/users/bob/login")).await.status, 200);
 }
 
+/// Paths the router routes as sent, with `..` or `%2F` kept inside a
+/// segment, are counted too: a rule is matched on the path as sent as well
+/// as decoded and normalized.
+#[tokio::test]
+async fn path_rules_count_dot_segments_the_router_routes() {
+    let t = HttpThrottle::builder()
+        .uid("os-path-dots")
+        .limit(1)
+        .hours(1)
+        .shared_across_routes()
+        .build()
+        .unwrap();
+    let layer =
+        ThrottleLayer::new(InMemoryBackend::new()).rule(MiddlewareThrottle::new(t).path("/api/"));
+    let app = Router::new()
+        .route("/api/{id}", get(ok))
+        .route("/api/{a}/{b}", get(ok))
+        .layer(layer);
+    assert_eq!(send(&app, at("/api/a", PEER)).await.status, 200);
+    for path in [
+        "/api/..",
+        "/api/%2e%2e",
+        "/api/x/..",
+        "/api/..%2Fsecret",
+        "/api/x%2F..%2F..%2Fpublic",
+        "/api/.",
+    ] {
+        assert_eq!(send(&app, at(path, PEER)).await.status, 429, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn path_filter_with_dollar_matches_whole_path_only() {
     let memory = InMemoryBackend::new();
