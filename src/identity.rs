@@ -215,23 +215,36 @@ impl TrustedProxies {
 /// stated as IPv4.
 fn canonical_networks(net: IpNet) -> impl Iterator<Item = IpNet> {
     const MAPPED_BITS: u8 = 96;
-    let v4 = match net {
-        IpNet::V6(v6) if v6.prefix_len() >= MAPPED_BITS => v6
-            .network()
-            .to_ipv4_mapped()
-            .and_then(|ip| ipnet::Ipv4Net::new(ip, v6.prefix_len() - MAPPED_BITS).ok()),
-        IpNet::V6(v6) if v6.contains(&std::net::Ipv6Addr::from(0xffff_u128 << 32)) => {
+    // The IPv4 part of the network, for each IPv6 form of IPv4 addresses
+    // (`::ffff:0:0/96` and NAT64's `64:ff9b::/96`): a network inside one is
+    // its IPv4 network, one that holds all of one holds every IPv4 address.
+    let forms = [0xffff_u128 << 32, NAT64_PREFIX << 32];
+    let v4 = move |form: u128| match net {
+        IpNet::V6(v6)
+            if v6.prefix_len() >= MAPPED_BITS && u128::from(v6.network()) >> 32 == form >> 32 =>
+        {
+            let ip = std::net::Ipv4Addr::from(u128::from(v6.network()) as u32);
+            ipnet::Ipv4Net::new(ip, v6.prefix_len() - MAPPED_BITS).ok()
+        }
+        IpNet::V6(v6)
+            if v6.prefix_len() < MAPPED_BITS && v6.contains(&std::net::Ipv6Addr::from(form)) =>
+        {
             Some(ipnet::Ipv4Net::default())
         }
         _ => None,
     };
-    std::iter::once(net).chain(v4.map(IpNet::V4))
+    std::iter::once(net).chain(forms.into_iter().filter_map(v4).map(IpNet::V4))
 }
 
-/// IPv4-mapped IPv6 addresses are their IPv4 address.
+/// IPv4-mapped IPv6 addresses, and NAT64 ones (`64:ff9b::/96`, RFC 6052),
+/// are their IPv4 address: in keys (every IPv4 client behind NAT64 would
+/// otherwise share one /64 counter) and when compared with trusted proxies.
 #[inline]
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
+        IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_PREFIX => {
+            IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
+        }
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
             .map(IpAddr::V4)
@@ -292,7 +305,13 @@ fn x_real_ip(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-real-ip")
         .iter()
-        .map(|value| parse_node(header_text(value).trim()))
+        .flat_map(|value| {
+            // A proxy or CDN may fold repeated lines into one, comma-separated.
+            header_text(value)
+                .split(',')
+                .map(|entry| parse_node(entry.trim()))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -386,12 +405,8 @@ impl AddressIdentity {
     #[inline]
     fn mask(&self, ip: IpAddr) -> IpAddr {
         match ip {
-            // NAT64's well-known prefix (RFC 6052) carries an IPv4 client:
-            // masked to a /64, every IPv4 client behind NAT64 would share
-            // one counter.
-            IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_PREFIX => {
-                IpAddr::V4(std::net::Ipv4Addr::from(u128::from(v6) as u32))
-            }
+            // A NAT64 address carries an IPv4 client (see `canonical`).
+            IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_PREFIX => canonical(ip),
             IpAddr::V6(v6) if self.ipv6_prefix < 128 => {
                 let bits = u128::from(v6);
                 let mask = if self.ipv6_prefix == 0 {

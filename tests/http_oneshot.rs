@@ -1056,6 +1056,10 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
     for forged in ["6.6.6.1", "6.6.6.2"] {
         let lines = [("x-real-ip", forged), ("x-real-ip", "5.5.5.5")];
         assert_eq!(send(&app, via(&lines)).await.status, 429, "{forged}");
+        // Lines a proxy or CDN folded into one.
+        let folded = format!("{forged}, 5.5.5.5");
+        let folded = [("x-real-ip", folded.as_str())];
+        assert_eq!(send(&app, via(&folded)).await.status, 429, "{forged}");
     }
     // No header (or only one the proxies do not write): the proxy itself is
     // the client.
@@ -1120,6 +1124,26 @@ async fn nat64_clients_are_their_ipv4_address() {
     );
     // The same IPv4 client, directly or through NAT64: one counter.
     assert_eq!(send(&app, from("1.2.3.4:1")).await.status, 429);
+
+    // A proxy reached through NAT64 is the IPv4 proxy it carries: trusted
+    // by an IPv4 range, so its X-Forwarded-For is read.
+    let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+    let app = ip_app("os-nat64-proxy", Some(proxies));
+    let via = |client: &str| {
+        request(
+            "GET",
+            "/ip",
+            Some("[64:ff9b::a00:1]:1"),
+            &[("x-forwarded-for", client)],
+        )
+    };
+    assert_eq!(send(&app, via("7.7.7.7")).await.status, 200);
+    assert_eq!(
+        send(&app, via("8.8.8.8")).await.status,
+        200,
+        "another client"
+    );
+    assert_eq!(send(&app, via("7.7.7.7")).await.status, 429);
 }
 
 #[tokio::test]

@@ -32,8 +32,8 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_BREAKER_PAUSE: Duration = Duration::from_millis(500);
 /// Default number of denied keys the local deny cache remembers.
 const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
-/// Longer key texts are stored as their first [`KEPT_OF_LONG_KEY`] bytes,
-/// `#` and the SHA-1 of the whole.
+/// Longer key texts are stored as their first [`KEPT_OF_LONG_KEY`] bytes in
+/// the braces, then `#` and the SHA-1 of the whole.
 const MAX_STORED_KEY: usize = 256;
 const KEPT_OF_LONG_KEY: usize = 128;
 /// Keys asked for per SCAN call during a reset.
@@ -130,8 +130,9 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   stored as `{prefix}:{{uid}:{identity}:{scope}}:{strategy}` (for example
 ///   `traffik:{api:10.0.0.1:http:GET:/hello}:tb`): the braces are a Redis
 ///   Cluster hash tag, so everything a decision touches lives in one slot.
-///   A key longer than 256 bytes is stored as its first 128 bytes, `#` and
-///   the SHA-1 of the whole: Redis does not hold whatever a client sends.
+///   A key longer than 256 bytes is stored as its first 128 bytes (in the
+///   braces), then `#` and the SHA-1 of the whole: Redis does not hold
+///   whatever a client sends.
 /// * **Lifecycle.** [`build`](RedisBackendBuilder::build) connects, loads the
 ///   scripts and calls [`initialize`](RedisBackend::initialize) (never lazily
 ///   on the first hit). Persistent by default (a shared store outlives one
@@ -510,24 +511,27 @@ fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
         .unwrap_or(key);
     // A key is as long as a client makes it (an identity from a header, an
     // unrouted path): past a bound, Redis stores its start and the SHA-1 of
-    // the whole, not every byte, the same on every app instance.
-    let long;
-    let rest = if rest.len() > MAX_STORED_KEY {
+    // the whole, not every byte, the same on every app instance. The digest
+    // goes after the closing brace, where no short key's stored form has
+    // anything but the tag (`{prefix}:{rest}:{tag}` always has `}:` before
+    // its tag): a short key cannot be written to equal a long one's.
+    let tag = strategy_tag(strategy);
+    let mut stored = String::with_capacity(prefix.len() + rest.len().min(256) + tag.len() + 48);
+    stored.push_str(prefix);
+    stored.push_str(":{");
+    if rest.len() > MAX_STORED_KEY {
         let mut cut = KEPT_OF_LONG_KEY;
         while !rest.is_char_boundary(cut) {
             cut -= 1;
         }
-        long = format!("{}#{}", &rest[..cut], sha1_smol::Sha1::from(rest).digest());
-        long.as_str()
+        stored.push_str(&rest[..cut]);
+        stored.push_str("}#");
+        stored.push_str(&sha1_smol::Sha1::from(rest).digest().to_string());
+        stored.push(':');
     } else {
-        rest
-    };
-    let tag = strategy_tag(strategy);
-    let mut stored = String::with_capacity(prefix.len() + rest.len() + tag.len() + 4);
-    stored.push_str(prefix);
-    stored.push_str(":{");
-    stored.push_str(rest);
-    stored.push_str("}:");
+        stored.push_str(rest);
+        stored.push_str("}:");
+    }
     stored.push_str(tag);
     stored
 }
@@ -1381,7 +1385,10 @@ mod tests {
         let long = |fill: &str| format!("p:api:{}:http:GET:/", fill.repeat(100_000));
         let a = storage_key("p", &long("a"), Strategy::TokenBucket);
         assert!(a.len() < 200, "{}", a.len());
-        assert!(a.starts_with("p:{api:aaaa") && a.ends_with("}:tb"), "{a}");
+        assert!(
+            a.starts_with("p:{api:aaaa") && a.contains("}#") && a.ends_with(":tb"),
+            "{a}"
+        );
         assert_eq!(a, storage_key("p", &long("a"), Strategy::TokenBucket));
         assert_ne!(a, storage_key("p", &long("b"), Strategy::TokenBucket));
         // Two keys with the same start differ by their digest.
@@ -1390,6 +1397,16 @@ mod tests {
             storage_key("p", &x, Strategy::TokenBucket),
             storage_key("p", &y, Strategy::TokenBucket)
         );
+        // A short key written as a long key's stored form is stored apart.
+        let long_key = long("a");
+        let rest = &long_key["p:".len()..];
+        let forged = format!(
+            "p:{}#{}",
+            &rest[..128],
+            sha1_smol::Sha1::from(rest).digest()
+        );
+        assert!(forged.len() - 2 <= MAX_STORED_KEY);
+        assert_ne!(storage_key("p", &forged, Strategy::TokenBucket), a);
         // Cut at a character boundary.
         let wide = format!("p:api:{}:http:GET:/", "é".repeat(1_000));
         assert!(storage_key("p", &wide, Strategy::Gcra).starts_with("p:{api:é"));
