@@ -195,6 +195,31 @@ async fn evalsha_calls(url: &str) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// Hits `key` until Redis answers again (an allowed decision), within
+/// `within` (a liveness bound); `on_error` sees each failure on the way.
+async fn until_answered(
+    redis: &RedisBackend,
+    key: &str,
+    q: &Quota,
+    within: Duration,
+    on_error: impl Fn(&Error),
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match redis.hit(key, q, 1).await {
+            Ok(decision) => {
+                assert!(decision.allowed);
+                return;
+            }
+            Err(error) => {
+                on_error(&error);
+                assert!(Instant::now() < deadline, "no recovery: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- connecting
 
 #[tokio::test]
@@ -1174,19 +1199,7 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
     }
     // Back on the same port: the same backend recovers by itself.
     server.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match redis.hit(&key, &q, 1).await {
-            Ok(decision) => {
-                assert!(decision.allowed);
-                break;
-            }
-            Err(error) => {
-                assert!(Instant::now() < deadline, "no recovery: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
     // The scripts were lost with the server: NOSCRIPT is recovered from.
     for strategy in Strategy::ALL {
         let q = quota("5/min", strategy);
@@ -1232,11 +1245,7 @@ async fn a_server_that_stops_answering_times_out() {
         );
     }
     server.signal("-CONT");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.hit(&key, &q, 1).await.is_err() {
-        assert!(Instant::now() < deadline, "no recovery after SIGCONT");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
 }
 
 /// A TCP proxy to a server on `127.0.0.1:port` that can black-hole the
@@ -1336,26 +1345,44 @@ impl Drop for Proxy {
     }
 }
 
-/// A connection that stays open but silent is never dropped by the Redis
-/// client: before, the backend timed out on it forever, though the path to
-/// Redis had healed. A command that times out now has it replaced.
-#[tokio::test]
-async fn a_connection_that_goes_silent_is_replaced() {
-    let Some(server) = Server::start().await else {
-        return;
-    };
+/// A server of its own behind a [`Proxy`], and a backend through the proxy
+/// with `timeout` and no circuit breaker unless `breaker`; its key has had
+/// one hit. `None` (skipped) without `redis-server`.
+async fn proxied(
+    test: &str,
+    timeout: Duration,
+    breaker: Duration,
+) -> Option<(Server, Proxy, RedisBackend, String, Quota)> {
+    let server = Server::start().await?;
     let proxy = Proxy::start(server.port).await;
     let redis = RedisBackend::builder(proxy.url())
-        .prefix(unique_prefix("silent"))
-        .timeout(Duration::from_millis(200))
+        .prefix(unique_prefix(test))
+        .timeout(timeout)
         .connect_timeout(Duration::from_millis(500))
-        .circuit_breaker(Duration::from_millis(100))
+        .circuit_breaker(breaker)
         .build()
         .await
         .unwrap();
     let q = quota("1000000/min", Strategy::TokenBucket);
     let key = format!("{}:u:k:s", redis.prefix());
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
+    Some((server, proxy, redis, key, q))
+}
+
+/// A connection that stays open but silent is never dropped by the Redis
+/// client: before, the backend timed out on it forever, though the path to
+/// Redis had healed. A command that times out now has it replaced.
+#[tokio::test]
+async fn a_connection_that_goes_silent_is_replaced() {
+    let Some((_server, proxy, redis, key, q)) = proxied(
+        "silent",
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+    )
+    .await
+    else {
+        return;
+    };
     let connections = proxy.accepted();
 
     proxy.black_hole_open_connections();
@@ -1367,22 +1394,7 @@ async fn a_connection_that_goes_silent_is_replaced() {
         "{message}"
     );
     // Nothing else changes: the backend gets through again on its own.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match redis.hit(&key, &q, 1).await {
-            Ok(decision) => {
-                assert!(decision.allowed);
-                break;
-            }
-            Err(error) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the silent connection was kept: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
     assert!(
         proxy.accepted() > connections,
         "a new connection was opened"
@@ -1394,21 +1406,11 @@ async fn a_connection_that_goes_silent_is_replaced() {
 /// replace its successor nor reopen the breaker.
 #[tokio::test]
 async fn timeouts_in_flight_on_a_silent_connection_replace_it_once() {
-    let Some(server) = Server::start().await else {
+    let Some((_server, proxy, redis, key, q)) =
+        proxied("storm", Duration::from_millis(300), Duration::ZERO).await
+    else {
         return;
     };
-    let proxy = Proxy::start(server.port).await;
-    let redis = RedisBackend::builder(proxy.url())
-        .prefix(unique_prefix("storm"))
-        .timeout(Duration::from_millis(300))
-        .connect_timeout(Duration::from_millis(500))
-        .circuit_breaker(Duration::ZERO)
-        .build()
-        .await
-        .unwrap();
-    let q = quota("1000000/min", Strategy::TokenBucket);
-    let key = format!("{}:u:k:s", redis.prefix());
-    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     let connections = proxy.accepted();
     proxy.black_hole_open_connections();
     // Spread over the timeout, so that they time out one after another,
@@ -1426,11 +1428,7 @@ async fn timeouts_in_flight_on_a_silent_connection_replace_it_once() {
         // Those sent after the replacement get through.
         let _ = task.await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.hit(&key, &q, 1).await.is_err() {
-        assert!(Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
     for _ in 0..20 {
         assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     }
@@ -1444,21 +1442,11 @@ async fn timeouts_in_flight_on_a_silent_connection_replace_it_once() {
 /// runtime shut down): the next timeout may open one again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_dropped_with_its_runtime_does_not_block_the_next() {
-    let Some(server) = Server::start().await else {
+    let Some((_server, proxy, redis, key, q)) =
+        proxied("dropped-task", Duration::from_millis(200), Duration::ZERO).await
+    else {
         return;
     };
-    let proxy = Proxy::start(server.port).await;
-    let redis = RedisBackend::builder(proxy.url())
-        .prefix(unique_prefix("dropped-task"))
-        .timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(500))
-        .circuit_breaker(Duration::ZERO)
-        .build()
-        .await
-        .unwrap();
-    let q = quota("1000000/min", Strategy::TokenBucket);
-    let key = format!("{}:u:k:s", redis.prefix());
-    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     proxy.black_hole_open_connections();
     // A hit times out on a short-lived runtime, which starts the
     // replacement there and is shut down at once.
@@ -1475,11 +1463,7 @@ async fn a_replacement_dropped_with_its_runtime_does_not_block_the_next() {
     })
     .join()
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(error) = redis.hit(&key, &q, 1).await {
-        assert!(Instant::now() < deadline, "no recovery: {error}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
 }
 
 /// A connection closed under the backend (an idle timeout, `CLIENT KILL`)
@@ -1507,21 +1491,11 @@ async fn one_lost_connection_does_not_open_the_breaker() {
     assert!(killed >= 1);
     // The hit on the killed connection may fail; the breaker stays closed,
     // so the next ones reach Redis (a 30 s pause would refuse them all).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match redis.hit(&key, &q, 1).await {
-            Ok(decision) => {
-                assert!(decision.allowed);
-                break;
-            }
-            Err(error) => {
-                let message = error.to_string();
-                assert!(!message.contains("without a round trip"), "{message}");
-                assert!(Instant::now() < deadline, "no recovery: {message}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(5), |error| {
+        let message = error.to_string();
+        assert!(!message.contains("without a round trip"), "{message}");
+    })
+    .await;
 }
 
 /// While Redis cannot be reached, hits fail at once with the circuit
@@ -1571,19 +1545,7 @@ async fn hits_fail_at_once_while_redis_is_unreachable() {
     }
     // Back: after the pause a test hit gets through, and so do the others.
     server.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match redis.hit(&key, &q, 1).await {
-            Ok(decision) => {
-                assert!(decision.allowed);
-                break;
-            }
-            Err(error) => {
-                assert!(Instant::now() < deadline, "no recovery: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    until_answered(&redis, &key, &q, Duration::from_secs(10), |_| {}).await;
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
 }
 

@@ -778,30 +778,24 @@ mod tests {
             .collect()
     }
 
-    /// The keys the shards really hold, against the count.
-    fn stored(backend: &InMemoryBackend) -> usize {
+    /// `count` of every shard's tables, summed.
+    fn over_shards(backend: &InMemoryBackend, count: impl Fn(&ShardMap) -> usize) -> usize {
         backend
             .inner
             .shards
             .iter()
-            .map(|shard| {
-                let map = lock(&shard.map);
-                map.words.len() + map.logs.len()
-            })
+            .map(|shard| count(&lock(&shard.map)))
             .sum()
+    }
+
+    /// The keys the shards really hold, against the count.
+    fn stored(backend: &InMemoryBackend) -> usize {
+        over_shards(backend, |map| map.words.len() + map.logs.len())
     }
 
     /// The tables' room, over every shard.
     fn capacity(backend: &InMemoryBackend) -> usize {
-        backend
-            .inner
-            .shards
-            .iter()
-            .map(|shard| {
-                let map = lock(&shard.map);
-                map.words.capacity() + map.logs.capacity()
-            })
-            .sum()
+        over_shards(backend, |map| map.words.capacity() + map.logs.capacity())
     }
 
     /// A flood of keys that expired, or a reset, gives its memory back.
