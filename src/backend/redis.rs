@@ -396,8 +396,14 @@ impl RedisBackend {
         }
         let cost = cost.max(1);
         let started = Instant::now();
-        if let Some(cache) = &self.inner.deny_cache {
-            if let Some(decision) = cache.get(key, quota, cost, started) {
+        // The key's digest, computed once: looked up now, cached under later.
+        let digest = self
+            .inner
+            .deny_cache
+            .as_ref()
+            .map(|cache| cache.digest(key));
+        if let (Some(cache), Some(digest)) = (&self.inner.deny_cache, digest) {
+            if let Some(decision) = cache.get(digest, quota, cost, started) {
                 return BackendFuture::ready(Ok(decision));
             }
         }
@@ -406,8 +412,9 @@ impl RedisBackend {
         let cache_key = shared
             .deny_cache
             .as_ref()
+            .zip(digest)
             .filter(|_| record)
-            .map(|cache| (cache.digest(key), cache.generation()));
+            .map(|(cache, digest)| (digest, cache.generation()));
         let quota = *quota;
         BackendFuture::new(async move {
             // While Redis is unreachable, fail at once (see `breaker`).
@@ -458,16 +465,17 @@ impl RedisBackend {
             // the new one: the hits that were in flight on a silent
             // connection neither replace its successor nor reopen the
             // breaker once a test hit has closed it.
-            let stale = shared.current().1 != generation;
+            // Read on failures only: a success needs no second lock.
+            let stale = || shared.current().1 != generation;
             match &reply {
                 Ok(_) => ticket.record(Outcome::Reached, &String::new),
-                Err(Failure::TimedOut(error)) if !stale => {
+                Err(Failure::TimedOut(error)) if !stale() => {
                     ticket.record(Outcome::Unreachable, &|| failure_text(error));
                     // A connection that stopped answering (a dead proxy or
                     // NAT entry) is never dropped by the client: replace it.
                     shared.replace_connection(generation);
                 }
-                Err(Failure::Refused(error)) if !stale => {
+                Err(Failure::Refused(error)) if !stale() => {
                     ticket.record(Outcome::Unreachable, &|| failure_text(error))
                 }
                 Err(_) => ticket.record(Outcome::Other, &String::new),
@@ -979,8 +987,8 @@ impl DenyCache {
         self.hasher.hash_one(key)
     }
 
-    fn get(&self, key: &str, quota: &Quota, cost: u64, now: Instant) -> Option<Decision> {
-        let key = self.digest(key);
+    /// A live denial of the key whose [`digest`](DenyCache::digest) is `key`.
+    fn get(&self, key: u64, quota: &Quota, cost: u64, now: Instant) -> Option<Decision> {
         let mut state = self.lock();
         let entries = state.map.get_mut(&key)?;
         let index = entries
@@ -1419,8 +1427,8 @@ mod tests {
         let key = "x".repeat(300_000);
         let t0 = Instant::now();
         cache.insert_at(cache.digest(&key), quota, 1, t0, denied(10_000), t0, 0);
-        assert!(cache.get(&key, &quota, 1, t0).is_some());
-        assert!(cache.get(&key[1..], &quota, 1, t0).is_none());
+        assert!(cache.get(cache.digest(&key), &quota, 1, t0).is_some());
+        assert!(cache.get(cache.digest(&key[1..]), &quota, 1, t0).is_none());
     }
 
     #[test]
@@ -1455,8 +1463,8 @@ mod tests {
         }
         assert_eq!(cache.lock().sweeps, 1);
         assert_eq!(cache.lock().len, 100);
-        assert!(cache.get("k1000", &quota, 1, t0).is_none());
-        assert!(cache.get("k5", &quota, 1, t0).is_some());
+        assert!(cache.get(cache.digest("k1000"), &quota, 1, t0).is_none());
+        assert!(cache.get(cache.digest("k5"), &quota, 1, t0).is_some());
         // Once the entries expire and the interval passes, a sweep makes room.
         let later = t0 + Duration::from_secs(11);
         cache.insert_at(
@@ -1470,7 +1478,7 @@ mod tests {
         );
         assert_eq!(cache.lock().sweeps, 2);
         assert_eq!(cache.lock().len, 1);
-        assert!(cache.get("fresh", &quota, 1, later).is_some());
+        assert!(cache.get(cache.digest("fresh"), &quota, 1, later).is_some());
     }
 
     /// A denial decided before a `clear()` (a reset) but inserted after it
@@ -1483,13 +1491,13 @@ mod tests {
         let before = cache.generation();
         cache.clear();
         cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, before);
-        assert_eq!(cache.get("k", &quota, 1, t0), None);
+        assert_eq!(cache.get(cache.digest("k"), &quota, 1, t0), None);
         assert_eq!(cache.lock().len, 0);
         // One sent after the clear is cached.
         let after = cache.generation();
         assert_ne!(after, before);
         cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, after);
-        assert!(cache.get("k", &quota, 1, t0).is_some());
+        assert!(cache.get(cache.digest("k"), &quota, 1, t0).is_some());
     }
 
     #[test]
@@ -1505,7 +1513,7 @@ mod tests {
         assert_eq!(cache.lock().len, 3);
         let at = |q: &Quota, cost| {
             cache
-                .get("k", q, cost, t0)
+                .get(cache.digest("k"), q, cost, t0)
                 .map(|d| d.retry_after.as_millis())
         };
         assert_eq!(at(&quota, 1), Some(2_000));
@@ -1514,11 +1522,11 @@ mod tests {
         assert_eq!(at(&other, 2), None);
         // An expired entry is dropped when looked up.
         let later = t0 + Duration::from_millis(2_500);
-        assert_eq!(cache.get("k", &quota, 1, later), None);
+        assert_eq!(cache.get(cache.digest("k"), &quota, 1, later), None);
         assert_eq!(cache.lock().len, 2);
         cache.clear();
         assert_eq!(cache.lock().len, 0);
-        assert_eq!(cache.get("k", &other, 1, t0), None);
+        assert_eq!(cache.get(cache.digest("k"), &other, 1, t0), None);
     }
 
     #[test]
