@@ -104,7 +104,7 @@ impl MiddlewareThrottle {
                      use names such as \"POST\", or http::Method::POST",
                     self.throttle.uid()
                 ),
-                Ok(method) if !is_standard(&method) => tracing::warn!(
+                Ok(method) if !crate::throttle::is_standard_method(&method) => tracing::warn!(
                     throttle = self.throttle.uid(),
                     method = name.as_str(),
                     "MiddlewareThrottle::methods: {name:?} is not a standard HTTP method; \
@@ -244,23 +244,6 @@ fn normalized(path: &str) -> Option<String> {
         normal.push('/');
     }
     Some(normal)
-}
-
-/// One of the nine methods of RFC 9110 and RFC 5789.
-fn is_standard(method: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::CONNECT,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PATCH,
-    ]
-    .contains(method)
 }
 
 /// Tower middleware evaluating [`MiddlewareThrottle`] rules in order: every

@@ -1275,6 +1275,14 @@ fn method_index(method: &Method) -> usize {
     }
 }
 
+/// The index of the methods that share the `OTHER` counter.
+const OTHER_METHOD: usize = 8;
+
+/// One of the nine methods of RFC 9110 and RFC 5789, in any case.
+pub(crate) fn is_standard_method(method: &Method) -> bool {
+    method_index(method) != OTHER_METHOD
+}
+
 #[cold]
 fn other_method_index(name: &str) -> usize {
     const STANDARD: [(&str, usize); 9] = [
@@ -1291,7 +1299,7 @@ fn other_method_index(name: &str) -> usize {
     STANDARD
         .iter()
         .find(|(standard, _)| standard.eq_ignore_ascii_case(name))
-        .map_or(8, |&(_, index)| index)
+        .map_or(OTHER_METHOD, |&(_, index)| index)
 }
 
 /// `":http:{METHOD}:"` of the standard methods, 16 bytes each (NUL-padded):
