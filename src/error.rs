@@ -21,9 +21,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// | [`Error::AnonymousConnection`] | 500 whose body says how to fix the server setup |
 /// | [`Error::Configuration`] | 500 naming the configuration problem |
 ///
-/// The four variants are the contract's: a `match` may name them all, with
-/// no catch-all arm.
+/// More variants may come: a `match` needs a catch-all arm.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Error {
     /// The throttle, rate, rule or backend was configured wrongly. The message
     /// names the bad input and how to fix it.

@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
-use crate::key::{put_ipv4, KeyOut, Overflow};
 use crate::Error;
 
 /// What an identifier returns for a request.
@@ -48,10 +47,7 @@ impl Identity {
     /// ```
     pub fn client_ip(ip: IpAddr) -> Identity {
         let default = AddressIdentity::default();
-        let mut key = String::new();
-        // Writing into a String cannot overflow.
-        let _ = default.write(default.mask(canonical(ip)), &mut key);
-        Identity::Key(key)
+        Identity::Key(default.text(default.mask(ip)))
     }
 
     /// `true` for [`Identity::Unlimited`].
@@ -363,6 +359,23 @@ pub fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
     extensions.get::<SocketAddr>().copied()
 }
 
+/// `ip` as a key counts it: IPv6 masked to its first `prefix` bits, NAT64
+/// and IPv4-mapped addresses as the IPv4 client they carry.
+#[inline]
+pub(crate) fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) if prefix < 128 => {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        other => other,
+    }
+}
+
 /// `64:ff9b::/96`, shifted down by 32 bits.
 const NAT64_PREFIX: u128 = 0x0064_ff9b_0000_0000_0000_0000;
 
@@ -404,31 +417,15 @@ impl AddressIdentity {
 
     #[inline]
     fn mask(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            // A NAT64 address carries an IPv4 client (see `canonical`).
-            IpAddr::V6(v6) if u128::from(v6) >> 32 == NAT64_PREFIX => canonical(ip),
-            IpAddr::V6(v6) if self.ipv6_prefix < 128 => {
-                let bits = u128::from(v6);
-                let mask = if self.ipv6_prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(self.ipv6_prefix))
-                };
-                IpAddr::V6((bits & mask).into())
-            }
-            other => other,
-        }
+        mask(ip, self.ipv6_prefix)
     }
 
-    /// Writes the identity of a client address into a key buffer
+    /// The text of a client address's identity in keys
     /// (`2001:db8:1:2::/64` for masked IPv6).
-    pub(crate) fn write(&self, ip: IpAddr, out: &mut impl KeyOut) -> Result<(), Overflow> {
+    pub(crate) fn text(&self, ip: IpAddr) -> String {
         match ip {
-            IpAddr::V4(v4) => put_ipv4(out, v4),
-            IpAddr::V6(_) if self.ipv6_prefix < 128 => {
-                write!(out, "{ip}/{}", self.ipv6_prefix).map_err(|_| Overflow)
-            }
-            IpAddr::V6(_) => write!(out, "{ip}").map_err(|_| Overflow),
+            IpAddr::V6(_) if self.ipv6_prefix < 128 => format!("{ip}/{}", self.ipv6_prefix),
+            ip => ip.to_string(),
         }
     }
 }
@@ -566,9 +563,7 @@ mod tests {
     fn ipv6_is_masked_to_its_prefix() {
         let identity = AddressIdentity::default();
         let ip = identity.mask("2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap());
-        let mut out = String::new();
-        assert!(identity.write(ip, &mut out).is_ok());
-        assert_eq!(out, "2001:db8:1:2::/64");
+        assert_eq!(identity.text(ip), "2001:db8:1:2::/64");
         let v4 = identity.mask("1.2.3.4".parse().unwrap());
         assert_eq!(v4.to_string(), "1.2.3.4");
     }

@@ -53,30 +53,25 @@
 #![deny(missing_docs)]
 
 pub mod backend;
-pub mod body;
 pub mod clock;
-mod divisor;
 mod error;
 pub mod identity;
-mod key;
+pub mod key;
 mod layer;
+mod pipeline;
 pub mod rate;
 pub mod response;
 pub mod strategy;
 mod throttle;
 pub mod ws;
 
-pub use body::ResponseBody;
 pub use error::{BackendError, BoxError, Error};
-pub use identity::{ForwardedHeader, Identity, TrustedProxies};
+pub use identity::{Identity, TrustedProxies};
+pub use layer::body;
 pub use layer::{MiddlewareThrottle, ResponseFuture, ThrottleLayer, ThrottleService};
+pub use pipeline::{Exceeded, FailureMode};
 pub use rate::Rate;
 pub use response::{RateLimitHeaders, RateLimitReport, Throttled};
 pub use strategy::{Decision, Quota, Strategy};
-pub use throttle::{
-    Exceeded, FailureMode, HttpOptions, HttpThrottle, HttpThrottleBuilder, RequestHead,
-    ThrottleBuilder,
-};
-pub use ws::{
-    GuardOptions, GuardedSocket, WebSocketThrottle, WebSocketThrottleBuilder, WsMessage, WsOptions,
-};
+pub use throttle::{HttpOptions, HttpThrottle, HttpThrottleBuilder, ThrottleBuilder};
+pub use ws::{WebSocketThrottle, WebSocketThrottleBuilder};

@@ -253,6 +253,31 @@ pub trait IntoRate {
     fn into_rate(self) -> Result<Rate, Error>;
 }
 
+/// What a dynamic rate's future gives: one [`Rate`], or several (a
+/// `Vec<Rate>` or an array) decided all or nothing.
+pub trait IntoRates {
+    /// Converts.
+    fn into_rates(self) -> Vec<Rate>;
+}
+
+impl IntoRates for Rate {
+    fn into_rates(self) -> Vec<Rate> {
+        vec![self]
+    }
+}
+
+impl IntoRates for Vec<Rate> {
+    fn into_rates(self) -> Vec<Rate> {
+        self
+    }
+}
+
+impl<const N: usize> IntoRates for [Rate; N] {
+    fn into_rates(self) -> Vec<Rate> {
+        self.into()
+    }
+}
+
 impl IntoRate for Rate {
     fn into_rate(self) -> Result<Rate, Error> {
         Ok(self)

@@ -12,19 +12,23 @@ use http_body_util::{BodyExt, Full};
 
 use crate::error::ANONYMOUS_HELP;
 use crate::strategy::ceil_secs;
-use crate::{BoxError, Decision, Error};
+use crate::strategy::Decisions;
+use crate::{BoxError, Decision, Error, Quota};
 
 /// The body of responses traffik makes itself (429, 500, 503).
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Which rate-limit headers a throttle adds to every response it saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RateLimitHeaders {
     /// No rate-limit headers (default). `Retry-After` is always on a 429.
     #[default]
     None,
     /// IETF draft-ietf-httpapi-ratelimit-headers-10 structured fields:
     /// `RateLimit-Policy: "api";q=100;w=60` and `RateLimit: "api";r=42;t=13`.
+    /// A throttle with several rates lists each as its own policy, named
+    /// `"{uid}-1"`, `"{uid}-2"`… in the order of `.rates([..])`.
     Ietf,
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`
     /// (reset in delta seconds).
@@ -72,52 +76,51 @@ pub struct Throttled(Box<ThrottledInner>);
 
 #[derive(Clone)]
 struct ThrottledInner {
-    decision: Decision,
-    window: Duration,
-    policy: Policy,
+    info: RateLimitInfo,
+    responder: Option<ThrottledResponder>,
 }
 
 impl fmt::Debug for Throttled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttled")
-            .field("throttle", &self.0.policy.name)
-            .field("decision", &self.0.decision)
+            .field("throttle", &self.0.info.name)
+            .field("decision", &self.0.info.decision)
             .finish()
     }
 }
 
 impl Throttled {
-    pub(crate) fn new(decision: Decision, window: Duration, policy: Policy) -> Self {
+    pub(crate) fn new(info: RateLimitInfo, policy: Policy) -> Self {
         Throttled(Box::new(ThrottledInner {
-            decision,
-            window,
-            policy,
+            info,
+            responder: policy.responder,
         }))
     }
 
-    /// The decision that rejected the request.
+    /// The decision that rejected the request (with several rates, the
+    /// binding one: see [`Decisions::binding`](crate::strategy::Decisions::binding)).
     pub fn decision(&self) -> &Decision {
-        &self.0.decision
+        &self.0.info.decision
     }
 
     /// The exact wait until the request would be allowed.
     pub fn retry_after(&self) -> Duration {
-        self.0.decision.retry_after
+        self.0.info.decision.retry_after
     }
 
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
-        self.0.decision.retry_after_secs()
+        self.0.info.decision.retry_after_secs()
     }
 
     /// The uid of the throttle that rejected the request.
     pub fn throttle(&self) -> &str {
-        &self.0.policy.name
+        &self.0.info.name
     }
 
-    /// The throttle's period.
+    /// The period of the rate that rejected the request.
     pub fn window(&self) -> Duration {
-        self.0.window
+        self.0.info.window
     }
 
     /// The response for this rejection: the throttle's `on_throttled`
@@ -129,7 +132,7 @@ impl Throttled {
     /// The response, with a fallback responder (a layer's `on_throttled`)
     /// used when the throttle has none of its own.
     pub(crate) fn response_with(&self, fallback: Option<&ThrottledResponder>) -> Response<BoxBody> {
-        let mut response = match self.0.policy.responder.as_ref().or(fallback) {
+        let mut response = match self.0.responder.as_ref().or(fallback) {
             Some(responder) => responder(self),
             None => default_429(self),
         };
@@ -138,7 +141,7 @@ impl Throttled {
             headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
         }
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        RateLimitInfo::new(&self.0.policy, self.0.decision, self.0.window).apply(headers);
+        self.0.info.apply(headers);
         response
     }
 }
@@ -214,8 +217,11 @@ impl axum::response::IntoResponse for Throttled {
 pub(crate) struct RateLimitInfo {
     name: Arc<str>,
     mode: RateLimitHeaders,
+    /// The decision the request got, and its rate's period.
     decision: Decision,
     window: Duration,
+    /// Each rate's decision and period (several rates only).
+    rates: Vec<(Decision, Duration)>,
 }
 
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -225,28 +231,53 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 impl RateLimitInfo {
-    pub(crate) fn new(policy: &Policy, decision: Decision, window: Duration) -> Self {
+    pub(crate) fn new(policy: &Policy, decisions: &Decisions, quotas: &[Quota]) -> Self {
+        let window = |quota: &Quota| quota.rate().period();
+        let rates = match quotas {
+            [_] => Vec::new(),
+            quotas => decisions
+                .iter()
+                .copied()
+                .zip(quotas.iter().map(window))
+                .collect(),
+        };
         RateLimitInfo {
             name: Arc::clone(&policy.name),
             mode: policy.headers,
-            decision,
-            window,
+            decision: decisions.binding(),
+            window: quotas
+                .get(decisions.binding_index())
+                .map(window)
+                .unwrap_or_default(),
+            rates,
         }
     }
 
     /// Adds this throttle's headers. IETF fields are lists: several throttles
-    /// append their own items. Legacy headers keep the most restrictive
-    /// (lowest remaining) throttle.
+    /// (and several rates of one throttle) append their own items. Legacy
+    /// headers keep the most restrictive (lowest remaining) throttle.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         let d = &self.decision;
         match self.mode {
             RateLimitHeaders::None => {}
             RateLimitHeaders::Ietf => {
-                let name = sf_string(&self.name);
-                let policy = format!("{name};q={};w={}", d.limit, ceil_secs(self.window).max(1));
-                let state = format!("{name};r={};t={}", d.remaining, d.reset_after_secs());
-                append_list(headers, &RATELIMIT_POLICY, policy);
-                append_list(headers, &RATELIMIT, state);
+                let one = [(self.decision, self.window)];
+                let rates = if self.rates.is_empty() {
+                    &one[..]
+                } else {
+                    &self.rates[..]
+                };
+                for (index, (d, window)) in rates.iter().enumerate() {
+                    let name = if rates.len() == 1 {
+                        sf_string(&self.name)
+                    } else {
+                        sf_string(&format!("{}-{}", self.name, index + 1))
+                    };
+                    let policy = format!("{name};q={};w={}", d.limit, ceil_secs(*window).max(1));
+                    let state = format!("{name};r={};t={}", d.remaining, d.reset_after_secs());
+                    append_list(headers, &RATELIMIT_POLICY, policy);
+                    append_list(headers, &RATELIMIT, state);
+                }
             }
             RateLimitHeaders::Legacy => {
                 let current = headers

@@ -77,8 +77,11 @@ use futures_util::{Sink, Stream};
 use pin_project_lite::pin_project;
 
 use crate::backend::{BoxFuture, DynBackend};
-use crate::key::escaped;
-use crate::throttle::{Check, Core, Mode, RateSource, ThrottleBuilder, Verdict};
+use crate::key::{Key, OwnedKey, Scope};
+use crate::pipeline::{Admitted, Answer, Core, Limit};
+use crate::strategy::Op;
+use crate::throttle::builder::HttpOnly;
+use crate::throttle::ThrottleBuilder;
 use crate::{Error, Exceeded, Identity, Quota, Throttled};
 
 /// The WebSocket close code sent by [`Exceeded::Close`]: 1008, policy
@@ -201,16 +204,22 @@ impl fmt::Debug for WsOptions {
     }
 }
 
-/// Builder of a [`WebSocketThrottle`]: the same builder as
-/// [`HttpThrottle`](crate::HttpThrottle)'s, plus [`context`](Self::context)
-/// and [`notice`](Self::notice).
+/// Builder of a [`WebSocketThrottle`]: the options every throttle has (see
+/// [`ThrottleBuilder`]), plus [`context`](Self::context) and
+/// [`notice`](Self::notice).
 ///
-/// Options that only mean something for HTTP are refused by
-/// [`build`](Self::build) with [`Error::Configuration`]: `.headers(..)` and
-/// `.on_throttled(..)` (a socket gets [`notice`](Self::notice) texts, not
-/// HTTP responses) and `.dynamic_rate(..)` (a rate computed from `&Parts`
-/// has no request head to read once the socket is open: build one throttle
-/// per tier instead and pick it in the upgrade handler).
+/// Options that only mean something for HTTP are not on this builder:
+/// `.headers(..)` and `.on_throttled(..)` (a socket gets
+/// [`notice`](Self::notice) texts, not HTTP responses), `.dynamic_rate(..)`
+/// (a rate computed from `&Parts` has no request head to read once the
+/// socket is open: build one throttle per tier instead and pick it in the
+/// upgrade handler) and the identifier options (a socket's identity is
+/// passed to [`guard`](WebSocketThrottle::guard)).
+///
+/// ```compile_fail,E0599
+/// use traffik::{RateLimitHeaders, WebSocketThrottle};
+/// let ws_t = WebSocketThrottle::builder().rate("3/s").headers(RateLimitHeaders::Ietf);
+/// ```
 pub type WebSocketThrottleBuilder = ThrottleBuilder<WsOptions>;
 
 impl ThrottleBuilder<WsOptions> {
@@ -245,35 +254,17 @@ impl ThrottleBuilder<WsOptions> {
         self
     }
 
-    /// Builds the throttle; [`Error::Configuration`] names any bad input,
-    /// including options that apply to HTTP only: `.dynamic_rate(..)` (there
-    /// is no request head once the socket is open), `.headers(..)` and
-    /// `.on_throttled(..)` (a socket gets notices, not HTTP responses: see
-    /// [`notice`](Self::notice)).
+    /// Builds the throttle; [`Error::Configuration`] names any bad input.
     pub fn build(self) -> Result<WebSocketThrottle, Error> {
-        let (core, options) = self.build_core("ws")?;
-        if core.policy.headers != crate::RateLimitHeaders::None || core.policy.responder.is_some() {
-            return Err(Error::configuration(format!(
-                "throttle {:?}: .headers(..) and .on_throttled(..) shape HTTP responses, which a \
-                 WebSocket throttle never sends; use .notice(..) for the text a client gets for a \
-                 dropped message",
-                core.uid()
-            )));
-        }
-        let quota = match &core.rate {
-            RateSource::Static(quota) => *quota,
-            RateSource::Dynamic(_) => {
-                return Err(Error::configuration(format!(
-                    "throttle {:?}: a WebSocket throttle cannot use .dynamic_rate(..) (there is no request \
-                     head once the socket is open); build one throttle per rate and choose it in the upgrade handler",
-                    core.uid()
-                )))
-            }
+        let (core, options) = self.build_core("ws", HttpOnly::default())?;
+        let quotas = match &core.limit {
+            Limit::Static(quotas) => Some(Arc::clone(quotas)),
+            Limit::Unlimited | Limit::Dynamic(_) => None,
         };
         Ok(WebSocketThrottle {
             inner: Arc::new(WsInner {
-                core,
-                quota,
+                core: Arc::new(core),
+                quotas,
                 context: options.context,
                 notice: options.notice,
             }),
@@ -319,7 +310,7 @@ pub struct WebSocketThrottle {
 struct WsInner {
     core: Arc<Core>,
     /// `None` for an unlimited rate.
-    quota: Option<Quota>,
+    quotas: Option<Arc<[Quota]>>,
     context: Option<String>,
     notice: Option<NoticeFn>,
 }
@@ -443,7 +434,7 @@ impl WebSocketThrottle {
 
     fn target(&self, identity: Identity, options: GuardOptions) -> Target {
         let inner = &self.inner;
-        let (Identity::Key(identity), Some(quota)) = (identity, inner.quota) else {
+        let (Identity::Key(identity), Some(quotas)) = (identity, &inner.quotas) else {
             return Target::Exempt;
         };
         if inner.core.cost == 0 {
@@ -458,34 +449,21 @@ impl WebSocketThrottle {
                 };
             }
         };
-        let prefix = backend.prefix();
-        let uid = inner.core.uid();
         let path = options.path.as_deref().unwrap_or("/");
         let context = options
             .context
             .as_deref()
             .or(inner.context.as_deref())
             .unwrap_or("");
-        // The uid, the path and the context hold no `:` once escaped, so
-        // the identity (which may, as an IPv6 address does) is told apart.
-        let (uid, path, context) = (escaped(uid), escaped(path), escaped(context));
-        let mut key = String::with_capacity(
-            prefix.len() + uid.len() + identity.len() + path.len() + context.len() + 8,
-        );
-        for (i, part) in [prefix, &uid, identity.as_str(), "ws", &path, &context]
-            .into_iter()
-            .enumerate()
-        {
-            if i > 0 {
-                key.push(':');
-            }
-            key.push_str(part);
-        }
+        let key = Key::new(&inner.core.uid, &identity, Scope::websocket(path, context))
+            .owned(&inner.core.uid);
+        let text = key.as_key().text(backend.prefix());
         Target::Counted {
             throttle: Arc::clone(inner),
             backend,
             key,
-            quota,
+            text,
+            quotas: Arc::clone(quotas),
         }
     }
 }
@@ -500,8 +478,10 @@ enum Target {
     Counted {
         throttle: Arc<WsInner>,
         backend: DynBackend,
-        key: String,
-        quota: Quota,
+        key: OwnedKey,
+        /// The key's text, for [`GuardedSocket::key`].
+        text: String,
+        quotas: Arc<[Quota]>,
     },
 }
 
@@ -514,7 +494,7 @@ enum State<M> {
     /// client that leaves is noticed and control frames pass (pings get
     /// their pongs), but at most one more data message, kept in `ahead`.
     Deciding {
-        check: BoxFuture<Result<Verdict, Error>>,
+        check: BoxFuture<Result<Admitted, Error>>,
         message: M,
     },
     /// Sending a notice or close frame to the client.
@@ -562,7 +542,7 @@ pin_project! {
 impl<S, M> fmt::Debug for GuardedSocket<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = match &self.target {
-            Target::Counted { key, .. } => Some(key.as_str()),
+            Target::Counted { text, .. } => Some(text.as_str()),
             _ => None,
         };
         f.debug_struct("GuardedSocket")
@@ -592,7 +572,7 @@ impl<S, M> GuardedSocket<S, M> {
     /// without a backend).
     pub fn key(&self) -> Option<&str> {
         match &self.target {
-            Target::Counted { key, .. } => Some(key),
+            Target::Counted { text, .. } => Some(text),
             _ => None,
         }
     }
@@ -608,7 +588,7 @@ enum Outcome<M> {
 
 fn settle<M: WsMessage>(
     throttle: &WsInner,
-    result: Result<Verdict, Error>,
+    result: Result<Admitted, Error>,
     message: M,
 ) -> Outcome<M> {
     match result {
@@ -694,15 +674,16 @@ where
                             throttle,
                             backend,
                             key,
-                            quota,
+                            quotas,
+                            ..
                         } => {
-                            let check =
+                            let answer =
                                 throttle
                                     .core
-                                    .decide(backend, key.as_str(), quota, Mode::Hit);
-                            match check {
-                                Check::Ready(result) => settle(throttle, result, message),
-                                Check::Pending(check) => {
+                                    .decide(backend, &key.as_key(), quotas, Op::Hit);
+                            match answer {
+                                Answer::Now(result) => settle(throttle, result, message),
+                                Answer::Later(check) => {
                                     *this.state = State::Deciding { check, message };
                                     continue;
                                 }

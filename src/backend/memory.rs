@@ -1,18 +1,19 @@
-//! The in-memory backend: a sharded map of per-key states, exact under
+//! The in-memory backend: a sharded table of per-key states, exact under
 //! concurrency, that reclaims expired keys by itself and never grows past a
 //! configurable number of keys.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::{BackendFuture, BoxFuture, ThrottleBackend};
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
+use super::{BackendFuture, BoxFuture, ThrottleBackend, Uids};
 use crate::clock::{Clock, SystemClock};
-use crate::strategy::{State, Strategy};
+use crate::key::{Key, KeyIdentity, ScopeKind};
+use crate::strategy::{self, Decisions, Op, State, Strategy};
 use crate::{Decision, Error, Quota};
 
 /// Default cap on live keys.
@@ -30,22 +31,14 @@ const MAX_EMPTY_EVICTIONS: u32 = 8;
 ///
 /// * `new()` instances are independent; clones share state.
 /// * Exact under concurrency: each decision runs under the lock of one of 64
-///   shards, a spin lock that yields to the scheduler after a short spin (no
-///   lock is held across an `.await`; a decision takes well under a
-///   microsecond, except on a sliding-window log of many entries).
-/// * Keys are stored as 64-bit SipHash-1-3 digests under random secrets of
-///   each backend (one per strategy), so a key costs the same few bytes
-///   whatever its length: a 32-byte table entry (digest, two words of state,
-///   expiry) for every strategy but the sliding-window log, whose log is
-///   boxed. An HTTP throttle's client-address keys are hashed in a binary
-///   form of their parts (the uid, the address as 4 or 16 bytes, one byte
-///   for a standard method, the route), so the layer writes no key text for
-///   them. That form never equals the bytes of a text key: the text of such
-///   a key given to [`decide`](InMemoryBackend::decide) or `hit` counts
-///   apart from the throttle's counter.
-///   Two of a million live keys share a digest with a probability
-///   below 1 in 30 million, and a client cannot aim for a collision without
-///   the secret.
+///   shards (a `std::sync::Mutex`; no lock is held across an `.await`, no
+///   user code runs under one).
+/// * Each key is stored with its parts (throttle, identity, scope, and the
+///   strategies it is decided with), so two different keys never share a
+///   counter; short keys (a client address and a short route) are stored
+///   inline, in a 48-byte table entry with their state and expiry. Keys
+///   are hashed with SipHash-1-3 under a random secret of each backend, so
+///   a client cannot aim many keys at one place of the table.
 /// * Expired keys are reclaimed by the backend itself: each shard sweeps its
 ///   expired keys at most once per sweep interval (default 1 s), during a hit,
 ///   and before making room for a new key at the cap (then every shard, at
@@ -65,7 +58,9 @@ const MAX_EMPTY_EVICTIONS: u32 = 8;
 ///   three strategies, limits then weaken to a limit per that life when it
 ///   is shorter than the period. Size the cap for your live keys so that it
 ///   is a safety net, and prefer the token bucket or GCRA where it may be
-///   reached.
+///   reached. With the token bucket, a client that wants its own spent
+///   counter pushed out needs about ⅞ × `max_keys` × the limit hits on
+///   keys spent as fully as its own.
 /// * `persistent(false)` (default): [`initialize`](InMemoryBackend::initialize)
 ///   and [`close`](InMemoryBackend::close) clear every key.
 ///
@@ -86,10 +81,7 @@ struct Shared {
     prefix: String,
     persistent: bool,
     clock: ClockSource,
-    /// One SipHash secret per strategy: the strategy is part of the
-    /// identity of a state (a throttle rebuilt with another strategy must not
-    /// read the old layout), at no cost per hit.
-    hashers: [RandomState; Strategy::ALL.len()],
+    hasher: RandomState,
     shards: Box<[Shard]>,
     shard_mask: usize,
     live_keys: AtomicUsize,
@@ -97,58 +89,20 @@ struct Shared {
     sweep_interval: u64,
     /// When the backend may next sweep every shard to make room at the cap.
     next_full_sweep: AtomicU64,
+    uids: Uids,
 }
 
+/// A shard on cache lines of its own (two, for CPUs that fetch pairs), so
+/// that threads working on neighbouring shards do not slow each other.
 #[repr(align(128))]
-struct Shard {
-    map: ShardLock,
-}
-
-/// A shard's lock: a spin lock that yields to the scheduler when it spins
-/// for long.
-///
-/// A decision on a two-word state holds it for a few tens of nanoseconds (a
-/// table lookup and a little arithmetic), so a waiter is usually served
-/// within a few spins. Unlocking is a plain store, where a parking mutex
-/// must swap to learn about sleepers: one atomic read-modify-write less per
-/// decision (about 5 ns in a bare lock/unlock loop on the project's machine,
-/// 10 ns in a decision loop). The longer holds (a shard's sweep, a table
-/// growing, a long sliding-window log, making room at the cap) make waiters
-/// yield rather than spin.
-/// Nothing runs under the lock but the map's own work: no user code, no
-/// `.await` (the guard is not `Send`), no second lock.
-type ShardLock = spin::mutex::SpinMutex<ShardMap>;
-
-/// A held shard lock. Not `Send` (unlike the spin crate's guard), so that
-/// holding it across an `.await` in a `Send` future does not compile.
-struct ShardGuard<'a> {
-    guard: spin::mutex::SpinMutexGuard<'a, ShardMap>,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl Deref for ShardGuard<'_> {
-    type Target = ShardMap;
-    #[inline]
-    fn deref(&self) -> &ShardMap {
-        &self.guard
-    }
-}
-
-impl DerefMut for ShardGuard<'_> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut ShardMap {
-        &mut self.guard
-    }
-}
-
-type Table<S> = HashMap<u64, S, BuildHasherDefault<DigestHasher>>;
+struct Shard(Mutex<ShardMap>);
 
 struct ShardMap {
-    /// Every strategy but the sliding-window log: 32-byte buckets (digest,
-    /// two words, expiry), so that a bucket never straddles two cache lines.
-    words: Table<WordSlot>,
-    /// Sliding-window logs.
-    logs: Table<LogSlot>,
+    /// One rate decided by a strategy with a two-word state (the common
+    /// case): 48-byte entries.
+    words: HashTable<WordEntry>,
+    /// Sliding-window logs and keys with several rates.
+    states: HashTable<StatesEntry>,
     next_sweep: u64,
     /// The latest time a decision in this shard used: time never moves
     /// backwards for a key, even when racing threads read the clock in
@@ -156,99 +110,159 @@ struct ShardMap {
     last_now: u64,
 }
 
-/// A state of two words.
-struct WordSlot {
+/// A key as the table stores it: its parts, inline while short (see
+/// [`stored_form`]).
+type StoredKey = SmallVec<[u8; 16]>;
+
+/// Room on the stack for the stored form of a key being looked up.
+type KeyBuf = SmallVec<[u8; 96]>;
+
+struct WordEntry {
+    key: StoredKey,
     words: [u64; 2],
     expires: u64,
 }
 
-/// A sliding-window log (boxed inside the state).
-struct LogSlot {
-    state: State,
+struct StatesEntry {
+    key: StoredKey,
+    states: Box<[State]>,
     expires: u64,
 }
 
-/// A stored state: how to decide on it and when it expires.
-trait Slot: Sized {
-    fn table(map: &mut ShardMap) -> &mut Table<Self>;
-    fn new(state: State, expires: u64) -> Self;
+/// A table entry: a key, the states of its rates, and when they expire.
+trait Entry: Sized {
+    fn table(map: &mut ShardMap) -> &mut HashTable<Self>;
+    fn new(key: &[u8], states: Vec<State>, expires: u64) -> Self;
+    fn key(&self) -> &[u8];
     fn expires(&self) -> u64;
-    fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision;
+    /// Decides on the entry's states, keeping what the decision commits.
+    fn decide(&mut self, quotas: &[Quota], now: u64, cost: u64, op: Op) -> Decisions;
 }
 
-impl Slot for WordSlot {
+impl Entry for WordEntry {
     #[inline]
-    fn table(map: &mut ShardMap) -> &mut Table<Self> {
+    fn table(map: &mut ShardMap) -> &mut HashTable<Self> {
         &mut map.words
     }
-    #[inline]
-    fn new(state: State, expires: u64) -> Self {
-        WordSlot {
-            words: state.words().unwrap_or_default(),
+    fn new(key: &[u8], states: Vec<State>, expires: u64) -> Self {
+        WordEntry {
+            key: StoredKey::from_slice(key),
+            words: states[0].words().unwrap_or_default(),
             expires,
         }
     }
     #[inline]
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+    #[inline]
     fn expires(&self) -> u64 {
         self.expires
     }
     #[inline]
-    fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision {
-        let (words, decision, expires) = quota.decide_words(Some(self.words), now, cost);
-        if record {
+    fn decide(&mut self, quotas: &[Quota], now: u64, cost: u64, op: Op) -> Decisions {
+        let mut states = [State::from_words(self.words)];
+        let (decisions, expires) = strategy::decide_micros(quotas, &mut states, now, cost, op);
+        if let (Some(expires), Some(words)) = (expires, states[0].words()) {
             self.words = words;
             self.expires = expires;
         }
-        decision
+        decisions
     }
 }
 
-impl Slot for LogSlot {
-    fn table(map: &mut ShardMap) -> &mut Table<Self> {
-        &mut map.logs
+impl Entry for StatesEntry {
+    fn table(map: &mut ShardMap) -> &mut HashTable<Self> {
+        &mut map.states
     }
-    fn new(state: State, expires: u64) -> Self {
-        LogSlot { state, expires }
+    fn new(key: &[u8], states: Vec<State>, expires: u64) -> Self {
+        StatesEntry {
+            key: StoredKey::from_slice(key),
+            states: states.into(),
+            expires,
+        }
+    }
+    fn key(&self) -> &[u8] {
+        &self.key
     }
     fn expires(&self) -> u64 {
         self.expires
     }
-    fn decide(&mut self, quota: &Quota, now: u64, cost: u64, record: bool) -> Decision {
-        if record {
-            let (decision, expires) = quota.decide_micros(&mut self.state, now, cost);
-            self.expires = expires;
-            return decision;
+    fn decide(&mut self, quotas: &[Quota], now: u64, cost: u64, op: Op) -> Decisions {
+        if self.states.len() != quotas.len() {
+            // The same key with another number of rates (a dynamic rate):
+            // it starts afresh.
+            self.states = vec![State::new(); quotas.len()].into();
         }
-        let mut state = self.state.clone();
-        quota.decide_micros(&mut state, now, cost).0
+        let (decisions, expires) = strategy::decide_micros(quotas, &mut self.states, now, cost, op);
+        if let Some(expires) = expires {
+            self.expires = expires;
+        }
+        decisions
+    }
+}
+
+/// Writes the form a key is stored under: the strategies it is decided
+/// with (a throttle rebuilt with another strategy must not read the old
+/// state), the uid, the identity (a client address as its bytes), the
+/// scope. Each part ends where the next can be told to start (`0xFF`, a
+/// byte no text holds, after each text but the last), so different keys
+/// never share a stored form.
+#[inline]
+fn stored_form(key: &Key<'_>, quotas: &[Quota], out: &mut KeyBuf) {
+    if quotas.len() > 1 {
+        out.push(quotas.len() as u8);
+    }
+    out.extend(quotas.iter().map(|quota| quota.strategy() as u8));
+    out.extend_from_slice(key.throttle.as_bytes());
+    out.push(0xFF);
+    match key.identity {
+        KeyIdentity::Address {
+            ip: std::net::IpAddr::V4(ip),
+            ..
+        } => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        KeyIdentity::Address {
+            ip: std::net::IpAddr::V6(ip),
+            prefix,
+        } => {
+            out.push(6);
+            out.push(prefix);
+            out.extend_from_slice(&ip.octets());
+        }
+        KeyIdentity::Text(text) => {
+            out.push(b'T');
+            out.extend_from_slice(text.as_bytes());
+            out.push(0xFF);
+        }
+    }
+    match key.scope.0 {
+        ScopeKind::Shared => out.push(b'*'),
+        ScopeKind::Http { method, route } => {
+            out.push(b'H');
+            out.push(method as u8);
+            out.extend_from_slice(route.as_bytes());
+        }
+        ScopeKind::WebSocket { path, context } => {
+            out.push(b'W');
+            out.extend_from_slice(path.as_bytes());
+            out.push(0xFF);
+            out.extend_from_slice(context.as_bytes());
+        }
     }
 }
 
 /// Gives memory back after a sweep that left a table less than a quarter
 /// full (keeping room to double): a flood of keys that expired does not
 /// keep its peak memory. Small tables are left as they are.
-fn shrink<S>(table: &mut Table<S>) {
+fn shrink<E: Entry>(table: &mut HashTable<E>, hasher: &RandomState) {
     const SMALL: usize = 1024;
     if table.capacity() > SMALL && table.len() < table.capacity() / 4 {
-        table.shrink_to((table.len() * 2).max(SMALL));
-    }
-}
-
-/// The map keys are already uniform digests: hash them as they are.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        table.shrink_to((table.len() * 2).max(SMALL), |entry| {
+            hasher.hash_one(entry.key())
+        });
     }
 }
 
@@ -320,23 +334,25 @@ impl InMemoryBackend {
         self.initialize().await
     }
 
-    /// Decides synchronously (the in-memory backend never waits).
-    pub fn decide(&self, key: &str, quota: &Quota, cost: u64) -> Result<Decision, Error> {
-        self.inner.decide(key.as_bytes(), quota, cost, true)
+    /// Counts a hit of `cost` on `key` for one rate, at once (the in-memory
+    /// backend never waits): [`ThrottleBackend::decide`] with
+    /// [`Op::Hit`], for code that calls the backend itself.
+    pub fn hit(&self, key: &Key<'_>, quota: &Quota, cost: u64) -> Result<Decision, Error> {
+        let decisions = self
+            .inner
+            .decide(key, std::slice::from_ref(quota), cost, Op::Hit)?;
+        Ok(decisions.binding())
     }
 
-    /// Decides on the bytes of a key: a text key's, or the shorter binary
-    /// form HTTP throttles use for client-address keys (see
-    /// [`DecisionKey`](crate::key::DecisionKey)).
-    #[inline]
-    pub(crate) fn decide_bytes(
+    /// Decides `op` on `key` for every rate of `quotas` (all or nothing), at once.
+    pub fn decide(
         &self,
-        key: &[u8],
-        quota: &Quota,
+        key: &Key<'_>,
+        quotas: &[Quota],
         cost: u64,
-        record: bool,
-    ) -> Result<Decision, Error> {
-        self.inner.decide(key, quota, cost, record)
+        op: Op,
+    ) -> Result<Decisions, Error> {
+        self.inner.decide(key, quotas, cost, op)
     }
 }
 
@@ -345,41 +361,6 @@ impl InMemoryBackend {
 enum ClockSource {
     System(SystemClock),
     Other(Arc<dyn Clock>),
-}
-
-/// Spins before yielding, when the lock is taken.
-const SPINS_BEFORE_YIELD: u32 = 64;
-
-#[inline]
-fn lock(map: &ShardLock) -> ShardGuard<'_> {
-    let guard = match map.try_lock() {
-        Some(guard) => guard,
-        None => lock_contended(map),
-    };
-    ShardGuard {
-        guard,
-        _not_send: PhantomData,
-    }
-}
-
-#[cold]
-fn lock_contended(map: &ShardLock) -> spin::mutex::SpinMutexGuard<'_, ShardMap> {
-    let mut spins = 0;
-    loop {
-        // Read-only waiting: the lock's cache line is not bounced between
-        // waiters while it is held.
-        while map.is_locked() {
-            if spins < SPINS_BEFORE_YIELD {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        if let Some(guard) = map.try_lock() {
-            return guard;
-        }
-    }
 }
 
 impl Shared {
@@ -391,25 +372,37 @@ impl Shared {
         }
     }
 
+    /// A shard's lock. Nothing under it panics (no user code runs there), so
+    /// a poisoned lock holds consistent tables.
+    #[inline]
+    fn lock(&self, shard: usize) -> MutexGuard<'_, ShardMap> {
+        self.shards[shard]
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut map = lock(&shard.map);
-            let removed = map.words.len() + map.logs.len();
+        for shard in 0..self.shards.len() {
+            let mut map = self.lock(shard);
+            let removed = map.words.len() + map.states.len();
             // New tables: the memory of the old ones is given back.
-            map.words = Table::default();
-            map.logs = Table::default();
+            map.words = HashTable::new();
+            map.states = HashTable::new();
             self.live_keys.fetch_sub(removed, Ordering::Relaxed);
         }
     }
 
     fn sweep(&self, map: &mut ShardMap, now: u64) {
-        let before = map.words.len() + map.logs.len();
-        map.words.retain(|_, slot| slot.expires() > now);
-        map.logs.retain(|_, slot| slot.expires() > now);
-        shrink(&mut map.words);
-        shrink(&mut map.logs);
-        self.live_keys
-            .fetch_sub(before - map.words.len() - map.logs.len(), Ordering::Relaxed);
+        let before = map.words.len() + map.states.len();
+        map.words.retain(|entry| entry.expires > now);
+        map.states.retain(|entry| entry.expires > now);
+        shrink(&mut map.words, &self.hasher);
+        shrink(&mut map.states, &self.hasher);
+        self.live_keys.fetch_sub(
+            before - map.words.len() - map.states.len(),
+            Ordering::Relaxed,
+        );
         map.next_sweep = now.saturating_add(self.sweep_interval);
     }
 
@@ -442,36 +435,36 @@ impl Shared {
     #[inline]
     fn decide(
         &self,
-        key: &[u8],
-        quota: &Quota,
+        key: &Key<'_>,
+        quotas: &[Quota],
         cost: u64,
-        record: bool,
-    ) -> Result<Decision, Error> {
+        op: Op,
+    ) -> Result<Decisions, Error> {
         // The clock is read first: the counter's latency overlaps the hashing
         // (and the lock is not held while it runs).
         let read = self.now();
-        let mut hasher = self.hashers[quota.strategy() as usize].build_hasher();
-        hasher.write(key);
-        let digest = hasher.finish();
-        match quota.strategy() {
-            Strategy::SlidingWindowLog => {
-                self.decide_in::<LogSlot>(digest, read, quota, cost, record)
+        let mut stored = KeyBuf::new();
+        stored_form(key, quotas, &mut stored);
+        let hash = self.hasher.hash_one(&stored[..]);
+        match quotas {
+            [quota] if quota.strategy() != Strategy::SlidingWindowLog => {
+                self.decide_in::<WordEntry>(&stored, hash, read, quotas, cost, op)
             }
-            _ => self.decide_in::<WordSlot>(digest, read, quota, cost, record),
+            _ => self.decide_in::<StatesEntry>(&stored, hash, read, quotas, cost, op),
         }
     }
 
     #[inline]
-    fn decide_in<S: Slot>(
+    fn decide_in<E: Entry>(
         &self,
-        digest: u64,
+        stored: &[u8],
+        hash: u64,
         mut read: u64,
-        quota: &Quota,
+        quotas: &[Quota],
         cost: u64,
-        record: bool,
-    ) -> Result<Decision, Error> {
-        let shard_index = (digest >> 32) as usize & self.shard_mask;
-        let shard = &self.shards[shard_index];
+        op: Op,
+    ) -> Result<Decisions, Error> {
+        let shard = (hash >> 32) as usize & self.shard_mask;
         let mut swept_all = false;
         // A key's room, counted in `live_keys`, kept by an eviction in
         // another shard for this hit until it is stored (or given back).
@@ -480,22 +473,22 @@ impl Shared {
         loop {
             // The clock was read before the lock (shorter critical section);
             // the shard's latest time keeps it monotonic per key.
-            let mut map = lock(&shard.map);
+            let mut map = self.lock(shard);
             let now = read.max(map.last_now);
             map.last_now = now;
             if now >= map.next_sweep {
                 self.sweep(&mut map, now);
             }
-            if let Some(slot) = S::table(&mut map).get_mut(&digest) {
+            if let Some(entry) = E::table(&mut map).find_mut(hash, |entry| entry.key() == stored) {
                 self.give_back(reserved);
-                return Ok(slot.decide(quota, now, cost, record));
+                return Ok(entry.decide(quotas, now, cost, op));
             }
-            let mut state = State::new();
-            let (decision, expires) = quota.decide_micros(&mut state, now, cost);
-            if !record || expires <= now {
+            let mut states = vec![State::new(); quotas.len()];
+            let (decisions, expires) = strategy::decide_micros(quotas, &mut states, now, cost, op);
+            let Some(expires) = expires.filter(|&expires| expires > now && op == Op::Hit) else {
                 self.give_back(reserved);
-                return Ok(decision);
-            }
+                return Ok(decisions);
+            };
             if !reserved && !self.reserve_key() {
                 self.sweep(&mut map, now);
                 if !self.reserve_key() {
@@ -518,7 +511,7 @@ impl Shared {
                         attempts += 1;
                         // Every shard empty while the count says full: a
                         // `reset()` is under way. Look again, a few times.
-                        reserved = self.evict_elsewhere(shard_index);
+                        reserved = self.evict_elsewhere(shard);
                         if !reserved && attempts > MAX_EMPTY_EVICTIONS {
                             return Err(Error::backend(format!(
                                 "the in-memory backend {:?} could not make room for a new key \
@@ -532,8 +525,10 @@ impl Shared {
                     }
                 }
             }
-            S::table(&mut map).insert(digest, S::new(state, expires));
-            return Ok(decision);
+            let entry = E::new(stored, states, expires);
+            E::table(&mut map)
+                .insert_unique(hash, entry, |entry| self.hasher.hash_one(entry.key()));
+            return Ok(decisions);
         }
     }
 
@@ -551,16 +546,16 @@ impl Shared {
     /// With `keep_one`, one of the freed rooms stays counted in `live_keys`
     /// for the caller's new key. Returns how many keys went.
     fn evict(&self, map: &mut ShardMap, keep_one: bool) -> usize {
-        let len = map.words.len() + map.logs.len();
+        let len = map.words.len() + map.states.len();
         if len == 0 {
             return 0;
         }
         let count = len.div_ceil(EVICTED_FRACTION);
         let mut expiries: Vec<u64> = map
             .words
-            .values()
-            .map(Slot::expires)
-            .chain(map.logs.values().map(Slot::expires))
+            .iter()
+            .map(Entry::expires)
+            .chain(map.states.iter().map(Entry::expires))
             .collect();
         let threshold = *expiries.select_nth_unstable(count - 1).1;
         // Every key expiring before the threshold goes, and as many of
@@ -576,8 +571,8 @@ impl Shared {
                 true
             }
         };
-        map.words.retain(|_, slot| keep(slot.expires));
-        map.logs.retain(|_, slot| keep(slot.expires));
+        map.words.retain(|entry| keep(entry.expires));
+        map.states.retain(|entry| keep(entry.expires));
         self.live_keys
             .fetch_sub(count - usize::from(keep_one), Ordering::Relaxed);
         count
@@ -587,18 +582,15 @@ impl Shared {
     /// keys (one lock at a time), keeping one room for the caller. Whether
     /// it found keys to drop (and so kept the room).
     fn evict_elsewhere(&self, from: usize) -> bool {
-        (1..self.shards.len()).any(|step| {
-            let shard = &self.shards[(from + step) & self.shard_mask];
-            self.evict(&mut lock(&shard.map), true) > 0
-        })
+        (1..self.shards.len())
+            .any(|step| self.evict(&mut self.lock((from + step) & self.shard_mask), true) > 0)
     }
 
     fn purge_all(&self) {
         // Read once, outside the locks: a user's clock never runs under one.
         let now = self.now();
-        for shard in self.shards.iter() {
-            let mut map = lock(&shard.map);
-            self.sweep(&mut map, now);
+        for shard in 0..self.shards.len() {
+            self.sweep(&mut self.lock(shard), now);
         }
     }
 }
@@ -609,12 +601,8 @@ impl ThrottleBackend for InMemoryBackend {
     }
 
     #[inline]
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        BackendFuture::ready(self.inner.decide(key.as_bytes(), quota, cost, true))
-    }
-
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        BackendFuture::ready(self.inner.decide(key.as_bytes(), quota, cost, false))
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
+        BackendFuture::ready(self.inner.decide(key, quotas, cost, op))
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
@@ -626,8 +614,8 @@ impl ThrottleBackend for InMemoryBackend {
         self.inner.persistent
     }
 
-    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
-        Some(self)
+    fn uids(&self) -> Option<&Uids> {
+        Some(&self.inner.uids)
     }
 }
 
@@ -721,13 +709,13 @@ impl InMemoryBackendBuilder {
             .shards
             .min((self.max_keys / 16).max(1).next_power_of_two());
         let shards = (0..shard_count)
-            .map(|_| Shard {
-                map: ShardLock::new(ShardMap {
-                    words: HashMap::default(),
-                    logs: HashMap::default(),
+            .map(|_| {
+                Shard(Mutex::new(ShardMap {
+                    words: HashTable::new(),
+                    states: HashTable::new(),
                     next_sweep: 0,
                     last_now: 0,
-                }),
+                }))
             })
             .collect();
         InMemoryBackend {
@@ -735,13 +723,14 @@ impl InMemoryBackendBuilder {
                 prefix: self.prefix,
                 persistent: self.persistent,
                 clock: self.clock,
-                hashers: std::array::from_fn(|_| RandomState::new()),
+                hasher: RandomState::new(),
                 shards,
                 shard_mask: shard_count - 1,
                 live_keys: AtomicUsize::new(0),
                 max_keys: self.max_keys,
                 sweep_interval: self.sweep_interval.as_micros() as u64,
                 next_full_sweep: AtomicU64::new(0),
+                uids: Uids::default(),
             }),
         }
     }
@@ -750,52 +739,92 @@ impl InMemoryBackendBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
-    fn empty_map() -> ShardMap {
-        ShardMap {
-            words: HashMap::default(),
-            logs: HashMap::default(),
-            next_sweep: 0,
-            last_now: 0,
-        }
+    /// The shard a client-only key of `quota`'s strategy lands in (as `decide`).
+    fn shard_of(backend: &InMemoryBackend, key: &Key<'_>, quota: &Quota) -> usize {
+        let mut stored = KeyBuf::new();
+        stored_form(key, std::slice::from_ref(quota), &mut stored);
+        (backend.inner.hasher.hash_one(&stored[..]) >> 32) as usize & backend.inner.shard_mask
     }
 
-    /// The shard a text key of `quota`'s strategy lands in (as `decide`).
-    fn shard_of(backend: &InMemoryBackend, key: &str, quota: &Quota) -> usize {
-        let mut hasher = backend.inner.hashers[quota.strategy() as usize].build_hasher();
-        hasher.write(key.as_bytes());
-        let digest = hasher.finish();
-        (digest >> 32) as usize & backend.inner.shard_mask
-    }
-
-    /// Keys that live in shard `shard`, `n` of them.
+    /// Identities whose keys live in shard `shard`, `n` of them.
     fn keys_in(backend: &InMemoryBackend, quota: &Quota, shard: usize, n: usize) -> Vec<String> {
         (0..)
             .map(|i| format!("k{i}"))
-            .filter(|key| shard_of(backend, key, quota) == shard)
+            .filter(|id| shard_of(backend, &key(id), quota) == shard)
             .take(n)
             .collect()
     }
 
+    fn key(identity: &str) -> Key<'_> {
+        Key::new("t", identity, crate::key::Scope::shared())
+    }
+
     /// `count` of every shard's tables, summed.
     fn over_shards(backend: &InMemoryBackend, count: impl Fn(&ShardMap) -> usize) -> usize {
-        backend
-            .inner
-            .shards
-            .iter()
-            .map(|shard| count(&lock(&shard.map)))
+        (0..backend.inner.shards.len())
+            .map(|shard| count(&backend.inner.lock(shard)))
             .sum()
     }
 
     /// The keys the shards really hold, against the count.
     fn stored(backend: &InMemoryBackend) -> usize {
-        over_shards(backend, |map| map.words.len() + map.logs.len())
+        over_shards(backend, |map| map.words.len() + map.states.len())
     }
 
     /// The tables' room, over every shard.
     fn capacity(backend: &InMemoryBackend) -> usize {
-        over_shards(backend, |map| map.words.capacity() + map.logs.capacity())
+        over_shards(backend, |map| map.words.capacity() + map.states.capacity())
+    }
+
+    #[test]
+    fn entries_are_small() {
+        assert_eq!(std::mem::size_of::<WordEntry>(), 48);
+    }
+
+    #[test]
+    fn stored_forms_tell_keys_apart() {
+        let quota = Quota::new("1/s".parse().unwrap(), Strategy::TokenBucket).unwrap();
+        let gcra = Quota::new("1/s".parse().unwrap(), Strategy::Gcra).unwrap();
+        let get = http::Method::GET;
+        let keys = [
+            Key::new("a", "x", crate::key::Scope::shared()),
+            Key::new("a", "x", crate::key::Scope::http(&get, "/")),
+            Key::new("a", "x\u{1}", crate::key::Scope::shared()),
+            Key::new("ax", "", crate::key::Scope::shared()),
+            Key::new("a", "x", crate::key::Scope::websocket("/", "")),
+            Key::new("a", "x", crate::key::Scope::websocket("", "/")),
+            Key::client(
+                "a",
+                "10.0.0.1".parse().unwrap(),
+                64,
+                crate::key::Scope::shared(),
+            ),
+            Key::client(
+                "a",
+                "::a00:1".parse().unwrap(),
+                64,
+                crate::key::Scope::shared(),
+            ),
+            Key::client(
+                "a",
+                "::a00:1".parse().unwrap(),
+                48,
+                crate::key::Scope::shared(),
+            ),
+        ];
+        let mut forms = Vec::new();
+        for key in &keys {
+            for quotas in [&[quota][..], &[gcra], &[quota, gcra], &[gcra, quota]] {
+                let mut out = KeyBuf::new();
+                stored_form(key, quotas, &mut out);
+                forms.push(out.to_vec());
+            }
+        }
+        let len = forms.len();
+        forms.sort();
+        forms.dedup();
+        assert_eq!(forms.len(), len);
     }
 
     /// A flood of keys that expired, or a reset, gives its memory back.
@@ -806,7 +835,9 @@ mod tests {
         let quota = Quota::new("5/s".parse().unwrap(), Strategy::FixedWindow).unwrap();
         let flood = |prefix: &str| {
             for i in 0..200_000 {
-                backend.decide(&format!("{prefix}{i}"), &quota, 1).unwrap();
+                backend
+                    .hit(&key(&format!("{prefix}{i}")), &quota, 1)
+                    .unwrap();
             }
         };
         let shards = backend.inner.shards.len();
@@ -839,23 +870,20 @@ mod tests {
             .build();
         assert_eq!(backend.inner.shards.len(), 2);
         let quota = Quota::new("1/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
-        for key in keys_in(&backend, &quota, 0, 32) {
-            assert!(backend.decide(&key, &quota, 1).unwrap().allowed);
+        for id in keys_in(&backend, &quota, 0, 32) {
+            assert!(backend.hit(&key(&id), &quota, 1).unwrap().allowed);
         }
         assert_eq!(backend.len(), 32);
         let newcomer = &keys_in(&backend, &quota, 1, 1)[0];
-        assert!(backend.decide(newcomer, &quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key(newcomer), &quota, 1).unwrap().allowed);
         // Shard 0 dropped its earliest eighth (4), one of whose places the
         // newcomer took.
         assert_eq!(backend.len(), 29);
         assert_eq!(stored(&backend), 29);
-        let in_shard = |i: usize| {
-            let map = lock(&backend.inner.shards[i].map);
-            map.words.len()
-        };
+        let in_shard = |i: usize| backend.inner.lock(i).words.len();
         assert_eq!((in_shard(0), in_shard(1)), (28, 1));
         // The newcomer is counted.
-        assert!(!backend.decide(newcomer, &quota, 1).unwrap().allowed);
+        assert!(!backend.hit(&key(newcomer), &quota, 1).unwrap().allowed);
     }
 
     /// Shard 0 full at the cap, shard 1 empty: threads race to store the
@@ -874,8 +902,8 @@ mod tests {
         let full = keys_in(&backend, &quota, 0, 32);
         let newcomers = keys_in(&backend, &quota, 1, 6);
         for round in 0..30 {
-            for key in &full {
-                backend.decide(key, &quota, 1).unwrap();
+            for id in &full {
+                backend.hit(&key(id), &quota, 1).unwrap();
             }
             assert_eq!(backend.len(), 32);
             std::thread::scope(|s| {
@@ -883,13 +911,13 @@ mod tests {
                     let (backend, quota, newcomers) = (&backend, &quota, &newcomers);
                     s.spawn(move || {
                         // All in the same order: races on one key.
-                        for key in newcomers {
-                            assert!(backend.decide(key, quota, 1).is_ok());
+                        for id in newcomers {
+                            assert!(backend.hit(&key(id), quota, 1).is_ok());
                             assert!(backend.len() <= 32);
                         }
                         for i in 0..100 {
-                            let key = format!("r{round}:{t}:{i}");
-                            assert!(backend.decide(&key, quota, 1).is_ok());
+                            let id = format!("r{round}:{t}:{i}");
+                            assert!(backend.hit(&key(&id), quota, 1).is_ok());
                             assert!(backend.len() <= 32);
                         }
                     });
@@ -927,49 +955,5 @@ mod tests {
         assert_eq!(one.inner.shards.len(), 1);
         let asked = InMemoryBackend::builder().shards(4).build();
         assert_eq!(asked.inner.shards.len(), 4);
-    }
-
-    /// A waiter that finds the lock taken spins, then yields, and gets the
-    /// lock only once the holder lets go, seeing everything it wrote.
-    #[test]
-    fn a_long_hold_makes_waiters_wait_then_serves_them() {
-        let shard = ShardLock::new(empty_map());
-        let waiting = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let mut held = lock(&shard);
-            let waiter = s.spawn(|| {
-                waiting.store(true, Ordering::SeqCst);
-                let map = lock(&shard);
-                (map.last_now, map.next_sweep)
-            });
-            while !waiting.load(Ordering::SeqCst) {
-                std::hint::spin_loop();
-            }
-            // Long enough for the waiter to exhaust its spins and yield.
-            for step in 0..10_000 {
-                held.last_now = step;
-                std::thread::yield_now();
-            }
-            held.next_sweep = 42;
-            drop(held);
-            assert_eq!(waiter.join().unwrap(), (9_999, 42));
-        });
-    }
-
-    /// Threads that contend for one shard each count under the lock:
-    /// nothing is lost.
-    #[test]
-    fn contended_increments_are_all_kept() {
-        let shard = ShardLock::new(empty_map());
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..20_000 {
-                        lock(&shard).last_now += 1;
-                    }
-                });
-            }
-        });
-        assert_eq!(lock(&shard).last_now, 80_000);
     }
 }

@@ -2,66 +2,74 @@
 //! [`InMemoryBackend`], the `RedisBackend` (feature `redis`) and the
 //! dynamic-backend [`scope`].
 //!
-//! A backend stores one [`State`](crate::strategy::State) per key and decides
-//! each hit atomically, in one call: the in-memory backend under a shard lock,
-//! Redis in one Lua script. A custom backend implements the trait and can reuse
-//! the pure strategy functions ([`Quota::decide`]).
+//! A backend stores the [`State`](crate::strategy::State)s of each [`Key`]
+//! and decides each request atomically, in one call, for every rate of the
+//! throttle at once: the in-memory backend under a shard lock, Redis in one
+//! Lua script. A custom backend implements the trait and can reuse the pure
+//! strategy functions ([`strategy::decide`](crate::strategy::decide)).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::{Decision, Error, Quota};
+use crate::key::Key;
+use crate::strategy::Decisions;
+use crate::{Error, Quota};
 
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 mod scope;
+mod uids;
 
+pub use crate::strategy::Op;
 pub use memory::{InMemoryBackend, InMemoryBackendBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisBackend, RedisBackendBuilder};
 pub use scope::{current, scope, BackendScope, BackendScopeLayer, BackendScopeService};
+pub(crate) use uids::UidLease;
+pub use uids::Uids;
 
 /// A boxed, `Send`, `'static` future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Storage for throttle counters.
 ///
-/// Implementations must decide each hit atomically (exact under concurrency)
-/// and should answer within a bounded time: traffik puts no deadline of its
-/// own on a custom backend's futures, so a store that can stall should bound
-/// its calls (e.g. with `tokio::time::timeout`) and answer
+/// One method decides: [`decide`](ThrottleBackend::decide) gets the key, the
+/// throttle's rates ([`Quota`]s, one or more) and the hit's cost, and does
+/// what its [`Op`] says: count a hit on every rate or, if one refuses it, on
+/// none ([`Op::Hit`]), only look ([`Op::Peek`]), or give a hit back
+/// ([`Op::Refund`]). It must do so atomically (exact under concurrency).
+///
+/// It should answer within a bounded time: traffik puts no deadline of its
+/// own on a custom backend's futures, so a store that can stall should
+/// bound its calls (e.g. with `tokio::time::timeout`) and answer
 /// [`Error::backend`](crate::Error::backend) on timeout, which the
 /// throttle's [`FailureMode`](crate::FailureMode) then handles. The trait is
 /// object safe: the throttles hold backends as `Arc<dyn ThrottleBackend>`.
-///
-/// Keys passed to [`hit`](ThrottleBackend::hit) already start with
-/// [`prefix`](ThrottleBackend::prefix): `{prefix}:{uid}:{identity}:{scope}`.
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::{Arc, Mutex};
 /// use std::time::Instant;
-/// use traffik::backend::{BackendFuture, BoxFuture, ThrottleBackend};
-/// use traffik::{strategy::State, Error, Quota};
+/// use traffik::backend::{BackendFuture, BoxFuture, Op, ThrottleBackend};
+/// use traffik::key::Key;
+/// use traffik::strategy::{self, State};
+/// use traffik::{Error, Quota};
 ///
-/// /// A minimal backend: one mutex-protected map.
+/// /// A minimal backend: one mutex-protected map of key texts.
 /// #[derive(Clone)]
-/// struct MapBackend { start: Instant, map: Arc<Mutex<HashMap<String, State>>> }
+/// struct MapBackend { start: Instant, map: Arc<Mutex<HashMap<String, Vec<State>>>> }
 ///
 /// impl ThrottleBackend for MapBackend {
 ///     fn prefix(&self) -> &str { "map" }
-///     fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+///     fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
 ///         let mut map = self.map.lock().unwrap();
-///         let state = map.entry(key.to_owned()).or_default();
-///         BackendFuture::ready(Ok(quota.decide(state, self.start.elapsed(), cost)))
-///     }
-///     fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-///         let map = self.map.lock().unwrap();
-///         let state = map.get(key).cloned().unwrap_or_default();
-///         BackendFuture::ready(Ok(quota.peek(&state, self.start.elapsed(), cost)))
+///         let states = map.entry(key.text(self.prefix())).or_default();
+///         states.resize(quotas.len(), State::new());
+///         let now = self.start.elapsed();
+///         BackendFuture::ready(Ok(strategy::decide(quotas, states, now, cost, op)))
 ///     }
 ///     fn reset(&self) -> BoxFuture<Result<(), Error>> {
 ///         self.map.lock().unwrap().clear();
@@ -70,14 +78,14 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// }
 /// ```
 pub trait ThrottleBackend: Send + Sync + 'static {
-    /// The namespace every key of this backend starts with.
+    /// The namespace of this backend's keys (the start of their text).
     fn prefix(&self) -> &str;
 
-    /// Decides a hit of `cost` (≥ 1) on `key` and records it.
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture;
-
-    /// Decides a hit of `cost` on `key` without recording anything.
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture;
+    /// Decides `op` for a hit of `cost` (at least 1) on `key`, for every
+    /// rate of `quotas` (at least one) at once: see [`Op`] and
+    /// [`strategy::decide`](crate::strategy::decide), whose meaning every
+    /// backend shares.
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture;
 
     /// Removes every key of this backend's prefix.
     fn reset(&self) -> BoxFuture<Result<(), Error>>;
@@ -101,7 +109,9 @@ pub trait ThrottleBackend: Send + Sync + 'static {
     }
 
     /// Whether keys outlive [`initialize`](ThrottleBackend::initialize) and
-    /// [`close`](ThrottleBackend::close).
+    /// [`close`](ThrottleBackend::close). A persistent backend refuses
+    /// throttles without an explicit `.uid(..)`: a generated uid shifts
+    /// when throttles are added, which would move their counters.
     fn persistent(&self) -> bool {
         false
     }
@@ -111,19 +121,20 @@ pub trait ThrottleBackend: Send + Sync + 'static {
     /// the backend cannot hold fails at startup with
     /// [`Error::Configuration`] rather than on every hit. The default
     /// accepts every quota; a backend that refuses some should still refuse
-    /// them in [`hit`](ThrottleBackend::hit) too (a layer's or a scope's
-    /// backend is only known then).
+    /// them in [`decide`](ThrottleBackend::decide) too (a layer's or a
+    /// scope's backend is only known then).
     fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
         let _ = quota;
         Ok(())
     }
 
-    /// Internal: lets throttles call the in-memory backend directly (no
-    /// text key, no future). Keep the default. A wrapper that forwards it is
-    /// bypassed: throttles then skip the wrapper's `hit` and `peek` for
-    /// every key.
-    #[doc(hidden)]
-    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
+    /// The uids of the live throttles counting on this backend, which keep
+    /// them unique: two throttles with one uid on one backend would share
+    /// counters, so the second is refused. A backend whose clones share
+    /// their state keeps one [`Uids`] there (the in-memory and Redis
+    /// backends do); a wrapper returns its inner backend's. The default,
+    /// `None`, checks nothing.
+    fn uids(&self) -> Option<&Uids> {
         None
     }
 }
@@ -132,11 +143,8 @@ impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
     fn prefix(&self) -> &str {
         (**self).prefix()
     }
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        (**self).hit(key, quota, cost)
-    }
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        (**self).peek(key, quota, cost)
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
+        (**self).decide(key, quotas, cost, op)
     }
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
         (**self).reset()
@@ -153,8 +161,8 @@ impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
     fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
         (**self).check_quota(quota)
     }
-    fn as_in_memory(&self) -> Option<&InMemoryBackend> {
-        (**self).as_in_memory()
+    fn uids(&self) -> Option<&Uids> {
+        (**self).uids()
     }
 }
 
@@ -178,7 +186,7 @@ impl<T> Unpin for BackendFuture<T> {}
 /// The answer of a backend: ready at once (the in-memory backend, no
 /// allocation) or a boxed future (network backends).
 #[must_use = "futures do nothing unless polled"]
-pub struct BackendFuture<T = Decision> {
+pub struct BackendFuture<T = Decisions> {
     inner: Inner<T>,
 }
 

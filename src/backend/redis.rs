@@ -15,10 +15,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
-use super::{BackendFuture, BoxFuture, ThrottleBackend};
+use super::{BackendFuture, BoxFuture, ThrottleBackend, Uids};
 use breaker::{Breaker, Outcome};
 
 mod breaker;
+use crate::key::Key;
+use crate::strategy::{Decisions, Op, STRATEGIES};
 use crate::{Decision, Error, Quota, Strategy};
 
 /// Default key prefix.
@@ -203,6 +205,7 @@ struct Shared {
     persistent: bool,
     timeout: Duration,
     deny_cache: Option<DenyCache>,
+    uids: Uids,
 }
 
 /// The connection in use, and how many times it was replaced.
@@ -368,10 +371,12 @@ impl RedisBackend {
         }
     }
 
-    /// Decides a hit of `cost` on `key` (a full key, starting with the
-    /// prefix) and records it. Same as [`ThrottleBackend::hit`].
-    pub async fn decide(&self, key: &str, quota: &Quota, cost: u64) -> Result<Decision, Error> {
-        ThrottleBackend::hit(self, key, quota, cost).await
+    /// Counts a hit of `cost` on `key` for one rate: [`ThrottleBackend::decide`]
+    /// with [`Op::Hit`], for code that calls the backend itself.
+    pub async fn hit(&self, key: &Key<'_>, quota: &Quota, cost: u64) -> Result<Decision, Error> {
+        let decisions =
+            ThrottleBackend::decide(self, key, std::slice::from_ref(quota), cost, Op::Hit).await?;
+        Ok(decisions.binding())
     }
 
     /// The Redis key that holds the state of `key` under `strategy`.
@@ -403,8 +408,8 @@ impl RedisBackend {
             .as_ref()
             .map(|cache| cache.digest(key));
         if let (Some(cache), Some(digest)) = (&self.inner.deny_cache, digest) {
-            if let Some(decision) = cache.get(digest, quota, cost, started) {
-                return BackendFuture::ready(Ok(decision));
+            if let Some(decisions) = cache.get(digest, quota, cost, started) {
+                return BackendFuture::ready(Ok(decisions));
             }
         }
         let shared = self.inner.clone();
@@ -446,7 +451,7 @@ impl RedisBackend {
                 }
             }
             let (mut conn, generation) = shared.current();
-            let reply: Result<[i64; 4], Failure> = shared
+            let reply: Result<[i64; 5], Failure> = shared
                 .attempt("EVALSHA", async {
                     // `invoke_async` loads the script on NOSCRIPT and retries
                     // once; a second SCRIPT FLUSH in between gets one more try.
@@ -480,24 +485,35 @@ impl RedisBackend {
                 }
                 Err(_) => ticket.record(Outcome::Other, &String::new),
             }
-            let decision = decision_from_reply(&quota, reply.map_err(Failure::into_error)?);
+            let decisions = decisions_from_reply(&quota, reply.map_err(Failure::into_error)?);
             if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
-                if !decision.allowed {
+                if !decisions.binding().allowed {
                     let now = Instant::now();
-                    cache.insert_at(key, quota, cost, started, decision, now, generation);
+                    cache.insert_at(
+                        key,
+                        quota,
+                        cost,
+                        started,
+                        decisions.clone(),
+                        now,
+                        generation,
+                    );
                 }
             }
-            Ok(decision)
+            Ok(decisions)
         })
     }
 }
 
-/// Builds the [`Decision`] from a script's `{allowed, remaining,
-/// reset_after_us, retry_after_us}`.
-fn decision_from_reply(quota: &Quota, [allowed, remaining, reset, retry]: [i64; 4]) -> Decision {
+/// Builds the [`Decisions`] from a script's `{allowed, remaining,
+/// reset_after_us, retry_after_us, at}`.
+fn decisions_from_reply(
+    quota: &Quota,
+    [allowed, remaining, reset, retry, at]: [i64; 5],
+) -> Decisions {
     let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
     let allowed = allowed == 1;
-    Decision {
+    let decision = Decision {
         allowed,
         limit: quota.capacity(),
         remaining: remaining.max(0) as u64,
@@ -507,7 +523,8 @@ fn decision_from_reply(quota: &Quota, [allowed, remaining, reset, retry]: [i64; 
         } else {
             micros(retry)
         },
-    }
+    };
+    Decisions::one(micros(at), decision)
 }
 
 /// `{prefix}:{{rest}}:{tag}`, where `rest` is `key` without its
@@ -726,7 +743,7 @@ impl Shared {
         if pong != "PONG" {
             return Err(Error::backend(format!("Redis answered PING with {pong:?}")));
         }
-        for strategy in Strategy::ALL {
+        for strategy in STRATEGIES {
             let script = script_for(strategy);
             let mut conn = self.conn();
             let sha: String = self
@@ -887,12 +904,15 @@ impl ThrottleBackend for RedisBackend {
         &self.inner.prefix
     }
 
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.decide_inner(key, quota, cost, true)
-    }
-
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.decide_inner(key, quota, cost, false)
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
+        let text = key.text(&self.inner.prefix);
+        match (quotas, op) {
+            ([quota], Op::Hit) => self.decide_inner(&text, quota, cost, true),
+            ([quota], Op::Peek) => self.decide_inner(&text, quota, cost, false),
+            _ => BackendFuture::ready(Err(Error::configuration(
+                "the Redis backend decides one rate a hit, without refunds",
+            ))),
+        }
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
@@ -916,6 +936,10 @@ impl ThrottleBackend for RedisBackend {
 
     fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
         check_quota(quota)
+    }
+
+    fn uids(&self) -> Option<&Uids> {
+        Some(&self.inner.uids)
     }
 }
 
@@ -957,12 +981,12 @@ struct CachedDeny {
     /// later, so `sent + retry_after` is never later than the real time the
     /// same hit is allowed.
     sent: Instant,
-    decision: Decision,
+    decisions: Decisions,
 }
 
 impl CachedDeny {
     fn live_at(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.sent) < self.decision.retry_after
+        now.saturating_duration_since(self.sent) < self.decisions.binding().retry_after
     }
 }
 
@@ -988,7 +1012,7 @@ impl DenyCache {
     }
 
     /// A live denial of the key whose [`digest`](DenyCache::digest) is `key`.
-    fn get(&self, key: u64, quota: &Quota, cost: u64, now: Instant) -> Option<Decision> {
+    fn get(&self, key: u64, quota: &Quota, cost: u64, now: Instant) -> Option<Decisions> {
         let mut state = self.lock();
         let entries = state.map.get_mut(&key)?;
         let index = entries
@@ -996,7 +1020,7 @@ impl DenyCache {
             .position(|e| e.quota == *quota && e.cost == cost)?;
         let entry = &entries[index];
         let elapsed = now.saturating_duration_since(entry.sent);
-        if elapsed >= entry.decision.retry_after {
+        if elapsed >= entry.decisions.binding().retry_after {
             entries.swap_remove(index);
             if entries.is_empty() {
                 state.map.remove(&key);
@@ -1004,10 +1028,7 @@ impl DenyCache {
             state.len -= 1;
             return None;
         }
-        let mut decision = entry.decision;
-        decision.retry_after -= elapsed;
-        decision.reset_after = decision.reset_after.saturating_sub(elapsed);
-        Some(decision)
+        Some(entry.decisions.later_by(elapsed))
     }
 
     /// The current generation, to pass to [`insert_at`](DenyCache::insert_at) for a
@@ -1028,18 +1049,18 @@ impl DenyCache {
         quota: Quota,
         cost: u64,
         sent: Instant,
-        decision: Decision,
+        decisions: Decisions,
         now: Instant,
         generation: u64,
     ) {
-        if decision.retry_after.is_zero() {
+        if decisions.binding().retry_after.is_zero() {
             return;
         }
         let entry = CachedDeny {
             quota,
             cost,
             sent,
-            decision,
+            decisions,
         };
         let mut state = self.lock();
         if self.generation.load(Ordering::Acquire) != generation {
@@ -1273,6 +1294,7 @@ impl RedisBackendBuilder {
                 deny_cache: self
                     .deny_cache
                     .then(|| DenyCache::new(self.deny_cache_capacity)),
+                uids: Uids::default(),
             }),
         };
         backend.initialize().await?;
@@ -1361,14 +1383,17 @@ mod tests {
     use super::*;
     use crate::Rate;
 
-    fn denied(retry_after_ms: u64) -> Decision {
-        Decision {
-            allowed: false,
-            limit: 1,
-            remaining: 0,
-            reset_after: Duration::from_millis(retry_after_ms),
-            retry_after: Duration::from_millis(retry_after_ms),
-        }
+    fn denied(retry_after_ms: u64) -> Decisions {
+        Decisions::one(
+            Duration::ZERO,
+            Decision {
+                allowed: false,
+                limit: 1,
+                remaining: 0,
+                reset_after: Duration::from_millis(retry_after_ms),
+                retry_after: Duration::from_millis(retry_after_ms),
+            },
+        )
     }
 
     fn per_minute(limit: u64) -> Quota {
@@ -1514,7 +1539,7 @@ mod tests {
         let at = |q: &Quota, cost| {
             cache
                 .get(cache.digest("k"), q, cost, t0)
-                .map(|d| d.retry_after.as_millis())
+                .map(|d| d.binding().retry_after.as_millis())
         };
         assert_eq!(at(&quota, 1), Some(2_000));
         assert_eq!(at(&other, 1), Some(3_000));
@@ -1579,7 +1604,7 @@ mod tests {
         // doubles only, taken by the token bucket and the sliding window
         // counter, whose scripts switch to exact integers.
         let rate = crate::Rate::new(1000, Duration::from_secs(86_400 * 365 * 40)).unwrap();
-        for strategy in Strategy::ALL {
+        for strategy in STRATEGIES {
             let quota = Quota::new(rate, strategy).unwrap();
             let exact = matches!(
                 strategy,

@@ -34,4 +34,4 @@ local remaining = limit - count
 if remaining < 0 then
   remaining = 0
 end
-return {allowed, remaining, reset, retry}
+return {allowed, remaining, reset, retry, at}

@@ -49,4 +49,4 @@ if record then
     redis.call('DEL', key)
   end
 end
-return {allowed, remaining, reset, retry}
+return {allowed, remaining, reset, retry, at}

@@ -3,7 +3,7 @@
 -- KEYS[1]: the state key. ARGV[1]: '1' to record the hit, '0' to peek (no
 -- write at all). The other ARGV are the strategy's integers, formatted in
 -- decimal. Every script returns {allowed (1/0), remaining, reset_after_us,
--- retry_after_us} (numbers, or decimal strings where they may pass 2^53).
+-- retry_after_us, at} (numbers, or decimal strings where they may pass 2^53).
 --
 -- Lua numbers are doubles, exact up to 2^53. Each script's everyday path
 -- uses them directly: it runs only for quotas whose sums and products stay
@@ -248,5 +248,7 @@ local function bignum()
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+-- The decision's time, returned last: a refund of the hit names it.
+local at = now
 local key = KEYS[1]
 local record = ARGV[1] == '1'

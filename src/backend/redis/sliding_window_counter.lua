@@ -95,7 +95,7 @@ if limit * p > 2251799813685248 or p > 1125899906842624 then
       redis.call('DEL', key)
     end
   end
-  return {allowed, remaining, reset, retry}
+  return {allowed, remaining, reset, retry, at}
 end
 local used = prev * weight + curr * p
 local allowed, retry = 0, 0
@@ -142,4 +142,4 @@ if record then
     redis.call('DEL', key)
   end
 end
-return {allowed, remaining, reset, retry}
+return {allowed, remaining, reset, retry, at}

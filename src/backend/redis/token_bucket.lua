@@ -70,7 +70,7 @@ if full >= 9007199254740992 then
       redis.call('DEL', key)
     end
   end
-  return {allowed, N.str(remaining), N.str(reset), N.str(retry)}
+  return {allowed, N.str(remaining), N.str(reset), N.str(retry), at}
 end
 local units, last = full, now
 local stored = redis.call('GET', key)
@@ -116,4 +116,4 @@ if record then
     redis.call('DEL', key)
   end
 end
-return {allowed, remaining, reset, retry}
+return {allowed, remaining, reset, retry, at}

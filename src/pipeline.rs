@@ -1,0 +1,590 @@
+//! The one decision path, for every HTTP hit and peek, every WebSocket
+//! message: the request's parts ([`Input`]: identity, scope, rates) → the
+//! backend → [`Core::decide`] → [`Core::settle`] (failure mode, shadow mode,
+//! waiting, the 429).
+//!
+//! A part that is not known at once (a custom identifier, a dynamic rate, a
+//! backend that answers later) moves the rest of the path into a future
+//! that owns what it needs; when every part is known and the backend
+//! answers at once (the in-memory backend), the whole path runs
+//! synchronously, without allocating.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+
+use crate::backend::{self, BoxFuture, DynBackend, UidLease};
+use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
+use crate::response::{Policy, RateLimitInfo};
+use crate::strategy::{Decisions, Op};
+use crate::{Decision, Error, Identity, Quota, Rate, Strategy, Throttled};
+
+/// What happens when the backend fails (error or timeout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// Let the request through uncounted and log a `tracing::warn!` (default).
+    #[default]
+    Open,
+    /// Refuse the request: 503 with `Retry-After` (HTTP), drop the message
+    /// (WebSocket).
+    Closed,
+}
+
+/// What happens to a hit over the limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exceeded {
+    /// Reject it: 429 for HTTP; for WebSocket, drop the message and send the
+    /// client a rate-limit notice (default).
+    #[default]
+    Reject,
+    /// Hold it until it is allowed, waiting at most `max` in all; a hit that
+    /// would need longer is rejected at once, and so is one that would wait
+    /// while [`max_waiting`](crate::ThrottleBuilder::max_waiting) hits
+    /// already do.
+    Wait {
+        /// The longest wait (`Duration::MAX`: as long as it takes).
+        max: Duration,
+    },
+    /// WebSocket: close the connection with code 1008 (policy violation) and
+    /// this reason. For HTTP it is the same as `Reject`.
+    Close {
+        /// The close reason sent to the client.
+        reason: String,
+    },
+}
+
+pub(crate) type IdentifierFn = Arc<dyn Fn(&Parts) -> BoxFuture<Identity> + Send + Sync>;
+pub(crate) type RateFn = Arc<dyn Fn(&Parts) -> BoxFuture<Vec<Rate>> + Send + Sync>;
+pub(crate) type DecisionFn = Arc<dyn Fn(&Decision) + Send + Sync>;
+
+/// Where a throttle's backend comes from.
+#[derive(Clone)]
+pub(crate) enum BackendChoice {
+    /// `.backend(b)`.
+    Fixed(DynBackend),
+    /// `.dynamic_backend()`: the innermost [`backend::scope`].
+    Dynamic,
+    /// Nothing set: the layer's backend, else the innermost scope.
+    Inherit,
+}
+
+/// A throttle's limit.
+#[derive(Clone)]
+pub(crate) enum Limit {
+    /// No limit: every request is exempt.
+    Unlimited,
+    /// The same rates for every request.
+    Static(Arc<[Quota]>),
+    /// A rate computed per request.
+    Dynamic(RateFn),
+}
+
+/// What HTTP and WebSocket throttles share: the limit, the backend and what
+/// to do with a decision.
+pub(crate) struct Core {
+    pub(crate) uid: Arc<str>,
+    /// The uid was generated (no `.uid(..)`).
+    pub(crate) generated_uid: bool,
+    /// Tells live throttles apart when they register their uid on a backend.
+    pub(crate) id: usize,
+    pub(crate) limit: Limit,
+    pub(crate) strategy: Strategy,
+    pub(crate) burst: Option<u64>,
+    pub(crate) cost: u64,
+    pub(crate) backend: BackendChoice,
+    pub(crate) failure_mode: FailureMode,
+    pub(crate) shadow: bool,
+    pub(crate) exceeded: Exceeded,
+    /// Hits waiting now under [`Exceeded::Wait`], and the most allowed.
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) max_waiting: usize,
+    pub(crate) on_decision: Option<DecisionFn>,
+    pub(crate) policy: Policy,
+    /// The uid's registration on the throttle's own backend.
+    pub(crate) _uid_lease: Option<UidLease>,
+}
+
+/// A part of a decision, known now or still to come.
+pub(crate) enum Soon<T, F> {
+    Now(T),
+    Later(F),
+}
+
+/// What a decision needs from a request.
+pub(crate) struct Input<'r> {
+    pub(crate) identity: Soon<KeyIdentity<'r>, BoxFuture<Identity>>,
+    pub(crate) scope: Scope<'r>,
+    pub(crate) quotas: Soon<&'r Arc<[Quota]>, BoxFuture<Vec<Rate>>>,
+}
+
+/// [`Input`] owned, with the backend if it is known: for a future that
+/// outlives the request.
+pub(crate) struct OwnedInput {
+    identity: Soon<OwnedIdentity, BoxFuture<Identity>>,
+    scope: OwnedScope,
+    quotas: Soon<Arc<[Quota]>, BoxFuture<Vec<Rate>>>,
+    /// The backend found now, or the layer's to fall back on later.
+    backend: Result<DynBackend, Option<DynBackend>>,
+}
+
+/// What an admitted request gets: the decision that let it through and the
+/// rate-limit headers its throttle adds.
+#[derive(Clone, Debug)]
+pub(crate) struct Admitted {
+    pub(crate) decision: Decision,
+    /// Boxed: admissions are moved around on the hot path.
+    pub(crate) headers: Option<Box<RateLimitInfo>>,
+}
+
+impl Admitted {
+    /// An exempt request (or one let through by a failed backend): allowed,
+    /// unlimited, no headers.
+    pub(crate) fn exempt() -> Admitted {
+        Admitted {
+            decision: Decision::unlimited(),
+            headers: None,
+        }
+    }
+}
+
+/// A decision's outcome now, or later. Rejections are
+/// `Err(Error::Throttled)`.
+pub(crate) enum Answer {
+    Now(Result<Admitted, Error>),
+    Later(BoxFuture<Result<Admitted, Error>>),
+}
+
+impl Answer {
+    pub(crate) async fn finish(self) -> Result<Admitted, Error> {
+        match self {
+            Answer::Now(result) => result,
+            Answer::Later(future) => future.await,
+        }
+    }
+}
+
+/// A hit's place among those waiting under [`Exceeded::Wait`], given back
+/// when the wait ends or the request is dropped.
+struct WaitingSlot(Arc<Core>);
+
+impl WaitingSlot {
+    /// A place, unless `max_waiting` hits wait already.
+    fn take(core: &Arc<Core>) -> Option<WaitingSlot> {
+        core.waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < core.max_waiting).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitingSlot(Arc::clone(core)))
+    }
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Core {
+    pub(crate) fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// The quotas of a dynamic rate, with this throttle's strategy and
+    /// burst; `None` for an unlimited rate.
+    pub(crate) fn quotas_for(&self, rates: Vec<Rate>) -> Result<Option<Arc<[Quota]>>, Error> {
+        quotas(&rates, self.strategy, self.burst)
+    }
+
+    /// The backend known now: the throttle's own, the layer's (`lent`), or
+    /// the innermost scope's.
+    fn backend_now<'b>(&'b self, lent: Option<&'b DynBackend>) -> Option<BackendRef<'b>> {
+        match (&self.backend, lent) {
+            (BackendChoice::Fixed(backend), _) | (BackendChoice::Inherit, Some(backend)) => {
+                Some(BackendRef::Borrowed(backend))
+            }
+            _ => backend::current().map(BackendRef::Owned),
+        }
+    }
+
+    /// The backend, or the error that names the fixes.
+    pub(crate) fn resolve_backend(&self, lent: Option<&DynBackend>) -> Result<DynBackend, Error> {
+        if let Some(backend) = self.backend_now(lent) {
+            return Ok(backend.into_owned());
+        }
+        Err(match self.backend {
+            BackendChoice::Dynamic => Error::configuration(format!(
+                "throttle {:?} uses .dynamic_backend() but no backend is in scope: run the request inside \
+                 traffik::backend::scope(backend, future) or add a BackendScopeLayer outside the \
+                 throttle's layer (with Router::layer or ServiceBuilder, the layer added after it; \
+                 a BackendScopeLayer inside the throttle's layer has not run yet when the throttle asks)",
+                self.uid()
+            )),
+            _ => Error::configuration(format!(
+                "throttle {:?} has no backend: give it one with .backend(InMemoryBackend::new()), \
+                 add it as a .rule(MiddlewareThrottle::new(..)) of a ThrottleLayer::new(backend) \
+                 (a layer lends its backend to its own rules only, not to a throttle's .layer() \
+                 in a route_layer under it), or run it inside traffik::backend::scope(..) \
+                 or a BackendScopeLayer",
+                self.uid()
+            )),
+        })
+    }
+
+    /// Decides `input` with the backend known now or, when a part of the
+    /// decision is not known yet, in a future.
+    #[inline]
+    pub(crate) fn run(
+        self: &Arc<Self>,
+        input: Input<'_>,
+        lent: Option<&DynBackend>,
+        op: Op,
+    ) -> Answer {
+        if let (Soon::Now(identity), Soon::Now(quotas)) = (&input.identity, &input.quotas) {
+            if let Some(backend) = self.backend_now(lent) {
+                let key = Key {
+                    throttle: &self.uid,
+                    identity: *identity,
+                    scope: input.scope,
+                };
+                return self.decide(&backend, &key, quotas, op);
+            }
+        }
+        let input = self.owned(input, lent);
+        Answer::Later(Box::pin(Arc::clone(self).decide_later(input, op)))
+    }
+
+    /// `input`, owned: what [`decide_later`](Core::decide_later) takes.
+    pub(crate) fn owned(&self, input: Input<'_>, lent: Option<&DynBackend>) -> OwnedInput {
+        OwnedInput {
+            identity: match input.identity {
+                Soon::Now(identity) => Soon::Now(identity.into_owned()),
+                Soon::Later(future) => Soon::Later(future),
+            },
+            scope: input.scope.into_owned(),
+            quotas: match input.quotas {
+                Soon::Now(quotas) => Soon::Now(Arc::clone(quotas)),
+                Soon::Later(future) => Soon::Later(future),
+            },
+            // Scoped backends are looked up at call time; failing that, when
+            // the future is first polled (`scope(b, t.hit(&req))` works too).
+            backend: match self.backend_now(lent) {
+                Some(backend) => Ok(backend.into_owned()),
+                None => Err(lent.cloned()),
+            },
+        }
+    }
+
+    /// The rest of the path once every part of `input` is known.
+    pub(crate) async fn decide_later(
+        self: Arc<Self>,
+        input: OwnedInput,
+        op: Op,
+    ) -> Result<Admitted, Error> {
+        let identity = match input.identity {
+            Soon::Now(identity) => identity,
+            Soon::Later(future) => match future.await {
+                Identity::Unlimited => return Ok(Admitted::exempt()),
+                Identity::Key(key) => OwnedIdentity::Text(key.into()),
+            },
+        };
+        let quotas = match input.quotas {
+            Soon::Now(quotas) => quotas,
+            Soon::Later(future) => match self.quotas_for(future.await)? {
+                Some(quotas) => quotas,
+                None => return Ok(Admitted::exempt()),
+            },
+        };
+        let backend = match input.backend {
+            Ok(backend) => backend,
+            Err(lent) => self.resolve_backend(lent.as_ref())?,
+        };
+        let key = OwnedKey::new(Arc::clone(&self.uid), identity, input.scope);
+        self.decide(&backend, &key.as_key(), &quotas, op)
+            .finish()
+            .await
+    }
+
+    /// Asks the backend, then [`settle`](Core::settle)s its answer.
+    #[inline]
+    pub(crate) fn decide(
+        self: &Arc<Self>,
+        backend: &DynBackend,
+        key: &Key<'_>,
+        quotas: &Arc<[Quota]>,
+        op: Op,
+    ) -> Answer {
+        match backend.decide(key, quotas, self.cost, op).into_ready() {
+            Ok(result) => self.settle(result, backend, key, quotas, op),
+            Err(pending) => {
+                let core = Arc::clone(self);
+                let backend = Arc::clone(backend);
+                let key = key.owned(&self.uid);
+                let quotas = Arc::clone(quotas);
+                Answer::Later(Box::pin(async move {
+                    let result = pending.await;
+                    core.settle(result, &backend, &key.as_key(), &quotas, op)
+                        .finish()
+                        .await
+                }))
+            }
+        }
+    }
+
+    /// Applies the failure mode, shadow mode and waiting to the backend's
+    /// answer: the common case (a hit allowed, no callback) inline, the
+    /// rest in [`settle_rest`](Core::settle_rest).
+    #[inline]
+    fn settle(
+        self: &Arc<Self>,
+        result: Result<Decisions, Error>,
+        backend: &DynBackend,
+        key: &Key<'_>,
+        quotas: &Arc<[Quota]>,
+        op: Op,
+    ) -> Answer {
+        match result {
+            Ok(decisions) if self.on_decision.is_none() && decisions.binding().allowed => {
+                Answer::Now(Ok(self.admitted(&decisions, quotas)))
+            }
+            result => self.settle_rest(result, backend, key, quotas, op),
+        }
+    }
+
+    #[inline(never)]
+    fn settle_rest(
+        self: &Arc<Self>,
+        result: Result<Decisions, Error>,
+        backend: &DynBackend,
+        key: &Key<'_>,
+        quotas: &Arc<[Quota]>,
+        op: Op,
+    ) -> Answer {
+        let decisions = match result {
+            Ok(decisions) => decisions,
+            Err(error) => return Answer::Now(self.failed(error, key, backend.prefix())),
+        };
+        if op != Op::Hit {
+            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+        }
+        let decision = decisions.binding();
+        if let Some(on_decision) = &self.on_decision {
+            on_decision(&decision);
+        }
+        if decision.allowed {
+            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+        }
+        if self.shadow {
+            tracing::info!(
+                throttle = self.uid(),
+                key = %key.shown(backend.prefix()),
+                retry_after_ms = decision.retry_after.as_millis() as u64,
+                "shadow mode: request would be throttled"
+            );
+            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+        }
+        let capacity = quotas.iter().map(Quota::capacity).min().unwrap_or(0);
+        match &self.exceeded {
+            // A hit that costs more than a rate holds (a dynamic rate below
+            // the cost) is never admitted: no waiting for it.
+            Exceeded::Wait { max } if decision.retry_after <= *max && self.cost <= capacity => {
+                // Past `max_waiting` hits already waiting: rejected at once.
+                let Some(slot) = WaitingSlot::take(self) else {
+                    return Answer::Now(Err(self.throttled(
+                        &decisions,
+                        quotas,
+                        key,
+                        backend.prefix(),
+                    )));
+                };
+                let backend = Arc::clone(backend);
+                let max = *max;
+                let key = key.owned(&self.uid);
+                let quotas = Arc::clone(quotas);
+                Answer::Later(Box::pin(async move {
+                    let core = Arc::clone(&slot.0);
+                    let admitted = core
+                        .wait_until_allowed(decision, backend, key, quotas, max)
+                        .await;
+                    drop(slot);
+                    admitted
+                }))
+            }
+            _ => Answer::Now(Err(self.throttled(
+                &decisions,
+                quotas,
+                key,
+                backend.prefix(),
+            ))),
+        }
+    }
+
+    async fn wait_until_allowed(
+        self: Arc<Self>,
+        mut decision: Decision,
+        backend: DynBackend,
+        key: OwnedKey,
+        quotas: Arc<[Quota]>,
+        max: Duration,
+    ) -> Result<Admitted, Error> {
+        // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
+        // it takes") must not overflow.
+        let start = tokio::time::Instant::now();
+        let key = key.as_key();
+        loop {
+            tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
+            let decisions = match backend.decide(&key, &quotas, self.cost, Op::Hit).await {
+                Ok(decisions) => decisions,
+                Err(error) => return self.failed(error, &key, backend.prefix()),
+            };
+            decision = decisions.binding();
+            if let Some(on_decision) = &self.on_decision {
+                on_decision(&decision);
+            }
+            if decision.allowed {
+                return Ok(self.admitted(&decisions, &quotas));
+            }
+            if start.elapsed().saturating_add(decision.retry_after) > max {
+                return Err(self.throttled(&decisions, &quotas, &key, backend.prefix()));
+            }
+        }
+    }
+
+    #[inline]
+    fn admitted(&self, decisions: &Decisions, quotas: &[Quota]) -> Admitted {
+        Admitted {
+            decision: decisions.binding(),
+            headers: (self.policy.headers != crate::RateLimitHeaders::None)
+                .then(|| Box::new(RateLimitInfo::new(&self.policy, decisions, quotas))),
+        }
+    }
+
+    fn throttled(
+        &self,
+        decisions: &Decisions,
+        quotas: &[Quota],
+        key: &Key<'_>,
+        prefix: &str,
+    ) -> Error {
+        let decision = decisions.binding();
+        tracing::debug!(
+            throttle = self.uid(),
+            key = %key.shown(prefix),
+            retry_after_ms = decision.retry_after.as_millis() as u64,
+            "request throttled"
+        );
+        Error::Throttled(Throttled::new(
+            RateLimitInfo::new(&self.policy, decisions, quotas),
+            self.policy.clone(),
+        ))
+    }
+
+    /// What a request gets when the backend failed.
+    fn failed(&self, error: Error, key: &Key<'_>, prefix: &str) -> Result<Admitted, Error> {
+        let key = key.shown(prefix);
+        let chain = crate::error::Chain(&error);
+        if self.shadow {
+            // Shadow mode never rejects, whatever the failure mode; a quota
+            // the backend cannot hold is still an error to fix before the
+            // throttle leaves shadow mode.
+            if let Error::Configuration(_) = error {
+                tracing::error!(throttle = self.uid(), key = %key, error = %chain, "traffik cannot decide this request; letting it through (shadow mode)");
+            } else {
+                tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; letting the request through (shadow mode)");
+            }
+            return Ok(Admitted::exempt());
+        }
+        if let Error::Configuration(_) = error {
+            // Not an outage: a quota the backend cannot hold (e.g. too large
+            // for Redis's exact arithmetic). Failing open would silently turn
+            // the throttle off.
+            tracing::error!(throttle = self.uid(), key = %key, error = %chain, "traffik cannot decide this request");
+            return Err(error);
+        }
+        let what = match self.failure_mode {
+            FailureMode::Open => "letting the request through (FailureMode::Open)",
+            FailureMode::Closed => "refusing the request (FailureMode::Closed)",
+        };
+        if matches!(&error, Error::Backend(backend) if backend.is_known_outage()) {
+            // Reported once, when the outage began (a warning from the
+            // backend), not once per request.
+            tracing::debug!(throttle = self.uid(), key = %key, error = %chain, "traffik backend is down; {what}");
+        } else {
+            tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; {what}");
+        }
+        match self.failure_mode {
+            FailureMode::Open => Ok(Admitted::exempt()),
+            FailureMode::Closed => Err(error),
+        }
+    }
+}
+
+/// The quotas of `rates` under `strategy` (and `burst`, for one rate);
+/// `None` when every rate is unlimited.
+pub(crate) fn quotas(
+    rates: &[Rate],
+    strategy: Strategy,
+    burst: Option<u64>,
+) -> Result<Option<Arc<[Quota]>>, Error> {
+    match rates {
+        [] => Err(Error::configuration(
+            "an empty list of rates: give .rates([..]) at least one rate",
+        )),
+        [rate] if rate.is_unlimited() => Ok(None),
+        [rate] => {
+            let mut quota = Quota::new(*rate, strategy)?;
+            if let Some(burst) = burst {
+                quota = quota.with_burst(burst)?;
+            }
+            Ok(Some(Arc::new([quota])))
+        }
+        rates => {
+            if let Some(burst) = burst {
+                return Err(Error::configuration(format!(
+                    "burst({burst}) with several rates: a burst is the capacity of one rate; \
+                     use one rate with .burst(..), or add a short rate to .rates([..]) for bursts"
+                )));
+            }
+            if rates.iter().any(Rate::is_unlimited) {
+                return Err(Error::configuration(
+                    "Rate::unlimited() among several rates: an unlimited rate limits nothing; \
+                     leave it out of .rates([..])",
+                ));
+            }
+            let quotas: Result<Vec<Quota>, Error> = rates
+                .iter()
+                .map(|rate| Quota::new(*rate, strategy))
+                .collect();
+            Ok(Some(quotas?.into()))
+        }
+    }
+}
+
+/// A backend borrowed from its throttle or layer, or owned (from a scope).
+enum BackendRef<'b> {
+    Borrowed(&'b DynBackend),
+    Owned(DynBackend),
+}
+
+impl BackendRef<'_> {
+    fn into_owned(self) -> DynBackend {
+        match self {
+            BackendRef::Borrowed(backend) => Arc::clone(backend),
+            BackendRef::Owned(backend) => backend,
+        }
+    }
+}
+
+impl std::ops::Deref for BackendRef<'_> {
+    type Target = DynBackend;
+    fn deref(&self) -> &DynBackend {
+        match self {
+            BackendRef::Borrowed(backend) => backend,
+            BackendRef::Owned(backend) => backend,
+        }
+    }
+}
