@@ -260,6 +260,7 @@ fn anatomy(c: &mut Criterion) {
     use futures_util::FutureExt as _;
     use std::fmt::Write as _;
     use std::hash::BuildHasher as _;
+    use traffik::key::{Key, Scope};
     use traffik::{Quota, Rate, Strategy};
 
     let mut group = c.benchmark_group("anatomy");
@@ -329,8 +330,11 @@ fn anatomy(c: &mut Criterion) {
         Strategy::TokenBucket,
     )
     .unwrap();
+    // The same key, typed (its text is `key`).
+    let typed = Key::client("api", ip, 64, Scope::http(&method, "/hello"));
+    assert_eq!(typed.text("traffik"), key);
     group.bench_function("memory_decide", |b| {
-        b.iter(|| black_box(memory.decide(black_box(&key), &quota, 1).unwrap()))
+        b.iter(|| black_box(memory.hit(black_box(&typed), &quota, 1).unwrap()))
     });
     let sip = std::hash::RandomState::new();
     group.bench_function("siphash13_key", |b| {

@@ -1,4 +1,4 @@
-//! In-memory decisions: traffik's `InMemoryBackend::decide` for every
+//! In-memory decisions: traffik's `InMemoryBackend::hit` for every
 //! strategy beside governor's keyed `check_key` (GCRA, default clock), at 1
 //! key and 100k keys, on 1 and 2 threads; one hot key on 16 threads; and a
 //! hit through a scoped (dynamic) backend against a hit on a fixed one.
@@ -28,8 +28,19 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use governor::{Quota as GQuota, RateLimiter};
+use http::Method;
 use traffik::backend::{self, InMemoryBackend};
+use traffik::key::{Key, Scope};
 use traffik::{HttpThrottle, Quota, Rate, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 const KEY_COUNTS: [usize; 2] = [1, 100_000];
 
@@ -43,6 +54,14 @@ fn key_strings(n: usize) -> Vec<String> {
                 i & 0xff
             )
         })
+        .collect()
+}
+
+/// traffik's keys of the same clients (texts `traffik:api:10.x.y.z:http:GET:/hello`).
+fn keys(n: usize) -> Vec<Key<'static>> {
+    key_ips(n)
+        .into_iter()
+        .map(|ip| Key::client("api", ip, 64, Scope::http(&Method::GET, "/hello")))
         .collect()
 }
 
@@ -121,21 +140,22 @@ fn decisions(c: &mut Criterion) {
     for threads in [1usize, 2] {
         let mut group = c.benchmark_group(format!("decide_{threads}t"));
         for &n in &KEY_COUNTS {
+            let typed = keys(n);
             let keys = key_strings(n);
             let ips = key_ips(n);
 
-            for strategy in Strategy::ALL {
+            for strategy in STRATEGIES {
                 let memory = memory_backend();
                 let quota = quota(strategy);
-                for key in &keys {
-                    assert!(memory.decide(key, &quota, 1).unwrap().allowed);
+                for key in &typed {
+                    assert!(memory.hit(key, &quota, 1).unwrap().allowed);
                 }
                 group.bench_function(
                     BenchmarkId::new(format!("traffik_{}", strategy.name()), n),
                     |b| {
                         b.iter_custom(|iters| {
                             threaded(threads, n, iters, |i| {
-                                let d = memory.decide(&keys[i], &quota, 1).unwrap();
+                                let d = memory.hit(&typed[i], &quota, 1).unwrap();
                                 debug_assert!(d.allowed);
                                 black_box(d);
                             })
@@ -192,6 +212,7 @@ fn decisions(c: &mut Criterion) {
 fn oversubscribed(c: &mut Criterion) {
     const THREADS: usize = 16;
     let mut group = c.benchmark_group("oversubscribed_16t");
+    let typed = keys(1);
     let keys = key_strings(1);
     for strategy in [Strategy::Gcra, Strategy::TokenBucket] {
         let memory = memory_backend();
@@ -199,7 +220,7 @@ fn oversubscribed(c: &mut Criterion) {
         group.bench_function(format!("traffik_{}", strategy.name()), |b| {
             b.iter_custom(|iters| {
                 threaded(THREADS, 1, iters, |i| {
-                    black_box(memory.decide(&keys[i], &quota, 1).unwrap());
+                    black_box(memory.hit(&typed[i], &quota, 1).unwrap());
                 })
             })
         });
@@ -239,10 +260,10 @@ fn clocks(c: &mut Criterion) {
             .clock(ManualClock::starting_at(Duration::from_secs(1)))
             .build();
         let quota = quota(strategy);
-        let key = &key_strings(1)[0];
+        let key = &keys(1)[0];
         group.bench_function(
             format!("traffik_{}_1key_manual_clock", strategy.name()),
-            |b| b.iter(|| black_box(memory.decide(key, &quota, 1).unwrap())),
+            |b| b.iter(|| black_box(memory.hit(key, &quota, 1).unwrap())),
         );
     }
     group.finish();

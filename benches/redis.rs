@@ -20,13 +20,22 @@
 //! Every caller hits the same key: the server's work per decision does not
 //! depend on the key, and one hot key is the worst case for contention.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use tokio::runtime::Runtime;
-use traffik::backend::{RedisBackend, ThrottleBackend};
+use traffik::backend::RedisBackend;
+use traffik::key::{Key, Scope};
 use traffik::{Quota, Rate, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 const IN_FLIGHT: [usize; 2] = [1, 64];
 
@@ -37,6 +46,7 @@ fn quota(strategy: Strategy) -> Quota {
             Rate::new(1_000_000_000, Duration::from_secs(1))
         }
         Strategy::SlidingWindowLog => Rate::new(1_000_000, Duration::from_millis(100)),
+        other => panic!("no benchmark rate for {other:?}"),
     };
     Quota::new(rate.unwrap(), strategy).unwrap()
 }
@@ -52,7 +62,7 @@ fn runtime() -> Runtime {
 /// wall time and, if asked, every decision's latency.
 async fn run(
     redis: &RedisBackend,
-    key: &Arc<str>,
+    key: Key<'static>,
     quota: Quota,
     total: u64,
     in_flight: usize,
@@ -63,7 +73,6 @@ async fn run(
     let tasks: Vec<_> = (0..in_flight)
         .map(|_| {
             let redis = redis.clone();
-            let key = key.clone();
             tokio::spawn(async move {
                 let mut samples =
                     Vec::with_capacity(if latencies { per_caller as usize } else { 0 });
@@ -112,21 +121,27 @@ fn main() {
             return;
         }
     };
-    let key: Arc<str> = Arc::from("traffik-bench:bench:10.0.0.1:http:GET:/hello");
+    // Text `traffik-bench:bench:10.0.0.1:http:GET:/hello`.
+    let key = Key::client(
+        "bench",
+        [10, 0, 0, 1].into(),
+        64,
+        Scope::http(&http::Method::GET, "/hello"),
+    );
 
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(10)
         .configure_from_args();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota(strategy);
         let mut group = criterion.benchmark_group(format!("redis/{strategy}"));
         group.throughput(Throughput::Elements(1));
         for in_flight in IN_FLIGHT {
             group.bench_function(BenchmarkId::new("in_flight", in_flight), |b| {
                 b.iter_custom(|iters| {
-                    let (wall, _) = rt.block_on(run(&redis, &key, q, iters, in_flight, false));
+                    let (wall, _) = rt.block_on(run(&redis, key, q, iters, in_flight, false));
                     // `run` rounds up to whole batches per caller.
                     let done = iters.div_ceil(in_flight as u64) * in_flight as u64;
                     wall.mul_f64(iters as f64 / done as f64)
@@ -152,15 +167,15 @@ fn main() {
         "redis-bench: {:<24} {:>9} {:>14} {:>10} {:>10}",
         "strategy", "in_flight", "decisions/s", "p50", "p99"
     );
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota(strategy);
         for in_flight in IN_FLIGHT {
             rt.block_on(async {
                 // Calibrate a batch to about the wanted duration.
-                let (probe, _) = run(&redis, &key, q, 2_000, in_flight, false).await;
+                let (probe, _) = run(&redis, key, q, 2_000, in_flight, false).await;
                 let rate = 2_000.0 / probe.as_secs_f64();
                 let total = ((rate * secs) as u64).max(1_000);
-                let (wall, mut samples) = run(&redis, &key, q, total, in_flight, true).await;
+                let (wall, mut samples) = run(&redis, key, q, total, in_flight, true).await;
                 samples.sort_unstable();
                 let per_sec = samples.len() as f64 / wall.as_secs_f64();
                 println!(

@@ -2,12 +2,14 @@
 //!
 //! `SqliteBackend` implements [`ThrottleBackend`] with the crate's own pure
 //! strategy functions: each hit is one SQLite transaction that reads the
-//! key's state, runs [`Quota::decide_micros`] and writes the new state back
-//! (an UPSERT), or deletes the row when the new state is as good as fresh.
-//! Every strategy works, since [`State`] converts to plain numbers: two
-//! integers ([`State::words`]) or, for the sliding window log, a blob of
-//! timestamps ([`State::log`]). Each row carries an `expires_at` column;
-//! expired rows are deleted every N hits and by a periodic task.
+//! key's states (one per rate of the throttle), runs
+//! [`strategy::decide`] and writes the new states back (an UPSERT), or
+//! deletes a rate's row when its new state is as good as fresh. A refused
+//! hit changes nothing, so nothing is written. Every strategy works, since
+//! [`State`] converts to plain numbers: two integers ([`State::words`]) or,
+//! for the sliding window log, a blob of timestamps ([`State::log`]). Each
+//! row carries an `expires_at` column; expired rows are deleted every N
+//! hits and by a periodic task.
 //!
 //! ```sh
 //! cargo run --example custom_backend                       # demo, then keeps serving on PORT (default 3010)
@@ -37,13 +39,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::{routing::get, Router};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use traffik::backend::{BackendFuture, BoxFuture, ThrottleBackend};
-use traffik::strategy::State;
+use rusqlite::{params, Connection, TransactionBehavior};
+use traffik::backend::{BackendFuture, BoxFuture, Op, ThrottleBackend, Uids};
+use traffik::key::{Key, Scope};
+use traffik::strategy::{self, Decisions, State};
 use traffik::{
     Decision, Error, HttpThrottle, MiddlewareThrottle, Quota, RateLimitHeaders, Strategy,
     ThrottleLayer,
 };
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 /// Counters in a SQLite database. Cheap to clone; clones share the
 /// connection.
@@ -59,19 +71,25 @@ struct Inner {
     /// Hits since the database was opened, to clean up every `cleanup_every`.
     hits: AtomicU64,
     cleanup_every: u64,
+    /// The uids of the throttles counting here (shared by the clones), so
+    /// that two live throttles with one uid are refused at build.
+    uids: Uids,
 }
 
-/// The schema: one row per live key. `w0`/`w1` hold [`State::words`] (as
-/// SQLite's signed 64-bit integers, bit for bit), `log` the little-endian
-/// timestamps of [`State::log`]; times are microseconds since the Unix epoch,
-/// so a file-backed database stays meaningful across restarts and processes.
+/// The schema: one row per live key and rate (`rate`: its index in the
+/// throttle's rates). `w0`/`w1` hold [`State::words`] (as SQLite's signed
+/// 64-bit integers, bit for bit), `log` the little-endian timestamps of
+/// [`State::log`]; times are microseconds since the Unix epoch, so a
+/// file-backed database stays meaningful across restarts and processes.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS traffik_counters (
-        key        TEXT PRIMARY KEY,
+        key        TEXT NOT NULL,
+        rate       INTEGER NOT NULL,
         w0         INTEGER,
         w1         INTEGER,
         log        BLOB,
-        expires_at INTEGER NOT NULL
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (key, rate)
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS traffik_counters_expires_at
         ON traffik_counters (expires_at);
@@ -109,6 +127,7 @@ impl SqliteBackend {
                 conn: Mutex::new(conn),
                 hits: AtomicU64::new(0),
                 cleanup_every: 1_000,
+                uids: Uids::new(),
             }),
         };
         // As the contract asks of `connect`/`build`: initialize now, not
@@ -136,8 +155,9 @@ impl SqliteBackend {
             let conn = inner.lock();
             let (low, high) = inner.key_range();
             let mut statement = conn.prepare(
-                "SELECT key, coalesce(w0, 0), coalesce(w1, 0), length(log), expires_at
-                 FROM traffik_counters WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                "SELECT key || '#' || rate, coalesce(w0, 0), coalesce(w1, 0), length(log),
+                        expires_at
+                 FROM traffik_counters WHERE key >= ?1 AND key < ?2 ORDER BY key, rate",
             )?;
             let now = now_micros() as i64;
             let rows = statement.query_map([low, high], |row| {
@@ -169,12 +189,11 @@ impl SqliteBackend {
             .map_err(|e| sql_error("SQLite", e))
     }
 
-    fn answer(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> BackendFuture {
-        let (this, key, quota) = (self.clone(), key.to_owned(), *quota);
-        BackendFuture::new(async move {
-            this.blocking(move |inner| inner.decide(&key, &quota, cost, record))
-                .await
-        })
+    /// A hit of `cost` on `key` for one rate, for code that calls the
+    /// backend itself.
+    pub async fn hit(&self, key: &Key<'_>, quota: &Quota, cost: u64) -> Result<Decision, Error> {
+        let decisions = self.decide(key, &[*quota], cost, Op::Hit).await?;
+        Ok(decisions.binding())
     }
 }
 
@@ -191,38 +210,55 @@ impl Inner {
         (format!("{}:", self.prefix), format!("{};", self.prefix))
     }
 
-    /// One decision: SELECT the state, decide, UPSERT (or DELETE) — in one
-    /// `BEGIN IMMEDIATE` transaction when recording.
+    /// One decision for every rate of `quotas`: SELECT the states, decide,
+    /// UPSERT (or DELETE) — in one `BEGIN IMMEDIATE` transaction unless
+    /// peeking.
     fn decide(
         &self,
         key: &str,
-        quota: &Quota,
+        quotas: &[Quota],
         cost: u64,
-        record: bool,
-    ) -> rusqlite::Result<Decision> {
+        op: Op,
+    ) -> rusqlite::Result<Decisions> {
         let now = now_micros();
+        let at = Duration::from_micros(now);
         let mut conn = self.lock();
-        if !record {
-            let mut state = load(&conn, key, now)?;
-            return Ok(quota.decide_micros(&mut state, now, cost).0);
+        if op == Op::Peek {
+            let mut states = load(&conn, key, quotas.len(), now)?;
+            return Ok(strategy::decide(quotas, &mut states, at, cost, op));
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut state = load(&tx, key, now)?;
-        let (decision, expires_at) = quota.decide_micros(&mut state, now, cost);
-        if expires_at > now {
-            let (w0, w1, log) = encode(&state);
-            tx.prepare_cached(
-                "INSERT INTO traffik_counters (key, w0, w1, log, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (key) DO UPDATE SET
-                     w0 = excluded.w0, w1 = excluded.w1, log = excluded.log,
-                     expires_at = excluded.expires_at",
-            )?
-            .execute(params![key, w0, w1, log, expires_at as i64])?;
-        } else {
-            // The new state is equivalent to a fresh one: no row needed.
-            tx.prepare_cached("DELETE FROM traffik_counters WHERE key = ?1")?
-                .execute([key])?;
+        let mut states = load(&tx, key, quotas.len(), now)?;
+        let decisions = strategy::decide(quotas, &mut states, at, cost, op);
+        // A refused hit leaves every state as it was: nothing to write.
+        if op != Op::Hit || decisions.binding().allowed {
+            for (rate, (state, decision)) in states.iter().zip(decisions.iter()).enumerate() {
+                // A rate's state is as good as fresh once its quota is
+                // full again (`reset_after`).
+                let expires_at = now + decision.reset_after.as_micros() as u64;
+                if expires_at > now {
+                    let (w0, w1, log) = encode(state);
+                    tx.prepare_cached(
+                        "INSERT INTO traffik_counters (key, rate, w0, w1, log, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (key, rate) DO UPDATE SET
+                             w0 = excluded.w0, w1 = excluded.w1, log = excluded.log,
+                             expires_at = excluded.expires_at",
+                    )?
+                    .execute(params![
+                        key,
+                        rate as i64,
+                        w0,
+                        w1,
+                        log,
+                        expires_at as i64
+                    ])?;
+                } else {
+                    // The new state is equivalent to a fresh one: no row needed.
+                    tx.prepare_cached("DELETE FROM traffik_counters WHERE key = ?1 AND rate = ?2")?
+                        .execute(params![key, rate as i64])?;
+                }
+            }
         }
         tx.commit()?;
         // Every N hits, reclaim expired rows (cheap: an index range scan).
@@ -231,32 +267,38 @@ impl Inner {
             conn.prepare_cached("DELETE FROM traffik_counters WHERE expires_at <= ?1")?
                 .execute([now as i64])?;
         }
-        Ok(decision)
+        Ok(decisions)
     }
 }
 
-/// The stored state of `key`, or a fresh one when absent or expired.
-fn load(conn: &Connection, key: &str, now: u64) -> rusqlite::Result<State> {
-    let row = conn
-        .prepare_cached("SELECT w0, w1, log, expires_at FROM traffik_counters WHERE key = ?1")?
-        .query_row([key], |row| {
-            Ok((
-                row.get::<_, Option<i64>>(0)?,
-                row.get::<_, Option<i64>>(1)?,
-                row.get::<_, Option<Vec<u8>>>(2)?,
-                row.get::<_, i64>(3)?,
-            ))
-        })
-        .optional()?;
-    Ok(match row {
-        Some((_, _, _, expires_at)) if expires_at as u64 <= now => State::new(),
-        Some((Some(w0), Some(w1), _, _)) => State::from_words([w0 as u64, w1 as u64]),
-        Some((_, _, Some(log), _)) => State::from_log(
-            log.chunks_exact(8)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunk"))),
-        ),
-        _ => State::new(),
-    })
+/// The stored states of `key`'s first `rates` rates, fresh ones where
+/// absent or expired.
+fn load(conn: &Connection, key: &str, rates: usize, now: u64) -> rusqlite::Result<Vec<State>> {
+    let mut states = vec![State::new(); rates];
+    let mut statement = conn.prepare_cached(
+        "SELECT rate, w0, w1, log FROM traffik_counters
+         WHERE key = ?1 AND rate < ?2 AND expires_at > ?3",
+    )?;
+    let rows = statement.query_map(params![key, rates as i64, now as i64], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, Option<i64>>(1)?,
+            row.get::<_, Option<i64>>(2)?,
+            row.get::<_, Option<Vec<u8>>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (rate, w0, w1, log) = row?;
+        states[rate as usize] = match (w0, w1, log) {
+            (Some(w0), Some(w1), _) => State::from_words([w0 as u64, w1 as u64]),
+            (_, _, Some(log)) => State::from_log(
+                log.chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8-byte chunk"))),
+            ),
+            _ => State::new(),
+        };
+    }
+    Ok(states)
 }
 
 /// `(w0, w1, log)` columns for a state. The `as i64` casts keep all 64 bits
@@ -287,12 +329,12 @@ impl ThrottleBackend for SqliteBackend {
         &self.inner.prefix
     }
 
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.answer(key, quota, cost, true)
-    }
-
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.answer(key, quota, cost, false)
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
+        let (this, key, quotas) = (self.clone(), key.text(self.prefix()), quotas.to_vec());
+        BackendFuture::new(async move {
+            this.blocking(move |inner| inner.decide(&key, &quotas, cost, op))
+                .await
+        })
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
@@ -312,6 +354,10 @@ impl ThrottleBackend for SqliteBackend {
 
     fn persistent(&self) -> bool {
         self.inner.persistent
+    }
+
+    fn uids(&self) -> Option<&Uids> {
+        Some(&self.inner.uids)
     }
     // `initialize` and `close` keep the trait's defaults: clear the prefix
     // when not persistent, nothing otherwise.
@@ -401,9 +447,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "
 Every strategy on SQLite, 4 hits at 3 per minute:"
     );
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let quota = traffik::Quota::new("3/min".parse()?, strategy)?;
-        let key = format!("{}:demo:all:{strategy}", sqlite.prefix());
+        let key = Key::new("demo", strategy.name(), Scope::shared());
         let mut admitted = Vec::new();
         let mut last = None;
         for _ in 0..4 {
@@ -427,11 +473,11 @@ Every strategy on SQLite, 4 hits at 3 per minute:"
 
     println!("\nRows in traffik_counters:");
     println!(
-        "{:<48} {:>18} {:>18} {:>4} expires in",
+        "{:<52} {:>18} {:>18} {:>4} expires in",
         "key", "w0", "w1", "log"
     );
     for (key, w0, w1, log, expires_in) in sqlite.rows().await? {
-        println!("{key:<48} {w0:>18} {w1:>18} {log:>4} {expires_in:.1?}");
+        println!("{key:<52} {w0:>18} {w1:>18} {log:>4} {expires_in:.1?}");
     }
     println!("expired rows purged now: {}", sqlite.purge_expired().await?);
 

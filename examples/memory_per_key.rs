@@ -6,7 +6,7 @@
 //! cargo run --release --example memory_per_key -- 200000  # another count
 //! ```
 //!
-//! Inserts N distinct keys (of the form `traffik:api:10.x.y.z:http:GET:/hello`)
+//! Inserts N distinct client keys (text `traffik:api:10.x.y.z:http:GET:/hello`)
 //! for each of GCRA and TokenBucket (1 hit each, period 1 hour) into a backend
 //! built with `.max_keys(2_000_000)` and a `ManualClock`, and reads the
 //! process's resident memory (`VmRSS` in `/proc/self/status`) before and
@@ -15,11 +15,23 @@
 //! freed pages, so RSS need not shrink: `len()` says whether keys were
 //! reclaimed; a second round of inserts shows whether the memory is reused.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use http::Method;
 use traffik::backend::InMemoryBackend;
 use traffik::clock::ManualClock;
+use traffik::key::{Key, Scope};
 use traffik::{Quota, Rate, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status (Linux)");
@@ -35,24 +47,21 @@ fn rss_bytes() -> u64 {
     kb * 1024
 }
 
-fn key(i: usize, out: &mut String) {
-    use std::fmt::Write as _;
-    out.clear();
-    let _ = write!(
-        out,
-        "traffik:api:10.{}.{}.{}:http:GET:/hello",
-        (i >> 16) & 0xff,
-        (i >> 8) & 0xff,
-        i & 0xff
-    );
+/// The `i`th client's key, as the default identity keys it.
+fn key(i: usize) -> Key<'static> {
+    let ip = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    Key::client(
+        "api",
+        IpAddr::V4(ip),
+        64,
+        Scope::http(&Method::GET, "/hello"),
+    )
 }
 
 fn fill(memory: &InMemoryBackend, quota: &Quota, n: usize) -> Duration {
-    let mut buf = String::with_capacity(64);
     let start = Instant::now();
     for i in 0..n {
-        key(i, &mut buf);
-        let decision = memory.decide(&buf, quota, 1).expect("below max_keys");
+        let decision = memory.hit(&key(i), quota, 1).expect("below max_keys");
         assert!(decision.allowed);
     }
     start.elapsed()
@@ -71,7 +80,7 @@ fn main() {
     // One process per strategy, so that one run's freed memory does not
     // flatter the next.
     if let Some(name) = args.iter().find_map(|a| a.strip_prefix("--strategy=")) {
-        let strategy = Strategy::ALL
+        let strategy = STRATEGIES
             .into_iter()
             .find(|s| s.name() == name)
             .expect("a strategy name");

@@ -16,7 +16,8 @@ mod common;
 use std::time::Duration;
 
 use axum::{routing::get, Router};
-use traffik::backend::{RedisBackend, ThrottleBackend};
+use traffik::backend::{Op, RedisBackend, ThrottleBackend};
+use traffik::key::{Key, Scope};
 use traffik::{FailureMode, HttpThrottle, Quota, RateLimitHeaders, Strategy};
 
 #[tokio::main]
@@ -68,13 +69,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .prefix("traffik-example")
         .build()
         .await?;
-    let key = "traffik-example:hello:127.0.0.1:http:GET:/hello";
+    // The key of this client on /hello: `{prefix}:hello:127.0.0.1:http:GET:/hello`.
+    let key = Key::client(
+        "hello",
+        [127, 0, 0, 1].into(),
+        64,
+        Scope::http(&http::Method::GET, "/hello"),
+    );
+    let text = key.text(other.prefix());
     let quota = Quota::new("5/10s".parse()?, Strategy::SlidingWindowLog)?;
-    let seen = other.peek(key, &quota, 1).await?;
+    // A peek: the decision a hit would get, counting nothing.
+    let seen = other.decide(&key, &[quota], 1, Op::Peek).await?.binding();
     println!(
         "
-Another backend peeks {key} (stored as {}): allowed={} remaining={} retry_after={:?}",
-        other.storage_key(key, Strategy::SlidingWindowLog),
+Another backend peeks {text} (stored as {}): allowed={} remaining={} retry_after={:?}",
+        other.storage_key(&text, Strategy::SlidingWindowLog),
         seen.allowed,
         seen.remaining,
         seen.retry_after,

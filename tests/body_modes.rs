@@ -21,11 +21,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use traffik::backend::InMemoryBackend;
-use traffik::body::{FromBoxBody, InnerBody};
+use traffik::body::{FromBoxBody, InnerBody, ResponseBody};
 use traffik::response::BoxBody;
 use traffik::{
-    BoxError, FailureMode, HttpThrottle, MiddlewareThrottle, RateLimitHeaders, ResponseBody,
-    ThrottleLayer,
+    BoxError, FailureMode, HttpThrottle, MiddlewareThrottle, RateLimitHeaders, ThrottleLayer,
 };
 
 fn throttle(uid: &str, limit: u64) -> HttpThrottle {

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Checks a one-file crate using traffik (axum feature on) and returns
-/// rustc's diagnostics; panics if it compiles.
-fn compile_error(name: &str, main_rs: &str) -> String {
+/// rustc's diagnostics; panics if it compiles, or fails with no error of
+/// the `code` expected (`"E0277"`).
+fn compile_error(name: &str, code: &str, main_rs: &str) -> String {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = tmp.join("compile-errors").join(name);
     std::fs::create_dir_all(dir.join("src")).unwrap();
@@ -50,8 +51,8 @@ tower = {{ version = "0.5", features = ["util"] }}
         "{name} compiled, but should not:\n{stderr}"
     );
     assert!(
-        stderr.contains("error[E0277]"),
-        "{name}: not a trait-bound error (did the check itself fail?):\n{stderr}"
+        stderr.contains(&format!("error[{code}]")),
+        "{name}: no error {code} (did the check itself fail?):\n{stderr}"
     );
     stderr
 }
@@ -60,6 +61,7 @@ tower = {{ version = "0.5", features = ["util"] }}
 fn a_body_traffik_cannot_answer_in_says_to_call_any_body() {
     let stderr = compile_error(
         "needs_any_body",
+        "E0277",
         r#"
 use std::convert::Infallible;
 use bytes::Bytes;
@@ -92,5 +94,61 @@ fn main() {
     assert!(
         stderr.contains("call `.any_body()` on the ThrottleLayer"),
         "{stderr}"
+    );
+}
+
+/// A WebSocket builder option that does not exist: `method` is HTTP-only
+/// (`call` is how the HTTP builder takes it). The only error is that the
+/// method is not found on the WebSocket builder.
+fn websocket_builder_lacks(method: &str, call: &str) {
+    let stderr = compile_error(
+        &format!("ws_without_{method}"),
+        "E0599",
+        &format!(
+            r#"
+use traffik::WebSocketThrottle;
+
+fn main() {{
+    let built = WebSocketThrottle::builder()
+        .uid("ws")
+        .rate("10/s")
+        .{call}
+        .build();
+    let _ = built;
+}}
+"#
+        ),
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error["))
+        .collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "error[E0599]: no method named `{method}` found for struct `ThrottleBuilder<WsOptions>` in the current scope"
+        )],
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_websocket_throttle_has_no_dynamic_rate() {
+    websocket_builder_lacks(
+        "dynamic_rate",
+        "dynamic_rate(|_: &http::request::Parts| async { traffik::Rate::per_minute(10).unwrap() })",
+    );
+}
+
+#[test]
+fn a_websocket_throttle_has_no_rate_limit_headers() {
+    websocket_builder_lacks("headers", "headers(traffik::RateLimitHeaders::Ietf)");
+}
+
+#[test]
+fn a_websocket_throttle_has_no_429_responder() {
+    websocket_builder_lacks(
+        "on_throttled",
+        "on_throttled(|_: &traffik::Throttled| http::Response::new(String::new()))",
     );
 }

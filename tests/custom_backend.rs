@@ -1,5 +1,6 @@
 //! A backend written outside the crate: a mutex-protected
-//! `HashMap<String, State>` deciding with [`Quota::decide`]. It is used
+//! `HashMap<String, Vec<State>>` (one state per rate, under the key's text)
+//! deciding with [`strategy::decide`]. It is used
 //! through a global `ThrottleLayer`, a per-route `t.layer()`, `hit` in a
 //! handler and a dynamic scope — proving `ThrottleBackend` is implementable
 //! by users.
@@ -16,9 +17,19 @@ use axum::routing::get;
 use axum::Router;
 use http::{Request, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
-use traffik::backend::{self, BackendFuture, BoxFuture, ThrottleBackend};
-use traffik::strategy::State;
+use traffik::backend::{self, BackendFuture, BoxFuture, Op, ThrottleBackend};
+use traffik::key::Key;
+use traffik::strategy::{self, Decisions, State};
 use traffik::{Error, HttpThrottle, MiddlewareThrottle, Quota, Strategy, ThrottleLayer};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 /// Counters in a `HashMap` behind one mutex.
 #[derive(Clone)]
@@ -30,7 +41,7 @@ struct MapBackend {
     deferred: bool,
     /// Keep the keys across `initialize`/`close`.
     persistent: bool,
-    map: Arc<Mutex<HashMap<String, State>>>,
+    map: Arc<Mutex<HashMap<String, Vec<State>>>>,
 }
 
 impl MapBackend {
@@ -60,29 +71,19 @@ impl MapBackend {
         keys
     }
 
-    /// The decision itself: read the state, decide, write it back, all under
-    /// the lock (atomic).
-    fn decide(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> traffik::Decision {
+    /// The decision itself: read the states, decide, write them back, all
+    /// under the lock (atomic). A peek stores nothing.
+    fn decide_text(&self, key: &str, quotas: &[Quota], cost: u64, op: Op) -> Decisions {
         let now = self.origin.elapsed();
         let mut map = self.map.lock().unwrap();
-        if record {
-            let state = map.entry(key.to_owned()).or_default();
-            quota.decide(state, now, cost)
-        } else {
-            let state = map.get(key).cloned().unwrap_or_default();
-            quota.peek(&state, now, cost)
+        if op == Op::Peek {
+            let mut states = map.get(key).cloned().unwrap_or_default();
+            states.resize(quotas.len(), State::new());
+            return strategy::decide(quotas, &mut states, now, cost, op);
         }
-    }
-
-    fn answer(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> BackendFuture {
-        if !self.deferred {
-            return BackendFuture::ready(Ok(self.decide(key, quota, cost, record)));
-        }
-        let (this, key, quota) = (self.clone(), key.to_owned(), *quota);
-        BackendFuture::new(async move {
-            tokio::task::yield_now().await;
-            Ok(this.decide(&key, &quota, cost, record))
-        })
+        let states = map.entry(key.to_owned()).or_default();
+        states.resize(quotas.len(), State::new());
+        strategy::decide(quotas, states, now, cost, op)
     }
 }
 
@@ -91,12 +92,16 @@ impl ThrottleBackend for MapBackend {
         &self.prefix
     }
 
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.answer(key, quota, cost, true)
-    }
-
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.answer(key, quota, cost, false)
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
+        let key = key.text(&self.prefix);
+        if !self.deferred {
+            return BackendFuture::ready(Ok(self.decide_text(&key, quotas, cost, op)));
+        }
+        let (this, quotas) = (self.clone(), quotas.to_vec());
+        BackendFuture::new(async move {
+            tokio::task::yield_now().await;
+            Ok(this.decide_text(&key, &quotas, cost, op))
+        })
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
@@ -218,7 +223,7 @@ async fn custom_backend_on_a_plain_tower_service() {
 
 #[tokio::test]
 async fn hit_and_peek_in_code_for_every_strategy() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         for deferred in [false, true] {
             let mut custom = MapBackend::new("code");
             if deferred {
@@ -389,7 +394,7 @@ async fn custom_backend_is_exact_under_concurrency() {
 fn state_round_trips_through_plain_numbers() {
     // What a storage-backed custom backend persists: `words()` or `log()`.
     let origin = Duration::from_secs(1_000);
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let quota = Quota::new("3/min".parse().unwrap(), strategy).unwrap();
         let mut state = State::new();
         quota.decide(&mut state, origin, 1);

@@ -88,52 +88,127 @@ fn try_path_returns_a_configuration_error() {
 
 // ------------------------------------------------------------------ uid errors
 
+/// A throttle named `uid` (5/min) counting on `backend`.
+fn named_on(uid: &str, backend: &InMemoryBackend) -> Result<HttpThrottle, Error> {
+    HttpThrottle::builder()
+        .uid(uid)
+        .rate("5/min")
+        .backend(backend.clone())
+        .build()
+}
+
 #[test]
-fn duplicate_uid_is_an_error_and_dropping_frees_it() {
-    let first = valid("er-dup");
-    let message = config_message(HttpThrottle::builder().uid("er-dup").rate("5/min").build());
+fn duplicate_uid_on_one_backend_is_an_error_and_dropping_frees_it() {
+    let memory = InMemoryBackend::new();
+    let first = named_on("er-dup", &memory).unwrap();
+    // A clone of the backend shares its uids.
+    let message = config_message(named_on("er-dup", &memory.clone()));
     assert!(message.contains("duplicate"), "{message}");
     assert!(message.contains("er-dup"), "{message}");
-    // The usual cause, parallel tests building one app, is named with its fixes.
+    // The usual cause, parallel tests building one app, is named with its fix.
     assert!(message.contains("parallel tests"), "{message}");
-    assert!(message.contains("no .uid(..) at all"), "{message}");
+    assert!(message.contains("its own backend"), "{message}");
+
+    // Uids are unique per backend: another backend takes it, and so does a
+    // throttle without a backend of its own (it counts nowhere yet).
+    let elsewhere = named_on("er-dup", &InMemoryBackend::new()).unwrap();
+    let unbound = valid("er-dup");
 
     // A clone or a layer keeps the throttle (and its uid) alive.
     let clone = first.clone();
     let layer = first.layer();
     drop(first);
-    assert!(HttpThrottle::builder()
-        .uid("er-dup")
-        .rate("5/min")
-        .build()
-        .is_err());
+    assert!(named_on("er-dup", &memory).is_err());
     drop(clone);
-    assert!(HttpThrottle::builder()
-        .uid("er-dup")
-        .rate("5/min")
-        .build()
-        .is_err());
+    assert!(named_on("er-dup", &memory).is_err());
     drop(layer);
-    let again = HttpThrottle::builder()
-        .uid("er-dup")
-        .rate("5/min")
-        .build()
-        .expect("the uid is free once every copy is dropped");
+    let again = named_on("er-dup", &memory).expect("the uid is free once every copy is dropped");
     assert_eq!(again.uid(), "er-dup");
+    drop((elsewhere, unbound));
+}
+
+/// A layer lends its backend to the rules whose throttle has none: a rule
+/// whose uid another live throttle holds there is a setup mistake, a panic
+/// at `.rule(..)` (like an invalid axum route).
+#[test]
+#[should_panic(expected = "duplicate throttle uid \"er-dup-layer\"")]
+fn a_layer_lending_its_backend_to_a_duplicate_uid_panics() {
+    let memory = InMemoryBackend::new();
+    let _counting = named_on("er-dup-layer", &memory).unwrap();
+    let _ = ThrottleLayer::new(memory).rule(MiddlewareThrottle::new(valid("er-dup-layer")));
+}
+
+#[test]
+fn a_layer_holds_the_uids_it_lends_its_backend_to() {
+    let memory = InMemoryBackend::new();
+    let rule = valid("er-layer-uid");
+    // One throttle in two layers on one backend: the same throttle, not a
+    // duplicate.
+    let layer = ThrottleLayer::new(memory.clone()).rule(MiddlewareThrottle::new(rule.clone()));
+    let other = ThrottleLayer::new(memory.clone()).rule(MiddlewareThrottle::new(rule.clone()));
+    drop(rule);
+    let message = config_message(named_on("er-layer-uid", &memory));
+    assert!(message.contains("duplicate"), "{message}");
+    // A clone of a layer shares its rules.
+    let copy = layer.clone();
+    drop((layer, other));
+    assert!(named_on("er-layer-uid", &memory).is_err());
+    drop(copy);
+    assert!(named_on("er-layer-uid", &memory).is_ok());
+}
+
+/// A persistent backend keeps counters across restarts: a generated uid
+/// (which shifts when throttles are added) would move them, so it is
+/// refused, naming the fix; a transient backend takes it.
+#[test]
+fn a_generated_uid_on_a_persistent_backend_is_an_error() {
+    let persistent = InMemoryBackend::builder().persistent(true).build();
+    let generated = || HttpThrottle::builder().rate("5/min");
+    let message = config_message(generated().backend(persistent.clone()).build());
+    assert!(message.contains("generated uid"), "{message}");
+    assert!(message.contains(".uid("), "{message}");
+    assert!(generated()
+        .uid("er-named")
+        .backend(persistent.clone())
+        .build()
+        .is_ok());
+    assert!(generated().backend(InMemoryBackend::new()).build().is_ok());
+    // Lent by a layer: a panic at `.rule(..)`, naming the fix.
+    let throttle = generated().build().unwrap();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ThrottleLayer::new(persistent.clone()).rule(MiddlewareThrottle::new(throttle))
+    }))
+    .expect_err("a panic");
+    let message = panic.downcast_ref::<String>().expect("a formatted message");
+    assert!(
+        message.contains("generated uid") && message.contains(".uid("),
+        "{message}"
+    );
 }
 
 #[test]
 fn a_failed_build_does_not_take_the_uid() {
+    let memory = InMemoryBackend::new();
     assert!(HttpThrottle::builder()
         .uid("er-failed-build")
         .limit(0)
         .seconds(1)
+        .backend(memory.clone())
+        .build()
+        .is_err());
+    // Refused by the backend: the quota is checked before the uid is taken.
+    assert!(HttpThrottle::builder()
+        .uid("er-failed-build")
+        .rate("5/min")
+        .cost(6)
+        .backend(memory.clone())
         .build()
         .is_err());
     assert!(HttpThrottle::builder()
         .uid("er-failed-build")
         .limit(1)
         .seconds(1)
+        .backend(memory)
         .build()
         .is_ok());
 }
@@ -609,23 +684,16 @@ impl traffik::backend::ThrottleBackend for RefusingBackend {
     fn prefix(&self) -> &str {
         "refusing"
     }
-    fn hit(
+    fn decide(
         &self,
-        _key: &str,
-        _quota: &traffik::Quota,
+        _key: &traffik::key::Key<'_>,
+        _quotas: &[traffik::Quota],
         _cost: u64,
+        _op: traffik::backend::Op,
     ) -> traffik::backend::BackendFuture {
         traffik::backend::BackendFuture::ready(Err(Error::configuration(
             "quota too large for this backend",
         )))
-    }
-    fn peek(
-        &self,
-        key: &str,
-        quota: &traffik::Quota,
-        cost: u64,
-    ) -> traffik::backend::BackendFuture {
-        self.hit(key, quota, cost)
     }
     fn reset(&self) -> traffik::backend::BoxFuture<Result<(), Error>> {
         Box::pin(async { Ok(()) })
@@ -651,16 +719,17 @@ async fn a_configuration_error_from_the_backend_is_not_failed_open() {
     assert!(matches!(error, Error::Configuration(_)), "{error:?}");
 }
 
-/// The contract's four variants can be matched exhaustively (no catch-all
-/// arm): this only compiles while `Error` is not `#[non_exhaustive]`.
+/// The contract's four variants can be matched by name; `Error` is
+/// `#[non_exhaustive]`, so a match outside the crate needs a catch-all arm.
 #[test]
-fn errors_can_be_matched_exhaustively() {
+fn errors_can_be_matched_by_variant() {
     fn status(error: &Error) -> u16 {
         match error {
             Error::Configuration(_) => 500,
             Error::AnonymousConnection => 500,
             Error::Throttled(_) => 429,
             Error::Backend(_) => 503,
+            _ => 500,
         }
     }
     assert_eq!(status(&Error::configuration("x")), 500);
@@ -713,7 +782,7 @@ fn public_types_are_debug() {
     assert!(ws.contains("\"room\""), "{ws}");
     let memory = debug(&InMemoryBackend::builder().max_keys(10));
     assert!(memory.contains("max_keys: 10"), "{memory}");
-    let body = debug(&traffik::ResponseBody::new(String::from("hi")));
+    let body = debug(&traffik::body::ResponseBody::new(String::from("hi")));
     assert!(body.contains("\"hi\""), "{body}");
     type Future = traffik::ResponseFuture<
         tower::util::ServiceFn<

@@ -816,7 +816,7 @@ fn max_reset(strategy: Strategy) -> u64 {
 
 #[tokio::test]
 async fn ietf_headers_for_every_strategy() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let uid = format!("os-ietf-{}", strategy.name());
         let app = header_app(&uid, strategy, RateLimitHeaders::Ietf);
         for expected_remaining in [2u64, 1, 0] {
@@ -852,7 +852,7 @@ async fn ietf_headers_for_every_strategy() {
 
 #[tokio::test]
 async fn legacy_headers_for_every_strategy() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let uid = format!("os-legacy-{}", strategy.name());
         let app = header_app(&uid, strategy, RateLimitHeaders::Legacy);
         for expected_remaining in ["2", "1", "0"] {
@@ -880,7 +880,7 @@ async fn legacy_headers_for_every_strategy() {
 
 #[tokio::test]
 async fn no_rate_limit_headers_by_default() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let uid = format!("os-noheaders-{}", strategy.name());
         let app = header_app(&uid, strategy, RateLimitHeaders::None);
         let reply = send(&app, at("/h", PEER)).await;
@@ -1011,7 +1011,7 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
     // proxies are said to write it.
     let proxies = TrustedProxies::new(["127.0.0.0/8"])
         .unwrap()
-        .header(traffik::ForwardedHeader::Forwarded);
+        .header(traffik::identity::ForwardedHeader::Forwarded);
     let app = ip_app("os-forwarded-trusted", Some(proxies));
     assert_eq!(
         send(&app, via(&[("forwarded", "for=2.2.2.2;proto=https")]))
@@ -1041,7 +1041,7 @@ async fn forwarding_headers_are_honoured_from_trusted_proxies() {
     // X-Real-IP, when the proxies are said to write it.
     let proxies = TrustedProxies::new(["127.0.0.0/8"])
         .unwrap()
-        .header(traffik::ForwardedHeader::XRealIp);
+        .header(traffik::identity::ForwardedHeader::XRealIp);
     let app = ip_app("os-real-ip-trusted", Some(proxies));
     assert_eq!(
         send(&app, via(&[("x-real-ip", "5.5.5.5")])).await.status,
@@ -1643,7 +1643,7 @@ fn reporting_app(t: HttpThrottle) -> Router {
 
 #[tokio::test]
 async fn hit_with_headers_gives_allowed_responses_the_layers_headers() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         for mode in [RateLimitHeaders::Ietf, RateLimitHeaders::Legacy] {
             // One frozen clock for both sides: the same instant, so the same
             // rounded seconds (aligned windows make them depend on it).
@@ -2104,7 +2104,7 @@ impl<B> Service<Request<B>> for NeedsPolling {
 
 async fn drive_same_service<S>(svc: &mut S, n: usize) -> Vec<u16>
 where
-    S: Service<PlainRequest, Response = Response<traffik::ResponseBody<Full<Bytes>>>>,
+    S: Service<PlainRequest, Response = Response<traffik::body::ResponseBody<Full<Bytes>>>>,
     S::Error: std::fmt::Debug,
 {
     let mut out = Vec::new();
@@ -2252,7 +2252,7 @@ async fn head_counts_as_get() {
 
 #[tokio::test]
 async fn only_the_header_the_proxy_writes_is_read() {
-    use traffik::ForwardedHeader;
+    use traffik::identity::ForwardedHeader;
     let via = |headers: &[(&str, &str)]| request("GET", "/api/x", Some("127.0.0.1:5000"), headers);
     let proxies = TrustedProxies::new(["127.0.0.0/8"]).unwrap();
     // Default: X-Forwarded-For. A proxy appending to it passes a client's

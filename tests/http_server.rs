@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use common::{sf_item, sf_param};
+use common::{sf_item, sf_param, STRATEGIES};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,8 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use traffik::backend::InMemoryBackend;
 use traffik::{
-    Error, HttpThrottle, MiddlewareThrottle, RateLimitHeaders, Strategy, ThrottleLayer,
-    TrustedProxies,
+    Error, HttpThrottle, MiddlewareThrottle, RateLimitHeaders, ThrottleLayer, TrustedProxies,
 };
 
 async fn ok() -> &'static str {
@@ -165,7 +164,7 @@ async fn fifty_concurrent_requests_at_limit_twenty_for_every_strategy() {
     let memory = InMemoryBackend::new();
     let mut app = Router::new();
     let mut throttles = Vec::new();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let t = HttpThrottle::builder()
             .uid(format!("sv-fifty-{}", strategy.name()))
             .limit(20)
@@ -184,7 +183,7 @@ async fn fifty_concurrent_requests_at_limit_twenty_for_every_strategy() {
     let client = client();
     // All strategies at once: 250 requests in flight.
     let mut runs = JoinSet::new();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let client = client.clone();
         runs.spawn(async move {
             let path = format!("/{}", strategy.name());

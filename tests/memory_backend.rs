@@ -6,12 +6,43 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use traffik::backend::{InMemoryBackend, ThrottleBackend};
+use traffik::backend::{InMemoryBackend, Op, ThrottleBackend};
 use traffik::clock::ManualClock;
-use traffik::{Quota, Rate, Strategy};
+use traffik::key::{Key, Scope};
+use traffik::{Decision, Quota, Rate, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 fn quota(text: &str, strategy: Strategy) -> Quota {
     Quota::new(text.parse::<Rate>().unwrap(), strategy).unwrap()
+}
+
+/// The key of the identity `identity` for the throttle `t`, counted on
+/// every route (text `traffik:t:{identity}:http:*`).
+fn key(identity: &str) -> Key<'_> {
+    Key::new("t", identity, Scope::shared())
+}
+
+/// Through the trait (as throttles call it): one rate, `op`.
+async fn through_trait(
+    backend: &dyn ThrottleBackend,
+    identity: &str,
+    quota: &Quota,
+    cost: u64,
+    op: Op,
+) -> Decision {
+    backend
+        .decide(&key(identity), std::slice::from_ref(quota), cost, op)
+        .await
+        .unwrap()
+        .binding()
 }
 
 fn manual() -> (ManualClock, InMemoryBackend) {
@@ -43,9 +74,7 @@ fn hammer(backend: &InMemoryBackend, clock: Option<&ManualClock>, strategy: Stra
             s.spawn(|| {
                 barrier.wait();
                 for _ in 0..HITS {
-                    let d = backend
-                        .decide("traffik:t:client:http:GET:/", &quota, 1)
-                        .unwrap();
+                    let d = backend.hit(&key("client"), &quota, 1).unwrap();
                     assert_eq!(d.limit, LIMIT);
                     if d.allowed {
                         admitted.fetch_add(1, Ordering::Relaxed);
@@ -88,7 +117,7 @@ fn hammer(backend: &InMemoryBackend, clock: Option<&ManualClock>, strategy: Stra
 
 #[test]
 fn exact_under_os_thread_contention_with_a_ticking_manual_clock() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let (clock, backend) = manual();
         hammer(&backend, Some(&clock), strategy);
     }
@@ -96,7 +125,7 @@ fn exact_under_os_thread_contention_with_a_ticking_manual_clock() {
 
 #[test]
 fn exact_under_os_thread_contention_with_the_system_clock() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         hammer(&InMemoryBackend::new(), None, strategy);
     }
 }
@@ -104,7 +133,7 @@ fn exact_under_os_thread_contention_with_the_system_clock() {
 #[test]
 fn exact_with_a_single_shard_and_many_keys() {
     // Every key on one lock: per-key counts still exact.
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let backend = InMemoryBackend::builder()
             .clock(ManualClock::new())
             .shards(1)
@@ -117,7 +146,11 @@ fn exact_with_a_single_shard_and_many_keys() {
                 s.spawn(move || {
                     for i in 0..400 {
                         let k = (i + t) % 4;
-                        if backend.decide(&format!("k{k}"), quota, 1).unwrap().allowed {
+                        if backend
+                            .hit(&key(&format!("k{k}")), quota, 1)
+                            .unwrap()
+                            .allowed
+                        {
                             admitted[k].fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -133,7 +166,7 @@ fn exact_with_a_single_shard_and_many_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exact_under_tokio_tasks_through_the_trait() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let (clock, backend) = manual();
         let backend: Arc<dyn ThrottleBackend> = Arc::new(backend);
         let quota = quota("1000/d", strategy);
@@ -143,7 +176,7 @@ async fn exact_under_tokio_tasks_through_the_trait() {
             tasks.push(tokio::spawn(async move {
                 let mut admitted = 0u64;
                 for i in 0..HITS {
-                    let d = backend.hit("traffik:ws:client", &quota, 1).await.unwrap();
+                    let d = through_trait(&*backend, "client", &quota, 1, Op::Hit).await;
                     admitted += u64::from(d.allowed);
                     if i % 7 == 0 {
                         clock.advance(Duration::from_micros(3));
@@ -159,7 +192,7 @@ async fn exact_under_tokio_tasks_through_the_trait() {
         }
         assert_eq!(admitted, LIMIT, "{strategy}");
         // Peeks through the trait agree: nothing left.
-        let d = backend.peek("traffik:ws:client", &quota, 1).await.unwrap();
+        let d = through_trait(&*backend, "client", &quota, 1, Op::Peek).await;
         assert!(!d.allowed, "{strategy}");
         assert_eq!(d.remaining, 0, "{strategy}");
     }
@@ -167,7 +200,7 @@ async fn exact_under_tokio_tasks_through_the_trait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn costs_above_one_are_exact_under_contention() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let (_clock, backend) = manual();
         let quota = quota("999/d", strategy);
         let mut tasks = Vec::new();
@@ -176,9 +209,8 @@ async fn costs_above_one_are_exact_under_contention() {
             tasks.push(tokio::spawn(async move {
                 let mut units = 0u64;
                 for _ in 0..200 {
-                    if ThrottleBackend::hit(&backend, "key", &quota, 3)
+                    if through_trait(&backend, "key", &quota, 3, Op::Hit)
                         .await
-                        .unwrap()
                         .allowed
                     {
                         units += 3;
@@ -197,13 +229,13 @@ async fn costs_above_one_are_exact_under_contention() {
 
 #[test]
 fn purge_expired_reclaims_expired_keys() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let (clock, backend) = manual();
         let quota = quota("5/10s", strategy);
         for i in 0..500 {
             assert!(
                 backend
-                    .decide(&format!("old{i}"), &quota, 1)
+                    .hit(&key(&format!("old{i}")), &quota, 1)
                     .unwrap()
                     .allowed
             );
@@ -213,7 +245,7 @@ fn purge_expired_reclaims_expired_keys() {
         for i in 0..100 {
             assert!(
                 backend
-                    .decide(&format!("new{i}"), &quota, 1)
+                    .hit(&key(&format!("new{i}")), &quota, 1)
                     .unwrap()
                     .allowed
             );
@@ -223,7 +255,7 @@ fn purge_expired_reclaims_expired_keys() {
         backend.purge_expired();
         assert_eq!(backend.len(), 100, "{strategy}: only the live keys remain");
         // A reclaimed key starts afresh.
-        let d = backend.decide("old0", &quota, 1).unwrap();
+        let d = backend.hit(&key("old0"), &quota, 1).unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 4, "{strategy}");
         forget(&clock, &quota);
@@ -242,14 +274,14 @@ fn expired_keys_are_reclaimed_by_use_alone() {
         .build();
     let quota = quota("3/2s", Strategy::SlidingWindowLog);
     for i in 0..1000 {
-        backend.decide(&format!("old{i}"), &quota, 1).unwrap();
+        backend.hit(&key(&format!("old{i}")), &quota, 1).unwrap();
     }
     assert_eq!(backend.len(), 1000);
     // Past the period and the sweep interval, hits on other keys sweep the
     // shards they land on; 2000 keys touch all 64 shards.
     clock.advance(Duration::from_secs(3));
     for i in 0..2000 {
-        backend.decide(&format!("new{i}"), &quota, 1).unwrap();
+        backend.hit(&key(&format!("new{i}")), &quota, 1).unwrap();
     }
     assert_eq!(backend.len(), 2000);
 }
@@ -267,7 +299,9 @@ fn memory_stays_bounded_under_a_stream_of_new_keys() {
     for step in 0..2000 {
         clock.advance(Duration::from_millis(10));
         for i in 0..50 {
-            backend.decide(&format!("k{step}:{i}"), &quota, 1).unwrap();
+            backend
+                .hit(&key(&format!("k{step}:{i}")), &quota, 1)
+                .unwrap();
         }
         peak = peak.max(backend.len());
     }
@@ -280,15 +314,13 @@ fn memory_stays_bounded_under_a_stream_of_new_keys() {
 
 /// What a hit on `key` would leave: `limit - 1` for a key the backend does
 /// not hold (or holds fresh), less for one it counts.
-fn remaining_after_peek(backend: &InMemoryBackend, key: &str, quota: &Quota) -> u64 {
-    futures_executor(ThrottleBackend::peek(backend, key, quota, 1))
-        .unwrap()
-        .remaining
+fn remaining_after_peek(backend: &InMemoryBackend, identity: &str, quota: &Quota) -> u64 {
+    futures_executor(through_trait(backend, identity, quota, 1, Op::Peek)).remaining
 }
 
 #[test]
 fn key_cap_drops_the_keys_closest_to_their_reset() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let clock = ManualClock::starting_at(Duration::from_secs(7));
         // One shard: the eviction order is the whole backend's.
         let backend = InMemoryBackend::builder()
@@ -305,7 +337,12 @@ fn key_cap_drops_the_keys_closest_to_their_reset() {
                 clock.advance(Duration::from_secs(10));
             }
             clock.advance(Duration::from_millis(10));
-            assert!(backend.decide(&format!("k{i}"), &quota, 1).unwrap().allowed);
+            assert!(
+                backend
+                    .hit(&key(&format!("k{i}")), &quota, 1)
+                    .unwrap()
+                    .allowed
+            );
         }
         assert_eq!(backend.len(), 100);
         for i in 0..100 {
@@ -313,7 +350,7 @@ fn key_cap_drops_the_keys_closest_to_their_reset() {
         }
         // The 101st key is counted: the backend drops an eighth of its keys
         // (13), those closest to their reset, to make room.
-        assert!(backend.decide("new", &quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key("new"), &quota, 1).unwrap().allowed);
         assert_eq!(backend.len(), 88, "{strategy}");
         let dropped: Vec<usize> = (0..100)
             .filter(|i| remaining_after_peek(&backend, &format!("k{i}"), &quota) == 1)
@@ -327,24 +364,24 @@ fn key_cap_drops_the_keys_closest_to_their_reset() {
         assert_eq!(dropped, expected, "{strategy}");
         // The new key and the kept keys are counted.
         assert!(
-            !backend.decide("new", &quota, 2).unwrap().allowed,
+            !backend.hit(&key("new"), &quota, 2).unwrap().allowed,
             "{strategy}"
         );
-        assert!(backend.decide("new", &quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key("new"), &quota, 1).unwrap().allowed);
         assert!(
-            !backend.decide("new", &quota, 1).unwrap().allowed,
+            !backend.hit(&key("new"), &quota, 1).unwrap().allowed,
             "{strategy}"
         );
-        assert!(backend.decide("k99", &quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key("k99"), &quota, 1).unwrap().allowed);
         assert!(
-            !backend.decide("k99", &quota, 1).unwrap().allowed,
+            !backend.hit(&key("k99"), &quota, 1).unwrap().allowed,
             "{strategy}"
         );
 
         // Through the async entry point too, and never past the cap.
         for i in 0..200 {
             let key = format!("more{i}");
-            let d = futures_executor(ThrottleBackend::hit(&backend, &key, &quota, 1)).unwrap();
+            let d = futures_executor(through_trait(&backend, &key, &quota, 1, Op::Hit));
             assert!(d.allowed, "{strategy}: {key}");
             assert!(backend.len() <= 100, "{strategy}: {}", backend.len());
         }
@@ -362,9 +399,9 @@ fn hits_left_after_a_flood(strategy: Strategy, later: Duration) -> u64 {
         .build();
     let quota = quota("10/min", strategy);
     for _ in 0..10 {
-        assert!(backend.decide("spent", &quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key("spent"), &quota, 1).unwrap().allowed);
     }
-    assert!(!backend.decide("spent", &quota, 1).unwrap().allowed);
+    assert!(!backend.hit(&key("spent"), &quota, 1).unwrap().allowed);
     clock.advance(later);
     for i in 0..20_000 {
         if i % 100 == 0 {
@@ -372,14 +409,14 @@ fn hits_left_after_a_flood(strategy: Strategy, later: Duration) -> u64 {
         }
         assert!(
             backend
-                .decide(&format!("flood{i}"), &quota, 1)
+                .hit(&key(&format!("flood{i}")), &quota, 1)
                 .unwrap()
                 .allowed
         );
         assert!(backend.len() <= 1_000);
     }
     (0..20)
-        .take_while(|_| backend.decide("spent", &quota, 1).unwrap().allowed)
+        .take_while(|_| backend.hit(&key("spent"), &quota, 1).unwrap().allowed)
         .count() as u64
 }
 
@@ -436,7 +473,7 @@ fn key_cap_holds_under_contention() {
                 barrier.wait();
                 for i in 0..1_000 {
                     // Every new key is stored (room is made for it)...
-                    let d = backend.decide(&format!("t{t}:{i}"), quota, 1).unwrap();
+                    let d = backend.hit(&key(&format!("t{t}:{i}")), quota, 1).unwrap();
                     assert!(d.allowed);
                     // ...and the count never passes the cap.
                     assert!(backend.len() <= 100, "len {}", backend.len());
@@ -467,15 +504,15 @@ async fn reset_clears_every_key() {
     let (_clock, backend) = manual();
     let quota = quota("1/min", Strategy::FixedWindow);
     for i in 0..10 {
-        backend.decide(&format!("k{i}"), &quota, 1).unwrap();
+        backend.hit(&key(&format!("k{i}")), &quota, 1).unwrap();
     }
-    assert!(!backend.decide("k0", &quota, 1).unwrap().allowed);
+    assert!(!backend.hit(&key("k0"), &quota, 1).unwrap().allowed);
     backend.reset().await.unwrap();
     assert_eq!(backend.len(), 0);
-    assert!(backend.decide("k0", &quota, 1).unwrap().allowed);
+    assert!(backend.hit(&key("k0"), &quota, 1).unwrap().allowed);
     ThrottleBackend::reset(&backend).await.unwrap();
     assert!(backend.is_empty());
-    assert!(backend.decide("k0", &quota, 1).unwrap().allowed);
+    assert!(backend.hit(&key("k0"), &quota, 1).unwrap().allowed);
 }
 
 #[tokio::test]
@@ -484,16 +521,16 @@ async fn lifecycle_of_a_non_persistent_backend() {
     let backend = InMemoryBackend::builder().clock(clock).build();
     assert!(!ThrottleBackend::persistent(&backend));
     let quota = quota("1/min", Strategy::Gcra);
-    backend.decide("a", &quota, 1).unwrap();
+    backend.hit(&key("a"), &quota, 1).unwrap();
     backend.initialize().await.unwrap();
     assert_eq!(backend.len(), 0);
-    assert!(backend.decide("a", &quota, 1).unwrap().allowed);
+    assert!(backend.hit(&key("a"), &quota, 1).unwrap().allowed);
     backend.close().await.unwrap();
     assert_eq!(backend.len(), 0);
-    backend.decide("a", &quota, 1).unwrap();
+    backend.hit(&key("a"), &quota, 1).unwrap();
     ThrottleBackend::initialize(&backend).await.unwrap();
     assert_eq!(backend.len(), 0);
-    backend.decide("a", &quota, 1).unwrap();
+    backend.hit(&key("a"), &quota, 1).unwrap();
     ThrottleBackend::close(&backend).await.unwrap();
     assert_eq!(backend.len(), 0);
 }
@@ -506,20 +543,20 @@ async fn lifecycle_of_a_persistent_backend() {
         .build();
     assert!(ThrottleBackend::persistent(&backend));
     let quota = quota("1/min", Strategy::SlidingWindowLog);
-    backend.decide("a", &quota, 1).unwrap();
+    backend.hit(&key("a"), &quota, 1).unwrap();
     backend.initialize().await.unwrap();
     backend.close().await.unwrap();
     ThrottleBackend::initialize(&backend).await.unwrap();
     ThrottleBackend::close(&backend).await.unwrap();
     assert_eq!(backend.len(), 1);
     assert!(
-        !backend.decide("a", &quota, 1).unwrap().allowed,
+        !backend.hit(&key("a"), &quota, 1).unwrap().allowed,
         "kept its count"
     );
     // reset() clears on demand, persistent or not.
     backend.reset().await.unwrap();
     assert_eq!(backend.len(), 0);
-    assert!(backend.decide("a", &quota, 1).unwrap().allowed);
+    assert!(backend.hit(&key("a"), &quota, 1).unwrap().allowed);
 }
 
 #[test]
@@ -528,19 +565,19 @@ fn instances_are_independent_and_clones_share() {
     let a = InMemoryBackend::new();
     let b = InMemoryBackend::new();
     let a2 = a.clone();
-    assert!(a.decide("key", &quota, 1).unwrap().allowed);
+    assert!(a.hit(&key("key"), &quota, 1).unwrap().allowed);
     assert!(
-        b.decide("key", &quota, 1).unwrap().allowed,
+        b.hit(&key("key"), &quota, 1).unwrap().allowed,
         "new() instances do not share"
     );
     assert!(
-        !a2.decide("key", &quota, 1).unwrap().allowed,
+        !a2.hit(&key("key"), &quota, 1).unwrap().allowed,
         "clones share"
     );
     assert_eq!(a2.len(), 1);
     assert_eq!(b.len(), 1);
     let default = InMemoryBackend::default();
-    assert!(default.decide("key", &quota, 1).unwrap().allowed);
+    assert!(default.hit(&key("key"), &quota, 1).unwrap().allowed);
     assert_eq!(a.prefix(), "traffik");
     assert_eq!(ThrottleBackend::prefix(&a), "traffik");
     let custom = InMemoryBackend::builder().prefix("myapp").build();
@@ -550,26 +587,34 @@ fn instances_are_independent_and_clones_share() {
 
 #[tokio::test]
 async fn peek_does_not_consume() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let (_clock, backend) = manual();
         let quota = quota("2/min", strategy);
         for _ in 0..5 {
-            let d = backend.peek("key", &quota, 1).await.unwrap();
+            let d = through_trait(&backend, "key", &quota, 1, Op::Peek).await;
             assert!(d.allowed, "{strategy}");
             assert_eq!(d.remaining, 1, "{strategy}: as if hit once");
         }
         assert_eq!(backend.len(), 0, "{strategy}: a peek stores nothing");
-        assert!(backend.hit("key", &quota, 1).await.unwrap().allowed);
+        assert!(
+            through_trait(&backend, "key", &quota, 1, Op::Hit)
+                .await
+                .allowed
+        );
         for _ in 0..5 {
-            let d = backend.peek("key", &quota, 1).await.unwrap();
+            let d = through_trait(&backend, "key", &quota, 1, Op::Peek).await;
             assert!(d.allowed, "{strategy}");
             assert_eq!(d.remaining, 0, "{strategy}");
         }
-        let d = backend.peek("key", &quota, 2).await.unwrap();
+        let d = through_trait(&backend, "key", &quota, 2, Op::Peek).await;
         assert!(!d.allowed, "{strategy}");
-        assert!(backend.hit("key", &quota, 1).await.unwrap().allowed);
-        let peek = backend.peek("key", &quota, 1).await.unwrap();
-        let hit = backend.hit("key", &quota, 1).await.unwrap();
+        assert!(
+            through_trait(&backend, "key", &quota, 1, Op::Hit)
+                .await
+                .allowed
+        );
+        let peek = through_trait(&backend, "key", &quota, 1, Op::Peek).await;
+        let hit = through_trait(&backend, "key", &quota, 1, Op::Hit).await;
         assert!(!peek.allowed);
         assert_eq!(peek, hit, "{strategy}: a peek predicts the next hit");
         assert_eq!(backend.len(), 1);
@@ -580,8 +625,8 @@ async fn peek_does_not_consume() {
 fn the_backend_future_is_ready_at_once() {
     let backend = InMemoryBackend::new();
     let quota = quota("1/s", Strategy::TokenBucket);
-    let ready = ThrottleBackend::hit(&backend, "k", &quota, 1).into_ready();
-    assert!(ready.expect("ready").unwrap().allowed);
+    let ready = ThrottleBackend::decide(&backend, &key("k"), &[quota], 1, Op::Hit).into_ready();
+    assert!(ready.expect("ready").unwrap().binding().allowed);
 }
 
 #[test]
@@ -589,13 +634,13 @@ fn a_key_rebuilt_with_another_strategy_starts_fresh() {
     let backend = InMemoryBackend::new();
     let bucket = quota("100/min", Strategy::TokenBucket);
     for _ in 0..100 {
-        assert!(backend.decide("k", &bucket, 1).unwrap().allowed);
+        assert!(backend.hit(&key("k"), &bucket, 1).unwrap().allowed);
     }
-    assert!(!backend.decide("k", &bucket, 1).unwrap().allowed);
+    assert!(!backend.hit(&key("k"), &bucket, 1).unwrap().allowed);
     // The same key under another strategy (a throttle rebuilt with the same
     // uid) must not read the token bucket's state as its own.
     let window = quota("100/min", Strategy::SlidingWindowCounter);
-    let decision = backend.decide("k", &window, 1).unwrap();
+    let decision = backend.hit(&key("k"), &window, 1).unwrap();
     assert!(decision.allowed, "{decision:?}");
     assert_eq!(decision.remaining, 99);
 }
@@ -608,27 +653,27 @@ async fn every_strategy_shares_one_count_of_keys_and_one_cap() {
     let backend = InMemoryBackend::builder()
         .clock(clock.clone())
         .shards(1)
-        .max_keys(Strategy::ALL.len())
+        .max_keys(STRATEGIES.len())
         .build();
-    let quotas: Vec<Quota> = Strategy::ALL
+    let quotas: Vec<Quota> = STRATEGIES
         .iter()
         .map(|&strategy| quota("1/min", strategy))
         .collect();
     for quota in &quotas {
-        assert!(backend.decide("k", quota, 1).unwrap().allowed);
-        assert!(!backend.decide("k", quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key("k"), quota, 1).unwrap().allowed);
+        assert!(!backend.hit(&key("k"), quota, 1).unwrap().allowed);
     }
-    assert_eq!(backend.len(), Strategy::ALL.len());
+    assert_eq!(backend.len(), STRATEGIES.len());
     // The cap counts logs and words alike: one more key of either kind
     // takes the place of another.
     for quota in &quotas {
-        assert!(backend.decide("other", quota, 1).unwrap().allowed);
-        assert_eq!(backend.len(), Strategy::ALL.len());
+        assert!(backend.hit(&key("other"), quota, 1).unwrap().allowed);
+        assert_eq!(backend.len(), STRATEGIES.len());
     }
     backend.reset().await.unwrap();
     assert!(backend.is_empty());
     for quota in &quotas {
-        assert!(backend.decide("k", quota, 1).unwrap().allowed);
+        assert!(backend.hit(&key("k"), quota, 1).unwrap().allowed);
     }
     forget(&clock, &quotas[0]);
     backend.purge_expired();

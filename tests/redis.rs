@@ -17,9 +17,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use traffik::backend::{InMemoryBackend, RedisBackend, ThrottleBackend};
+use traffik::backend::{InMemoryBackend, Op, RedisBackend, ThrottleBackend};
+use traffik::key::{Key, Scope};
 use traffik::strategy::State;
 use traffik::{Decision, Error, HttpThrottle, Quota, Rate, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 // ---------------------------------------------------------------- helpers
 
@@ -86,6 +96,39 @@ async fn client_conn(url: &str) -> redis::aio::MultiplexedConnection {
 
 fn quota(rate: &str, strategy: Strategy) -> Quota {
     Quota::new(rate.parse::<Rate>().unwrap(), strategy).unwrap()
+}
+
+/// The key of `identity` for the throttle `u`, counted on every route
+/// (text `{prefix}:u:{identity}:http:*`).
+fn key_of(identity: &str) -> Key<'_> {
+    Key::new("u", identity, Scope::shared())
+}
+
+/// The decision a hit would get, through the trait (what throttles call),
+/// on any backend.
+async fn peek(
+    backend: &dyn ThrottleBackend,
+    key: &Key<'_>,
+    q: &Quota,
+    cost: u64,
+) -> Result<Decision, Error> {
+    let decisions = backend
+        .decide(key, std::slice::from_ref(q), cost, Op::Peek)
+        .await?;
+    Ok(decisions.binding())
+}
+
+/// A hit through the trait, on any backend.
+async fn hit(
+    backend: &dyn ThrottleBackend,
+    key: &Key<'_>,
+    q: &Quota,
+    cost: u64,
+) -> Result<Decision, Error> {
+    let decisions = backend
+        .decide(key, std::slice::from_ref(q), cost, Op::Hit)
+        .await?;
+    Ok(decisions.binding())
 }
 
 /// A `redis-server` child on a free loopback port, killed on drop.
@@ -199,7 +242,7 @@ async fn evalsha_calls(url: &str) -> u64 {
 /// `within` (a liveness bound); `on_error` sees each failure on the way.
 async fn until_answered(
     redis: &RedisBackend,
-    key: &str,
+    key: &Key<'_>,
     q: &Quota,
     within: Duration,
     on_error: impl Fn(&Error),
@@ -309,9 +352,9 @@ async fn from_an_existing_client() {
         .build()
         .await
         .unwrap();
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     let q = quota("2/min", Strategy::TokenBucket);
-    assert!(redis.decide(&key, &q, 1).await.unwrap().allowed);
+    assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     redis.reset().await.unwrap();
 }
 
@@ -320,12 +363,12 @@ async fn quotas_too_large_for_lua_doubles_are_configuration_errors() {
     let Some(redis) = backend("too-large").await else {
         return;
     };
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     // A period past 2^50 µs (40 years): refused where the scripts decide on
     // doubles only; the token bucket and the sliding window counter switch
     // to exact integers and decide.
     let rate = Rate::new(1000, Duration::from_secs(86_400 * 365 * 40)).unwrap();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = Quota::new(rate, strategy).unwrap();
         let result = redis.hit(&key, &q, 1).await;
         if matches!(
@@ -457,13 +500,12 @@ async fn concurrent_hits_admit_exactly_the_limit_for_every_strategy() {
     };
     const LIMIT: u64 = 25;
     const CALLERS: usize = 100;
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota(&format!("{LIMIT}/day"), strategy);
-        let key = format!("{}:u:one-key:{strategy}", redis.prefix());
+        let key = Key::new("one-key", strategy.name(), Scope::shared());
         let tasks: Vec<_> = (0..CALLERS)
             .map(|_| {
                 let redis = redis.clone();
-                let key = key.clone();
                 tokio::spawn(async move { redis.hit(&key, &q, 1).await.unwrap() })
             })
             .collect();
@@ -487,9 +529,9 @@ async fn two_backends_with_one_prefix_share_the_count() {
         .await
         .unwrap();
     const LIMIT: u64 = 10;
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota(&format!("{LIMIT}/day"), strategy);
-        let key = format!("{}:u:shared:{strategy}", first.prefix());
+        let key = Key::new("shared", strategy.name(), Scope::shared());
         let mut allowed = 0;
         for i in 0..(3 * LIMIT) {
             let backend = if i % 2 == 0 { &first } else { &second };
@@ -497,7 +539,7 @@ async fn two_backends_with_one_prefix_share_the_count() {
         }
         assert_eq!(allowed, LIMIT, "{strategy}");
         // Concurrently, from both.
-        let key = format!("{key}:concurrent");
+        let key = Key::new("shared-concurrent", strategy.name(), Scope::shared());
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let backend = if i % 2 == 0 {
@@ -505,7 +547,6 @@ async fn two_backends_with_one_prefix_share_the_count() {
                 } else {
                     second.clone()
                 };
-                let key = key.clone();
                 tokio::spawn(async move { backend.hit(&key, &q, 1).await.unwrap().allowed })
             })
             .collect();
@@ -539,22 +580,23 @@ async fn burst_sequences_match_the_in_memory_backend() {
     ];
     let costs = [1, 2, 1, 9, 1, 3, 1, 1, 1, 2, 1];
     for (n, q) in cases.iter().enumerate() {
-        let key = format!("{}:u:burst-{n}:s", redis.prefix());
+        let identity = format!("burst-{n}");
+        let key = key_of(&identity);
         for (i, &cost) in costs.iter().enumerate() {
-            let peek = i % 4 == 3;
-            let (from_redis, from_memory) = if peek {
+            let peeked = i % 4 == 3;
+            let (from_redis, from_memory) = if peeked {
                 (
-                    redis.peek(&key, q, cost).await.unwrap(),
-                    memory.peek(&key, q, cost).await.unwrap(),
+                    peek(&redis, &key, q, cost).await.unwrap(),
+                    peek(&memory, &key, q, cost).await.unwrap(),
                 )
             } else {
                 (
-                    redis.hit(&key, q, cost).await.unwrap(),
-                    memory.hit(&key, q, cost).await.unwrap(),
+                    hit(&redis, &key, q, cost).await.unwrap(),
+                    hit(&memory, &key, q, cost).await.unwrap(),
                 )
             };
             let what = format!(
-                "{:?} {} step {i} cost {cost} peek {peek}",
+                "{:?} {} step {i} cost {cost} peek {peeked}",
                 q.strategy(),
                 q.rate()
             );
@@ -578,6 +620,55 @@ async fn burst_sequences_match_the_in_memory_backend() {
             );
         }
     }
+    redis.close().await.unwrap();
+}
+
+/// Several rates (`.rates([..])`), all or nothing, give the in-memory
+/// backend's answers: each rate's decision, in order, and a hit refused by
+/// one rate counted on none.
+#[tokio::test]
+async fn several_rates_match_the_in_memory_backend() {
+    let Some(redis) = backend("rates").await else {
+        return;
+    };
+    let memory = InMemoryBackend::builder().prefix(redis.prefix()).build();
+    for strategy in STRATEGIES {
+        let quotas = [quota("2/hour", strategy), quota("3/day", strategy)];
+        let key = Key::new("rates", strategy.name(), Scope::shared());
+        for (step, cost) in [1, 1, 1, 2, 1].into_iter().enumerate() {
+            let from_redis = redis
+                .decide(&key, &quotas, cost, Op::Hit)
+                .await
+                .unwrap_or_else(|error| panic!("{strategy} step {step}: {error}"));
+            let from_memory = memory.decide(&key, &quotas, cost, Op::Hit).unwrap();
+            let summary = |decisions: &traffik::strategy::Decisions| {
+                decisions
+                    .iter()
+                    .map(|d| (d.allowed, d.remaining, d.limit))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                summary(&from_redis),
+                summary(&from_memory),
+                "{strategy} step {step}"
+            );
+        }
+    }
+    // Through a throttle: it builds, and its hits are decided.
+    let t = HttpThrottle::builder()
+        .uid("rates-throttle")
+        .rates(["2/min", "3/hour"])
+        .backend(redis.clone())
+        .build()
+        .unwrap();
+    let req = http::Request::get("/r")
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [10, 0, 0, 7],
+            1,
+        ))))
+        .body(())
+        .unwrap();
+    assert_eq!(t.hit(&req).await.unwrap().remaining, 1);
     redis.close().await.unwrap();
 }
 
@@ -606,6 +697,7 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
         }
         Strategy::SlidingWindowLog => include_str!("../src/backend/redis/sliding_window_log.lua"),
         Strategy::Gcra => include_str!("../src/backend/redis/gcra.lua"),
+        other => panic!("no script for {other:?}"),
     };
     let mut conn = client_conn(&redis_url()).await;
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
@@ -617,7 +709,7 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
     };
     let rates = ["3/s", "5/2s", "10/min", "7/300ms", "1/s", "4/1500ms"];
     let mut steps = 0;
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let script = redis::Script::new(&format!("{prelude}\n{}", body(strategy)));
         // Each strategy's largest quotas (see RedisBackend's docs), where the
         // scripts' numbers come closest to 2^53 or pass it. Odd limits (and
@@ -648,6 +740,7 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
             ],
             Strategy::Gcra | Strategy::FixedWindow => &["10000019/day"],
             Strategy::SlidingWindowLog => &[],
+            other => panic!("no edge cases for {other:?}"),
         };
         for (r, rate) in rates.iter().chain(edge).copied().enumerate() {
             let mut quotas = vec![quota(rate, strategy)];
@@ -726,7 +819,7 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
                         }
                     }
                     invocation.arg(now / 1_000_000).arg(now % 1_000_000);
-                    let [allowed, remaining, reset, retry]: [i64; 4] =
+                    let [allowed, remaining, reset, retry, at]: [i64; 5] =
                         invocation.invoke_async(&mut conn).await.unwrap();
                     let got = Decision {
                         allowed: allowed == 1,
@@ -745,6 +838,8 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
                         q.capacity()
                     );
                     assert_eq!(got, expected, "{what}");
+                    // The decision's time, for a refund of the hit.
+                    assert_eq!(at as u64, now, "{what}");
                     // The stored state too, digit for digit, where the two
                     // words are stored as numbers.
                     let words = matches!(
@@ -890,9 +985,9 @@ async fn short_periods_refill_after_retry_after() {
         return;
     };
     let mut conn = client_conn(&redis_url()).await;
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("3/300ms", strategy);
-        let key = format!("{}:u:refill:{strategy}", redis.prefix());
+        let key = Key::new("refill", strategy.name(), Scope::shared());
         let mut last = None;
         for _ in 0..3 {
             let d = redis.hit(&key, &q, 1).await.unwrap();
@@ -908,7 +1003,7 @@ async fn short_periods_refill_after_retry_after() {
             "{strategy}: {denied:?}"
         );
         // Redis keeps the key, expiring when the state is fresh again.
-        let stored = redis.storage_key(&key, strategy);
+        let stored = redis.storage_key(&key.text(redis.prefix()), strategy);
         let pttl: i64 = redis::cmd("PTTL")
             .arg(&stored)
             .query_async(&mut conn)
@@ -923,14 +1018,14 @@ async fn short_periods_refill_after_retry_after() {
         if strategy == Strategy::SlidingWindowCounter && denied.retry_after == q.rate().period() {
             // The one capped case (see `Strategy`): a full previous window
             // can still weigh in after one period; wait out the rest.
-            let again = redis.peek(&key, &q, 1).await.unwrap();
+            let again = peek(&redis, &key, &q, 1).await.unwrap();
             tokio::time::sleep(again.retry_after + Duration::from_millis(15)).await;
         }
         assert!(
             redis.hit(&key, &q, 1).await.unwrap().allowed,
             "{strategy} after retry_after"
         );
-        let reset = redis.peek(&key, &q, 1).await.unwrap().reset_after;
+        let reset = peek(&redis, &key, &q, 1).await.unwrap().reset_after;
         tokio::time::sleep(reset + Duration::from_millis(20)).await;
         let exists: i64 = redis::cmd("EXISTS")
             .arg(&stored)
@@ -938,7 +1033,7 @@ async fn short_periods_refill_after_retry_after() {
             .await
             .unwrap();
         assert_eq!(exists, 0, "{strategy}: the key expired after reset_after");
-        let fresh = redis.peek(&key, &q, 1).await.unwrap();
+        let fresh = peek(&redis, &key, &q, 1).await.unwrap();
         assert_eq!(
             fresh.remaining, 2,
             "{strategy}: full again (peek of cost 1)"
@@ -953,11 +1048,11 @@ async fn peek_never_writes() {
         return;
     };
     let mut conn = client_conn(&redis_url()).await;
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("4/min", strategy);
-        let key = format!("{}:u:peek:{strategy}", redis.prefix());
-        let stored = redis.storage_key(&key, strategy);
-        let first = redis.peek(&key, &q, 1).await.unwrap();
+        let key = Key::new("peek", strategy.name(), Scope::shared());
+        let stored = redis.storage_key(&key.text(redis.prefix()), strategy);
+        let first = peek(&redis, &key, &q, 1).await.unwrap();
         assert!(first.allowed, "{strategy}");
         assert_eq!(first.remaining, 3, "{strategy}");
         let exists: i64 = redis::cmd("EXISTS")
@@ -968,7 +1063,7 @@ async fn peek_never_writes() {
         assert_eq!(exists, 0, "{strategy}: peek created no key");
         redis.hit(&key, &q, 2).await.unwrap();
         for _ in 0..3 {
-            let peeked = redis.peek(&key, &q, 1).await.unwrap();
+            let peeked = peek(&redis, &key, &q, 1).await.unwrap();
             assert!(peeked.allowed, "{strategy}");
             assert_eq!(peeked.remaining, 1, "{strategy}");
         }
@@ -1012,8 +1107,8 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
     let q = quota("5/min", Strategy::TokenBucket);
     for i in 0..2500 {
         // Enough keys for several SCAN batches.
-        let key = format!("{prefix}:u:{i}:s");
-        redis.hit(&key, &q, 1).await.unwrap();
+        let identity = i.to_string();
+        redis.hit(&key_of(&identity), &q, 1).await.unwrap();
     }
     // Counts this backend's own keys (`{prefix}:{...}`).
     let count = |conn: &mut redis::aio::MultiplexedConnection, pattern: String| {
@@ -1057,14 +1152,14 @@ async fn non_persistent_reset_removes_only_its_own_prefix() {
         assert_eq!(exists, 1, "{key} survives");
     }
     // reset() and close() clear too.
-    redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
+    redis.hit(&key_of("a"), &q, 1).await.unwrap();
     again.reset().await.unwrap();
     assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 0);
-    redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
+    redis.hit(&key_of("a"), &q, 1).await.unwrap();
     again.close().await.unwrap();
     assert_eq!(count(&mut conn, format!("{prefix}:{{*")).await, 0);
     // A persistent backend keeps its keys on build and close.
-    redis.hit(&format!("{prefix}:u:a:s"), &q, 1).await.unwrap();
+    redis.hit(&key_of("a"), &q, 1).await.unwrap();
     let persistent = RedisBackend::builder(url.clone())
         .prefix(prefix.clone())
         .build()
@@ -1101,12 +1196,12 @@ async fn glob_characters_in_the_prefix_match_only_themselves() {
         .await
         .unwrap();
     let q = quota("5/min", Strategy::FixedWindow);
-    let key = |b: &RedisBackend| format!("{}:u:k:s", b.prefix());
-    star.hit(&key(&star), &q, 1).await.unwrap();
-    plain.hit(&key(&plain), &q, 1).await.unwrap();
+    let key = key_of("k");
+    star.hit(&key, &q, 1).await.unwrap();
+    plain.hit(&key, &q, 1).await.unwrap();
     star.reset().await.unwrap();
-    assert_eq!(plain.peek(&key(&plain), &q, 1).await.unwrap().remaining, 3);
-    assert_eq!(star.peek(&key(&star), &q, 1).await.unwrap().remaining, 4);
+    assert_eq!(peek(&plain, &key, &q, 1).await.unwrap().remaining, 3);
+    assert_eq!(peek(&star, &key, &q, 1).await.unwrap().remaining, 4);
     plain.reset().await.unwrap();
 }
 
@@ -1116,8 +1211,8 @@ async fn script_flush_is_recovered_from() {
         return;
     };
     let mut conn = client_conn(&redis_url()).await;
-    let key = |strategy| format!("{}:u:flush:{strategy}", redis.prefix());
-    for strategy in Strategy::ALL {
+    let key = |strategy: Strategy| Key::new("flush", strategy.name(), Scope::shared());
+    for strategy in STRATEGIES {
         let q = quota("5/min", strategy);
         assert!(redis.hit(&key(strategy), &q, 1).await.unwrap().allowed);
     }
@@ -1128,7 +1223,7 @@ async fn script_flush_is_recovered_from() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("5/min", strategy);
         let d = redis.hit(&key(strategy), &q, 1).await.unwrap();
         assert!(d.allowed, "{strategy}");
@@ -1152,12 +1247,11 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
         .await
         .unwrap();
     let q = quota("1000000/min", Strategy::TokenBucket);
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     // Load from 8 callers while the server dies.
     let load: Vec<_> = (0..8)
         .map(|_| {
             let redis = redis.clone();
-            let key = key.clone();
             tokio::spawn(async move {
                 let mut errors = 0;
                 let deadline = Instant::now() + Duration::from_millis(600);
@@ -1201,7 +1295,7 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
     server.restart().await;
     until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
     // The scripts were lost with the server: NOSCRIPT is recovered from.
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("5/min", strategy);
         assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
     }
@@ -1220,13 +1314,12 @@ async fn a_server_that_stops_answering_times_out() {
         .await
         .unwrap();
     let q = quota("100/min", Strategy::Gcra);
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     server.signal("-STOP");
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let redis = redis.clone();
-            let key = key.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let result = redis.hit(&key, &q, 1).await;
@@ -1352,7 +1445,7 @@ async fn proxied(
     test: &str,
     timeout: Duration,
     breaker: Duration,
-) -> Option<(Server, Proxy, RedisBackend, String, Quota)> {
+) -> Option<(Server, Proxy, RedisBackend, Key<'static>, Quota)> {
     let server = Server::start().await?;
     let proxy = Proxy::start(server.port).await;
     let redis = RedisBackend::builder(proxy.url())
@@ -1364,7 +1457,7 @@ async fn proxied(
         .await
         .unwrap();
     let q = quota("1000000/min", Strategy::TokenBucket);
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     Some((server, proxy, redis, key, q))
 }
@@ -1417,7 +1510,7 @@ async fn timeouts_in_flight_on_a_silent_connection_replace_it_once() {
     // long after the first replacement is done.
     let in_flight: Vec<_> = (0..60u64)
         .map(|i| {
-            let (redis, key) = (redis.clone(), key.clone());
+            let redis = redis.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(5 * i)).await;
                 redis.hit(&key, &q, 1).await
@@ -1451,7 +1544,7 @@ async fn a_replacement_dropped_with_its_runtime_does_not_block_the_next() {
     // A hit times out on a short-lived runtime, which starts the
     // replacement there and is shut down at once.
     std::thread::spawn({
-        let (redis, key) = (redis.clone(), key.clone());
+        let redis = redis.clone();
         move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -1480,7 +1573,7 @@ async fn one_lost_connection_does_not_open_the_breaker() {
         .await
         .unwrap();
     let q = quota("1000000/min", Strategy::Gcra);
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     let mut admin = client_conn(&server.url()).await;
     let killed: i64 = redis::cmd("CLIENT")
@@ -1514,7 +1607,7 @@ async fn hits_fail_at_once_while_redis_is_unreachable() {
         .await
         .unwrap();
     let q = quota("1000000/min", Strategy::Gcra);
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     server.kill();
     // The first hits find out (a lost connection, then a refusal or a
@@ -1563,7 +1656,7 @@ async fn a_zero_circuit_breaker_sends_every_hit_to_redis() {
         .await
         .unwrap();
     let q = quota("1000000/min", Strategy::Gcra);
-    let key = format!("{}:u:k:s", redis.prefix());
+    let key = key_of("k");
     assert!(redis.hit(&key, &q, 1).await.unwrap().allowed);
     server.kill();
     for _ in 0..3 {
@@ -1583,22 +1676,21 @@ async fn long_identities_are_counted_under_short_keys() {
         return;
     };
     let q = quota("2/min", Strategy::FixedWindow);
-    let key = |fill: char| {
-        format!(
-            "{}:api:{}:http:GET:/",
-            redis.prefix(),
-            fill.to_string().repeat(300_000)
-        )
-    };
-    for fill in ['a', 'b'] {
-        assert!(redis.hit(&key(fill), &q, 1).await.unwrap().allowed);
-        assert!(redis.hit(&key(fill), &q, 1).await.unwrap().allowed);
+    let identities = ['a', 'b'].map(|fill| fill.to_string().repeat(300_000));
+    let key = |identity| Key::new("api", identity, Scope::http(&http::Method::GET, "/"));
+    for identity in &identities {
+        assert!(redis.hit(&key(identity), &q, 1).await.unwrap().allowed);
+        assert!(redis.hit(&key(identity), &q, 1).await.unwrap().allowed);
         assert!(
-            !redis.hit(&key(fill), &q, 1).await.unwrap().allowed,
-            "{fill}"
+            !redis.hit(&key(identity), &q, 1).await.unwrap().allowed,
+            "{}",
+            &identity[..1]
         );
     }
-    let stored = redis.storage_key(&key('a'), Strategy::FixedWindow);
+    let stored = redis.storage_key(
+        &key(&identities[0]).text(redis.prefix()),
+        Strategy::FixedWindow,
+    );
     assert!(stored.len() < 300, "{}", stored.len());
     let mut conn = client_conn(&redis_url()).await;
     let exists: bool = redis::cmd("EXISTS")
@@ -1625,7 +1717,7 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
         .await
         .unwrap();
     let q = quota("2/500ms", Strategy::FixedWindow);
-    let key = format!("{}:u:k:s", cached.prefix());
+    let key = key_of("k");
     let before = evalsha_calls(&url).await;
     assert!(cached.hit(&key, &q, 1).await.unwrap().allowed);
     assert!(cached.hit(&key, &q, 1).await.unwrap().allowed);
@@ -1643,7 +1735,7 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
     assert_eq!(evalsha_calls(&url).await - before, 3, "answered locally");
     // Another cost or another key still asks Redis.
     assert!(!cached.hit(&key, &q, 2).await.unwrap().allowed);
-    assert!(cached.hit(&format!("{key}2"), &q, 1).await.unwrap().allowed);
+    assert!(cached.hit(&key_of("k2"), &q, 1).await.unwrap().allowed);
     assert_eq!(evalsha_calls(&url).await - before, 5);
     // After retry_after, the key is allowed again (asked to Redis).
     tokio::time::sleep(denied.retry_after + Duration::from_millis(10)).await;
@@ -1661,7 +1753,7 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
         .build()
         .await
         .unwrap();
-    let key = format!("{}:u:k:s", plain.prefix());
+    let key = key_of("k");
     let before = evalsha_calls(&url).await;
     for _ in 0..10 {
         plain.hit(&key, &q, 1).await.unwrap();
@@ -1705,14 +1797,14 @@ async fn the_documented_acl_is_enough() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("2/min", strategy);
-        let key = format!("{prefix}:u:k:{strategy}");
+        let key = Key::new("u", strategy.name(), Scope::shared());
         assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
         assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
         assert!(!redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
         assert!(
-            !redis.peek(&key, &q, 1).await.unwrap().allowed,
+            !peek(&redis, &key, &q, 1).await.unwrap().allowed,
             "{strategy}"
         );
     }
@@ -1725,11 +1817,7 @@ async fn the_documented_acl_is_enough() {
         .await
         .unwrap();
     let error = outside
-        .hit(
-            &format!("{prefix}-other:u:k:s"),
-            &quota("2/min", Strategy::Gcra),
-            1,
-        )
+        .hit(&key_of("k"), &quota("2/min", Strategy::Gcra), 1)
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Backend(_)), "{error}");

@@ -14,8 +14,31 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use traffik::backend::{RedisBackend, ThrottleBackend};
-use traffik::{Quota, Rate, Strategy};
+use traffik::backend::{Op, RedisBackend, ThrottleBackend};
+use traffik::key::{Key, Scope};
+use traffik::{Decision, Error, Quota, Rate, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
+
+/// The key of `identity` for the throttle `u`, counted on every route
+/// (text `{prefix}:u:{identity}:http:*`).
+fn key_of(identity: &str) -> Key<'_> {
+    Key::new("u", identity, Scope::shared())
+}
+
+/// The decision a hit would get (through the trait, as throttles ask).
+async fn peek(redis: &RedisBackend, key: &Key<'_>, q: &Quota) -> Result<Decision, Error> {
+    let decisions =
+        ThrottleBackend::decide(redis, key, std::slice::from_ref(q), 1, Op::Peek).await?;
+    Ok(decisions.binding())
+}
 
 fn cluster_urls() -> Vec<String> {
     std::env::var("REDIS_CLUSTER_URLS")
@@ -123,16 +146,20 @@ async fn concurrent_hits_admit_exactly_the_limit_for_every_strategy() {
         return;
     };
     const LIMIT: u64 = 20;
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota(&format!("{LIMIT}/day"), strategy);
         // Several keys, so that several slots (and nodes) are exercised.
         for k in 0..6 {
-            let key = format!("{}:u:key-{k}:{strategy}", redis.prefix());
+            let identity = format!("key-{k}-{strategy}");
+            let key = key_of(&identity);
             let tasks: Vec<_> = (0..64)
                 .map(|_| {
                     let redis = redis.clone();
-                    let key = key.clone();
-                    tokio::spawn(async move { redis.hit(&key, &q, 1).await.unwrap().allowed })
+                    let identity = identity.clone();
+                    tokio::spawn(async move {
+                        let key = key_of(&identity);
+                        redis.hit(&key, &q, 1).await.unwrap().allowed
+                    })
                 })
                 .collect();
             let mut allowed = 0;
@@ -140,7 +167,7 @@ async fn concurrent_hits_admit_exactly_the_limit_for_every_strategy() {
                 allowed += u64::from(task.await.unwrap());
             }
             assert_eq!(allowed, LIMIT, "{strategy} key {k}");
-            let peeked = redis.peek(&key, &q, 1).await.unwrap();
+            let peeked = peek(&redis, &key, &q).await.unwrap();
             assert!(!peeked.allowed && peeked.remaining == 0, "{strategy}");
         }
     }
@@ -157,9 +184,9 @@ async fn two_cluster_backends_share_the_count() {
         .build()
         .await
         .unwrap();
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("7/day", strategy);
-        let key = format!("{}:u:shared:{strategy}", first.prefix());
+        let key = Key::new("shared", strategy.name(), Scope::shared());
         let mut allowed = 0;
         for i in 0..20 {
             let backend = if i % 2 == 0 { &first } else { &second };
@@ -197,10 +224,8 @@ async fn reset_clears_the_prefix_on_every_master_and_nothing_else() {
     }
     let q = quota("5/min", Strategy::SlidingWindowLog);
     for i in 0..1500 {
-        redis
-            .hit(&format!("{prefix}:u:{i}:s"), &q, 1)
-            .await
-            .unwrap();
+        let identity = i.to_string();
+        redis.hit(&key_of(&identity), &q, 1).await.unwrap();
     }
     let mut total = 0;
     for master in &mut masters {
@@ -223,7 +248,7 @@ async fn reset_clears_the_prefix_on_every_master_and_nothing_else() {
     }
     assert_eq!(surviving, foreign.len(), "foreign keys survive");
     // A second non-persistent backend on the prefix clears it when built.
-    redis.hit(&format!("{prefix}:u:x:s"), &q, 1).await.unwrap();
+    redis.hit(&key_of("x"), &q, 1).await.unwrap();
     let _again = RedisBackend::cluster_builder(cluster_urls())
         .prefix(prefix.clone())
         .persistent(false)
@@ -248,15 +273,12 @@ async fn script_flush_on_every_master_is_recovered_from() {
         return;
     };
     let mut masters = masters().await;
-    let keys = |strategy| -> Vec<String> {
-        (0..4)
-            .map(|k| format!("{}:u:flush-{k}:{strategy}", redis.prefix()))
-            .collect()
-    };
-    for strategy in Strategy::ALL {
+    let identities =
+        |strategy| -> Vec<String> { (0..4).map(|k| format!("flush-{k}-{strategy}")).collect() };
+    for strategy in STRATEGIES {
         let q = quota("5/min", strategy);
-        for key in &keys(strategy) {
-            assert!(redis.hit(key, &q, 1).await.unwrap().allowed);
+        for identity in &identities(strategy) {
+            assert!(redis.hit(&key_of(identity), &q, 1).await.unwrap().allowed);
         }
     }
     // One flush per master (the tests share the cluster).
@@ -267,10 +289,10 @@ async fn script_flush_on_every_master_is_recovered_from() {
             .await
             .unwrap();
     }
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("5/min", strategy);
-        for key in &keys(strategy) {
-            let d = redis.hit(key, &q, 1).await.unwrap();
+        for identity in &identities(strategy) {
+            let d = redis.hit(&key_of(identity), &q, 1).await.unwrap();
             assert!(d.allowed, "{strategy}");
             assert_eq!(d.remaining, 3, "{strategy}");
         }
@@ -334,24 +356,22 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
             .unwrap();
     }
     // Several identities per strategy: keys on several masters.
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let q = quota("2/min", strategy);
         for client in 0..6 {
-            let key = format!("{prefix}:u:client-{client}:{strategy}");
+            let identity = format!("client-{client}-{strategy}");
+            let key = key_of(&identity);
             assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
             assert!(redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
             assert!(!redis.hit(&key, &q, 1).await.unwrap().allowed, "{strategy}");
-            assert!(
-                !redis.peek(&key, &q, 1).await.unwrap().allowed,
-                "{strategy}"
-            );
+            assert!(!peek(&redis, &key, &q).await.unwrap().allowed, "{strategy}");
         }
     }
     let mut stored = Vec::new();
     for master in &mut masters {
         stored.push(count_on(master, &format!("{prefix}:*")).await);
     }
-    assert_eq!(stored.iter().sum::<usize>(), 6 * Strategy::ALL.len());
+    assert_eq!(stored.iter().sum::<usize>(), 6 * STRATEGIES.len());
     assert!(
         stored.iter().filter(|&&n| n > 0).count() >= 2,
         "keys on several masters: {stored:?}"

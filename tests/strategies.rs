@@ -18,6 +18,15 @@ use traffik::clock::{Clock, ManualClock};
 use traffik::strategy::State;
 use traffik::{Decision, Quota, Rate, Strategy};
 
+/// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
+
 // ---------------------------------------------------------------------------
 // Exact fractions.
 
@@ -152,8 +161,8 @@ impl Model for BucketModel {
     }
 }
 
-/// A counter per window; a window opens at the first hit after the previous
-/// one ended.
+/// A counter per window; a window opens at the first counted hit after the
+/// previous one ended (a refused hit changes nothing).
 struct FixedWindowModel {
     limit: u64,
     period: u64,
@@ -181,8 +190,8 @@ impl Model for FixedWindowModel {
         };
         if allowed {
             count += cost;
+            self.window = Some((start, count));
         }
-        self.window = Some((start, count));
         Expected {
             allowed,
             remaining: self.limit - count,
@@ -357,6 +366,7 @@ fn model_for(quota: &Quota) -> Box<dyn Model> {
             capacity: quota.capacity(),
             tat: None,
         }),
+        other => panic!("no model for {other:?}"),
     }
 }
 
@@ -588,7 +598,7 @@ proptest! {
     /// The same, for every strategy, with larger limits.
     #[test]
     fn all_strategies_match_models_at_larger_limits(
-        strategy in proptest::sample::select(Strategy::ALL.to_vec()),
+        strategy in proptest::sample::select(STRATEGIES.to_vec()),
         limit in 13u64..=200,
         period in proptest::sample::select(vec![200u64, 1_000, 60_000_000]),
         start in 0u64..3_000_000,
@@ -803,7 +813,7 @@ fn gcra_huge_cost_is_denied_without_overflow() {
 
 #[test]
 fn huge_costs_never_admitted() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let quota = q("5/s", strategy);
         let mut s = State::new();
         for cost in [6, 1 << 40, u64::MAX] {
@@ -817,7 +827,7 @@ fn huge_costs_never_admitted() {
 
 #[test]
 fn cost_zero_counts_as_one() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let quota = q("1/s", strategy);
         let mut s = State::new();
         assert!(at(&quota, &mut s, 0, 0).allowed, "{strategy}");
@@ -827,7 +837,7 @@ fn cost_zero_counts_as_one() {
 
 #[test]
 fn state_round_trips_through_plain_numbers() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let quota = q("3/s", strategy);
         let mut s = State::new();
         assert!(s.is_fresh());
@@ -851,7 +861,7 @@ fn state_round_trips_through_plain_numbers() {
 /// before taking a lock) must not make a strategy panic or admit more.
 #[test]
 fn a_clock_stepping_back_does_not_panic() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let quota = q("3/s", strategy);
         let mut s = State::new();
         let mut admitted = 0;
@@ -877,7 +887,7 @@ fn a_clock_stepping_back_does_not_panic() {
 /// A dynamic rate may lower the limit of a key that already has a state.
 #[test]
 fn a_lower_limit_on_an_existing_state_does_not_panic() {
-    for strategy in Strategy::ALL {
+    for strategy in STRATEGIES {
         let high = q("10/s", strategy);
         let low = q("2/s", strategy);
         let mut s = State::new();

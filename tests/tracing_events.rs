@@ -213,7 +213,8 @@ fn a_non_standard_method_in_a_rule_is_a_warning() {
 /// follows the failure mode.
 #[tokio::test]
 async fn a_known_outage_is_a_debug_event_per_request() {
-    use traffik::backend::{BackendFuture, BoxFuture, ThrottleBackend};
+    use traffik::backend::{BackendFuture, BoxFuture, Op, ThrottleBackend};
+    use traffik::key::Key;
     use traffik::{BackendError, Error, Quota};
 
     #[derive(Clone)]
@@ -222,13 +223,10 @@ async fn a_known_outage_is_a_debug_event_per_request() {
         fn prefix(&self) -> &str {
             "down"
         }
-        fn hit(&self, _: &str, _: &Quota, _: u64) -> BackendFuture {
+        fn decide(&self, _: &Key<'_>, _: &[Quota], _: u64, _: Op) -> BackendFuture {
             BackendFuture::ready(Err(Error::Backend(BackendError::known_outage(
                 "the store is down",
             ))))
-        }
-        fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-            self.hit(key, quota, cost)
         }
         fn reset(&self) -> BoxFuture<Result<(), Error>> {
             Box::pin(async { Ok(()) })

@@ -22,12 +22,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{self, Message as TMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use traffik::backend::{BackendFuture, BoxFuture, InMemoryBackend, ThrottleBackend};
+use traffik::backend::{BackendFuture, BoxFuture, InMemoryBackend, Op, ThrottleBackend};
 use traffik::clock::ManualClock;
+use traffik::key::Key;
 use traffik::ws::GuardOptions;
 use traffik::{
-    Error, Exceeded, FailureMode, HttpThrottle, Identity, MiddlewareThrottle, Quota, Rate,
-    Strategy, ThrottleLayer, Throttled, WebSocketThrottle,
+    Error, Exceeded, FailureMode, HttpThrottle, Identity, MiddlewareThrottle, Quota, Strategy,
+    ThrottleLayer, Throttled, WebSocketThrottle,
 };
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -932,45 +933,9 @@ async fn close_policy_over_a_mock_socket() {
     }
 }
 
-#[test]
-fn dynamic_rate_is_a_configuration_error() {
-    let result = WebSocketThrottle::builder()
-        .dynamic_rate(|_: &http::request::Parts| async { Rate::per_minute(10).unwrap() })
-        .build();
-    match result {
-        Err(Error::Configuration(message)) => assert!(message.contains("dynamic_rate")),
-        other => panic!("expected a configuration error, got {other:?}"),
-    }
-}
-
-/// HTTP-only options are refused, not silently ignored; the uid is not
-/// taken by the failed build.
-#[test]
-fn http_only_options_are_configuration_errors() {
-    let headers = WebSocketThrottle::builder()
-        .uid("ws-http-only")
-        .rate("10/s")
-        .headers(traffik::RateLimitHeaders::Ietf)
-        .build();
-    let responder = WebSocketThrottle::builder()
-        .uid("ws-http-only")
-        .rate("10/s")
-        .on_throttled(|_: &traffik::Throttled| http::Response::new(String::new()))
-        .build();
-    for result in [headers, responder] {
-        match result {
-            Err(Error::Configuration(message)) => {
-                assert!(message.contains(".notice(..)"), "{message}")
-            }
-            other => panic!("expected a configuration error, got {other:?}"),
-        }
-    }
-    assert!(WebSocketThrottle::builder()
-        .uid("ws-http-only")
-        .rate("10/s")
-        .build()
-        .is_ok());
-}
+// `.dynamic_rate(..)`, `.headers(..)` and `.on_throttled(..)` are
+// HTTP-only: the WebSocket builder does not have them (compile errors,
+// checked in `tests/compile_errors.rs`).
 
 /// A backend that always fails, answering later (like a network backend).
 struct DeadBackend;
@@ -979,11 +944,8 @@ impl ThrottleBackend for DeadBackend {
     fn prefix(&self) -> &str {
         "dead"
     }
-    fn hit(&self, _: &str, _: &Quota, _: u64) -> BackendFuture {
+    fn decide(&self, _: &Key<'_>, _: &[Quota], _: u64, _: Op) -> BackendFuture {
         BackendFuture::new(async { Err(Error::backend("connection refused")) })
-    }
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.hit(key, quota, cost)
     }
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
         Box::pin(async { Ok(()) })
@@ -1076,16 +1038,13 @@ impl ThrottleBackend for SlowBackend {
     fn prefix(&self) -> &str {
         "slow"
     }
-    fn hit(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
+    fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let answer = self.memory.decide(key, quota, cost);
+        let answer = self.memory.decide(key, quotas, cost, op);
         BackendFuture::new(async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             answer
         })
-    }
-    fn peek(&self, key: &str, quota: &Quota, cost: u64) -> BackendFuture {
-        self.hit(key, quota, cost)
     }
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
         Box::pin(async { Ok(()) })
@@ -1233,7 +1192,9 @@ async fn redis_backend_gives_the_same_counts() {
             return;
         }
     };
+    // Redis is persistent: its throttles are named (a generated uid is refused).
     let ws_t = WebSocketThrottle::builder()
+        .uid("ws-redis")
         .limit(3)
         .seconds(10)
         .backend(redis.clone())

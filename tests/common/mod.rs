@@ -12,8 +12,19 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use http::{HeaderMap, Request, StatusCode};
 use tower::ServiceExt;
-use traffik::backend::{BackendFuture, BoxFuture, ThrottleBackend};
-use traffik::{Error, Quota};
+use traffik::backend::{BackendFuture, BoxFuture, Op, ThrottleBackend};
+use traffik::key::Key;
+use traffik::{Error, Quota, Strategy};
+
+/// Every strategy (`Strategy` is `#[non_exhaustive]`: the crate keeps no
+/// public list).
+pub const STRATEGIES: [Strategy; 5] = [
+    Strategy::TokenBucket,
+    Strategy::FixedWindow,
+    Strategy::SlidingWindowCounter,
+    Strategy::SlidingWindowLog,
+    Strategy::Gcra,
+];
 
 /// A socket address from `"1.2.3.4:5678"` or `"[2001:db8::1]:80"`.
 pub fn addr(text: &str) -> SocketAddr {
@@ -101,11 +112,7 @@ impl ThrottleBackend for FailingBackend {
     fn prefix(&self) -> &str {
         "failing"
     }
-    fn hit(&self, _key: &str, _quota: &Quota, _cost: u64) -> BackendFuture {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        BackendFuture::ready(Err(Error::backend("down")))
-    }
-    fn peek(&self, _key: &str, _quota: &Quota, _cost: u64) -> BackendFuture {
+    fn decide(&self, _key: &Key<'_>, _quotas: &[Quota], _cost: u64, _op: Op) -> BackendFuture {
         self.calls.fetch_add(1, Ordering::SeqCst);
         BackendFuture::ready(Err(Error::backend("down")))
     }
@@ -137,10 +144,7 @@ impl ThrottleBackend for HangingBackend {
     fn prefix(&self) -> &str {
         "hanging"
     }
-    fn hit(&self, _key: &str, _quota: &Quota, _cost: u64) -> BackendFuture {
-        self.answer()
-    }
-    fn peek(&self, _key: &str, _quota: &Quota, _cost: u64) -> BackendFuture {
+    fn decide(&self, _key: &Key<'_>, _quotas: &[Quota], _cost: u64, _op: Op) -> BackendFuture {
         self.answer()
     }
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
