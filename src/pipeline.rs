@@ -17,6 +17,7 @@ use http::request::Parts;
 
 use crate::backend::{self, BoxFuture, DynBackend, UidLease};
 use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
+use crate::reservation::CountedHit;
 use crate::response::{Policy, RateLimitInfo};
 use crate::strategy::{Decisions, Op};
 use crate::{Decision, Error, Identity, Quota, Rate, Strategy, Throttled};
@@ -108,6 +109,26 @@ pub(crate) struct Core {
     pub(crate) _uid_lease: Option<UidLease>,
 }
 
+/// What a decision is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Count a hit.
+    Hit,
+    /// Look without counting.
+    Peek,
+    /// Count a hit, keeping what a refund of it needs.
+    Reserve,
+}
+
+impl Ask {
+    fn op(self) -> Op {
+        match self {
+            Ask::Hit | Ask::Reserve => Op::Hit,
+            Ask::Peek => Op::Peek,
+        }
+    }
+}
+
 /// A part of a decision, known now or still to come.
 pub(crate) enum Soon<T, F> {
     Now(T),
@@ -133,11 +154,13 @@ pub(crate) struct OwnedInput {
 
 /// What an admitted request gets: the decision that let it through and the
 /// rate-limit headers its throttle adds.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Admitted {
     pub(crate) decision: Decision,
     /// Boxed: admissions are moved around on the hot path.
     pub(crate) headers: Option<Box<RateLimitInfo>>,
+    /// For [`Ask::Reserve`]: the hit, if one was counted.
+    pub(crate) hit: Option<Box<CountedHit>>,
 }
 
 impl Admitted {
@@ -147,6 +170,7 @@ impl Admitted {
         Admitted {
             decision: Decision::unlimited(),
             headers: None,
+            hit: None,
         }
     }
 }
@@ -242,7 +266,7 @@ impl Core {
         self: &Arc<Self>,
         input: Input<'_>,
         lent: Option<&DynBackend>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
         if let (Soon::Now(identity), Soon::Now(quotas)) = (&input.identity, &input.quotas) {
             if let Some(backend) = self.backend_now(lent) {
@@ -251,11 +275,11 @@ impl Core {
                     identity: *identity,
                     scope: input.scope,
                 };
-                return self.decide(&backend, &key, quotas, op);
+                return self.decide(&backend, &key, quotas, ask);
             }
         }
         let input = self.owned(input, lent);
-        Answer::Later(Box::pin(Arc::clone(self).decide_later(input, op)))
+        Answer::Later(Box::pin(Arc::clone(self).decide_later(input, ask)))
     }
 
     /// `input`, owned: what [`decide_later`](Core::decide_later) takes.
@@ -283,7 +307,7 @@ impl Core {
     pub(crate) async fn decide_later(
         self: Arc<Self>,
         input: OwnedInput,
-        op: Op,
+        ask: Ask,
     ) -> Result<Admitted, Error> {
         let identity = match input.identity {
             Soon::Now(identity) => identity,
@@ -304,7 +328,7 @@ impl Core {
             Err(lent) => self.resolve_backend(lent.as_ref())?,
         };
         let key = OwnedKey::new(Arc::clone(&self.uid), identity, input.scope);
-        self.decide(&backend, &key.as_key(), &quotas, op)
+        self.decide(&backend, &key.as_key(), &quotas, ask)
             .finish()
             .await
     }
@@ -316,10 +340,13 @@ impl Core {
         backend: &DynBackend,
         key: &Key<'_>,
         quotas: &Arc<[Quota]>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
-        match backend.decide(key, quotas, self.cost, op).into_ready() {
-            Ok(result) => self.settle(result, backend, key, quotas, op),
+        match backend
+            .decide(key, quotas, self.cost, ask.op())
+            .into_ready()
+        {
+            Ok(result) => self.settle(result, backend, key, quotas, ask),
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
@@ -327,7 +354,7 @@ impl Core {
                 let quotas = Arc::clone(quotas);
                 Answer::Later(Box::pin(async move {
                     let result = pending.await;
-                    core.settle(result, &backend, &key.as_key(), &quotas, op)
+                    core.settle(result, &backend, &key.as_key(), &quotas, ask)
                         .finish()
                         .await
                 }))
@@ -345,13 +372,15 @@ impl Core {
         backend: &DynBackend,
         key: &Key<'_>,
         quotas: &Arc<[Quota]>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
         match result {
-            Ok(decisions) if self.on_decision.is_none() && decisions.binding().allowed => {
+            Ok(decisions)
+                if self.on_decision.is_none() && ask == Ask::Hit && decisions.binding().allowed =>
+            {
                 Answer::Now(Ok(self.admitted(&decisions, quotas)))
             }
-            result => self.settle_rest(result, backend, key, quotas, op),
+            result => self.settle_rest(result, backend, key, quotas, ask),
         }
     }
 
@@ -362,13 +391,13 @@ impl Core {
         backend: &DynBackend,
         key: &Key<'_>,
         quotas: &Arc<[Quota]>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
         let decisions = match result {
             Ok(decisions) => decisions,
             Err(error) => return Answer::Now(self.failed(error, key, backend.prefix())),
         };
-        if op != Op::Hit {
+        if ask == Ask::Peek {
             return Answer::Now(Ok(self.admitted(&decisions, quotas)));
         }
         let decision = decisions.binding();
@@ -376,7 +405,11 @@ impl Core {
             on_decision(&decision);
         }
         if decision.allowed {
-            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+            let mut admitted = self.admitted(&decisions, quotas);
+            if ask == Ask::Reserve {
+                admitted.hit = Some(self.counted(backend, key, quotas, &decisions));
+            }
+            return Answer::Now(Ok(admitted));
         }
         if self.shadow {
             tracing::info!(
@@ -408,7 +441,7 @@ impl Core {
                 Answer::Later(Box::pin(async move {
                     let core = Arc::clone(&slot.0);
                     let admitted = core
-                        .wait_until_allowed(decision, backend, key, quotas, max)
+                        .wait_until_allowed(decision, backend, key, quotas, max, ask)
                         .await;
                     drop(slot);
                     admitted
@@ -430,6 +463,7 @@ impl Core {
         key: OwnedKey,
         quotas: Arc<[Quota]>,
         max: Duration,
+        ask: Ask,
     ) -> Result<Admitted, Error> {
         // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
         // it takes") must not overflow.
@@ -446,7 +480,11 @@ impl Core {
                 on_decision(&decision);
             }
             if decision.allowed {
-                return Ok(self.admitted(&decisions, &quotas));
+                let mut admitted = self.admitted(&decisions, &quotas);
+                if ask == Ask::Reserve {
+                    admitted.hit = Some(self.counted(&backend, &key, &quotas, &decisions));
+                }
+                return Ok(admitted);
             }
             if start.elapsed().saturating_add(decision.retry_after) > max {
                 return Err(self.throttled(&decisions, &quotas, &key, backend.prefix()));
@@ -460,7 +498,25 @@ impl Core {
             decision: decisions.binding(),
             headers: (self.policy.headers != crate::RateLimitHeaders::None)
                 .then(|| Box::new(RateLimitInfo::new(&self.policy, decisions, quotas))),
+            hit: None,
         }
+    }
+
+    /// The hit just counted, for a refund.
+    fn counted(
+        &self,
+        backend: &DynBackend,
+        key: &Key<'_>,
+        quotas: &Arc<[Quota]>,
+        decisions: &Decisions,
+    ) -> Box<CountedHit> {
+        Box::new(CountedHit {
+            backend: Arc::clone(backend),
+            key: key.owned(&self.uid),
+            quotas: Arc::clone(quotas),
+            cost: self.cost,
+            at: decisions.at(),
+        })
     }
 
     fn throttled(

@@ -78,8 +78,7 @@ use pin_project_lite::pin_project;
 
 use crate::backend::{BoxFuture, DynBackend};
 use crate::key::{Key, OwnedKey, Scope};
-use crate::pipeline::{Admitted, Answer, Core, Limit};
-use crate::strategy::Op;
+use crate::pipeline::{Admitted, Answer, Ask, Core, Limit};
 use crate::throttle::builder::HttpOnly;
 use crate::throttle::ThrottleBuilder;
 use crate::{Error, Exceeded, Identity, Quota, Throttled};
@@ -680,7 +679,7 @@ where
                             let answer =
                                 throttle
                                     .core
-                                    .decide(backend, &key.as_key(), quotas, Op::Hit);
+                                    .decide(backend, &key.as_key(), quotas, Ask::Hit);
                             match answer {
                                 Answer::Now(result) => settle(throttle, result, message),
                                 Answer::Later(check) => {

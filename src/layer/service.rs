@@ -11,12 +11,12 @@ use tower_service::Service;
 
 use super::body::{BodyMode, InnerBody};
 use super::future::{Checking, ResponseFuture, State};
-use super::LayerConfig;
+use super::{LayerConfig, MiddlewareThrottle};
 use crate::backend::BoxFuture;
 use crate::pipeline::{Admitted, Answer};
+use crate::reservation::CountedHit;
 use crate::response::{error_response, BoxBody, RateLimitInfo};
-use crate::strategy::Op;
-use crate::throttle::RequestHead;
+use crate::throttle::{RefundWhen, RequestHead};
 use crate::Error;
 
 /// A rule's decision still to be awaited.
@@ -57,19 +57,47 @@ impl<S, M> std::fmt::Debug for ThrottleService<S, M> {
 /// What the rules decided: the headers of the throttles that admitted the
 /// request, and the error of the one that refused it, if one did.
 pub(crate) struct Outcome {
-    pub(crate) headers: Vec<RateLimitInfo>,
+    pub(crate) admissions: Admissions,
     pub(crate) error: Option<Error>,
 }
 
-#[inline]
-fn record(headers: &mut Vec<RateLimitInfo>, admitted: Admitted) {
-    if let Some(info) = admitted.headers {
-        headers.push(*info);
+/// What the rules that let a request through leave for its response: their
+/// rate-limit headers, and the hits to give back if its status says so
+/// (`.refund_when(..)`).
+#[derive(Default)]
+pub(crate) struct Admissions {
+    headers: Vec<RateLimitInfo>,
+    refunds: Vec<(Box<CountedHit>, RefundWhen)>,
+}
+
+impl Admissions {
+    #[inline]
+    fn record(&mut self, admitted: Admitted, rule: &MiddlewareThrottle) {
+        if let Some(info) = admitted.headers {
+            self.headers.push(*info);
+        }
+        if let (Some(hit), Some(refund_when)) = (admitted.hit, &rule.throttle.inner.refund_when) {
+            self.refunds.push((hit, Arc::clone(refund_when)));
+        }
+    }
+
+    /// Adds the headers to the response, and gives back the hits whose
+    /// `.refund_when(..)` its status matches.
+    #[inline]
+    pub(crate) fn apply<B>(&mut self, response: &mut Response<B>) {
+        for info in &self.headers {
+            info.apply(response.headers_mut());
+        }
+        for (hit, refund_when) in self.refunds.drain(..) {
+            if refund_when(response.status()) {
+                hit.refund_in_background();
+            }
+        }
     }
 }
 
 impl LayerConfig {
-    /// Runs the rules in order, synchronously, recording header infos.
+    /// Runs the rules in order, synchronously, recording their admissions.
     /// `Ok(None)`: every matching rule allowed the request; `Ok(Some(error))`:
     /// one refused it; `Err((index, pending))`: continue asynchronously at
     /// rule `index` (a hook to await), after awaiting `pending` (the check of
@@ -77,7 +105,7 @@ impl LayerConfig {
     pub(crate) fn run_sync(
         &self,
         request: &impl RequestHead,
-        infos: &mut Vec<RateLimitInfo>,
+        admissions: &mut Admissions,
     ) -> Result<Option<Error>, (usize, Option<PendingCheck>)> {
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(request) {
@@ -89,9 +117,9 @@ impl LayerConfig {
             match rule
                 .throttle
                 .inner
-                .answer(request, self.backend.as_ref(), Op::Hit)
+                .answer(request, self.backend.as_ref(), rule.ask())
             {
-                Answer::Now(Ok(admitted)) => record(infos, admitted),
+                Answer::Now(Ok(admitted)) => admissions.record(admitted, rule),
                 Answer::Now(Err(error)) => return Ok(Some(error)),
                 Answer::Later(pending) => return Err((index + 1, Some(pending))),
             }
@@ -104,20 +132,15 @@ impl LayerConfig {
         parts: Parts,
         start: usize,
         pending: Option<PendingCheck>,
-        mut infos: Vec<RateLimitInfo>,
+        mut admissions: Admissions,
     ) -> (Parts, Outcome) {
         if let Some(pending) = pending {
             match pending.await {
-                Ok(admitted) => record(&mut infos, admitted),
+                // The check of the rule before `start`.
+                Ok(admitted) => admissions.record(admitted, &self.rules[start - 1]),
                 Err(error) => {
                     let error = Some(error);
-                    return (
-                        parts,
-                        Outcome {
-                            headers: infos,
-                            error,
-                        },
-                    );
+                    return (parts, Outcome { admissions, error });
                 }
             }
         }
@@ -133,25 +156,19 @@ impl LayerConfig {
             let answer = rule
                 .throttle
                 .inner
-                .answer(&parts, self.backend.as_ref(), Op::Hit);
+                .answer(&parts, self.backend.as_ref(), rule.ask());
             match answer.finish().await {
-                Ok(admitted) => record(&mut infos, admitted),
+                Ok(admitted) => admissions.record(admitted, rule),
                 Err(error) => {
                     let error = Some(error);
-                    return (
-                        parts,
-                        Outcome {
-                            headers: infos,
-                            error,
-                        },
-                    );
+                    return (parts, Outcome { admissions, error });
                 }
             }
         }
         (
             parts,
             Outcome {
-                headers: infos,
+                admissions,
                 error: None,
             },
         )
@@ -173,13 +190,13 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let mut infos = Vec::new();
-        match self.config.run_sync(&request, &mut infos) {
+        let mut admissions = Admissions::default();
+        match self.config.run_sync(&request, &mut admissions) {
             Ok(None) => {
                 let future = self.inner.call(request);
                 ResponseFuture {
                     state: State::Calling { future },
-                    infos,
+                    admissions,
                     mode: PhantomData,
                 }
             }
@@ -187,7 +204,7 @@ where
                 state: State::Done {
                     response: Some(Box::new(self.config.reject(&error))),
                 },
-                infos,
+                admissions,
                 mode: PhantomData,
             },
             Err((start, pending)) => {
@@ -196,7 +213,7 @@ where
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
                 let config = Arc::clone(&self.config);
-                let check = Box::pin(config.run_async(parts, start, pending, infos));
+                let check = Box::pin(config.run_async(parts, start, pending, admissions));
                 ResponseFuture {
                     state: State::Checking {
                         checking: Box::new(Checking {
@@ -206,7 +223,7 @@ where
                             config: Arc::clone(&self.config),
                         }),
                     },
-                    infos: Vec::new(),
+                    admissions: Admissions::default(),
                     mode: PhantomData,
                 }
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 
-use super::{HttpInner, HttpThrottle, Identifier};
+use super::{HttpInner, HttpThrottle, Identifier, RefundWhen};
 use crate::backend::{BoxFuture, DynBackend, IntoBackend, UidLease};
 use crate::identity::AddressIdentity;
 use crate::pipeline::{quotas, BackendChoice, Core, DecisionFn, IdentifierFn, Limit, RateFn};
@@ -419,6 +419,7 @@ pub struct HttpOptions {
     dynamic_rate: Option<RateFn>,
     headers: RateLimitHeaders,
     on_throttled: Option<ThrottledResponder>,
+    refund_when: Option<RefundWhen>,
 }
 
 impl std::fmt::Debug for HttpOptions {
@@ -431,6 +432,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("dynamic_rate", &self.dynamic_rate.is_some())
             .field("headers", &self.headers)
             .field("on_throttled", &self.on_throttled.is_some())
+            .field("refund_when", &self.refund_when.is_some())
             .finish()
     }
 }
@@ -580,6 +582,34 @@ impl ThrottleBuilder<HttpOptions> {
         self
     }
 
+    /// Gives a hit back when the response's status matches, for a throttle
+    /// used as a layer ([`HttpThrottle::layer`]) or a
+    /// [`ThrottleLayer`](crate::ThrottleLayer) rule: once the inner service
+    /// has answered, a hit whose status makes `refund` true is given back
+    /// (see [`Reservation::refund`](crate::Reservation::refund) for what a
+    /// refund does under each strategy). A request refused by the throttle
+    /// never reaches the inner service and has no hit to give back; an
+    /// inner service that fails keeps the hit.
+    ///
+    /// ```
+    /// use traffik::HttpThrottle;
+    /// // Count only failed logins: 5 a minute.
+    /// let logins = HttpThrottle::builder()
+    ///     .uid("login")
+    ///     .rate("5/min")
+    ///     .refund_when(|status| status.is_success())
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(logins);
+    /// ```
+    pub fn refund_when<F>(mut self, refund: F) -> Self
+    where
+        F: Fn(http::StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.kind.refund_when = Some(Arc::new(refund));
+        self
+    }
+
     /// Builds the throttle; [`Error::Configuration`] names any bad input.
     pub fn build(mut self) -> Result<HttpThrottle, Error> {
         let http = HttpOnly {
@@ -597,6 +627,7 @@ impl ThrottleBuilder<HttpOptions> {
                 core: Arc::new(core),
                 identifier,
                 shared_across_routes: options.shared_across_routes,
+                refund_when: options.refund_when,
             }),
         })
     }

@@ -12,9 +12,9 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 use crate::backend::DynBackend;
 use crate::identity::AddressIdentity;
 use crate::key::{KeyIdentity, Scope};
-use crate::pipeline::{Admitted, Answer, Core, IdentifierFn, Input, Limit, Soon};
+use crate::pipeline::{Admitted, Answer, Ask, Core, IdentifierFn, Input, Limit, Soon};
+use crate::reservation::Reservation;
 use crate::response::RateLimitReport;
-use crate::strategy::Op;
 use crate::{Decision, Error};
 
 pub(crate) mod builder;
@@ -122,7 +122,12 @@ pub(crate) struct HttpInner {
     pub(crate) core: Arc<Core>,
     pub(crate) identifier: Identifier,
     pub(crate) shared_across_routes: bool,
+    /// `.refund_when(..)`: the response statuses whose hit is given back.
+    pub(crate) refund_when: Option<RefundWhen>,
 }
+
+/// A predicate over response statuses (see `.refund_when(..)`).
+pub(crate) type RefundWhen = Arc<dyn Fn(http::StatusCode) -> bool + Send + Sync>;
 
 /// How an HTTP throttle tells clients apart.
 pub(crate) enum Identifier {
@@ -190,7 +195,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.later_decision(request, Op::Hit)
+        self.later_decision(request, Ask::Hit)
     }
 
     /// The [`Decision`] a hit would get now, without counting it. A request
@@ -199,7 +204,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.later_decision(request, Op::Peek)
+        self.later_decision(request, Ask::Peek)
     }
 
     /// Like [`hit`](HttpThrottle::hit), with the throttle's rate-limit
@@ -233,7 +238,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        self.later_report(request, Op::Hit)
+        self.later_report(request, Ask::Hit)
     }
 
     /// Like [`peek`](HttpThrottle::peek), with the rate-limit headers a hit
@@ -273,7 +278,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        self.later_report(request, Op::Peek)
+        self.later_report(request, Ask::Peek)
     }
 
     /// Like [`hit_with_headers`](HttpThrottle::hit_with_headers), for
@@ -282,16 +287,16 @@ impl HttpThrottle {
         &self,
         parts: &Parts,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        self.later_report(parts, Op::Hit)
+        self.later_report(parts, Ask::Hit)
     }
 
     /// [`later`](HttpThrottle::later) as a report.
     fn later_report<R: RequestHead>(
         &self,
         request: &R,
-        op: Op,
+        ask: Ask,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        let admitted = self.later(request, op);
+        let admitted = self.later(request, ask);
         async move {
             let admitted = admitted.await?;
             Ok(RateLimitReport::new(admitted.decision, admitted.headers))
@@ -302,9 +307,9 @@ impl HttpThrottle {
     fn later_decision<R: RequestHead>(
         &self,
         request: &R,
-        op: Op,
+        ask: Ask,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let admitted = self.later(request, op);
+        let admitted = self.later(request, ask);
         async move { Ok(admitted.await?.decision) }
     }
 
@@ -312,7 +317,7 @@ impl HttpThrottle {
     fn later<R: RequestHead>(
         &self,
         request: &R,
-        op: Op,
+        ask: Ask,
     ) -> impl Future<Output = Result<Admitted, Error>> + Send + 'static {
         let core = Arc::clone(&self.inner.core);
         let input = self
@@ -321,9 +326,30 @@ impl HttpThrottle {
             .map(|input| input.map(|input| core.owned(input, None)));
         async move {
             match input? {
-                Some(input) => core.decide_later(input, op).await,
+                Some(input) => core.decide_later(input, ask).await,
                 None => Ok(Admitted::exempt()),
             }
+        }
+    }
+
+    /// Counts one hit, exactly like [`hit`](HttpThrottle::hit) (a request
+    /// over its limit is `Err(Error::Throttled(_))`), and returns a
+    /// [`Reservation`] that can give the hit back with
+    /// [`refund`](Reservation::refund) once the request turns out not to
+    /// count. For a throttle used as a layer or a rule,
+    /// [`.refund_when(..)`](crate::HttpThrottleBuilder::refund_when) does
+    /// this from the response status.
+    pub fn reserve<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Reservation, Error>> + Send + 'static {
+        let admitted = self.later(request, Ask::Reserve);
+        async move {
+            let admitted = admitted.await?;
+            Ok(Reservation::new(
+                admitted.decision,
+                admitted.hit.map(|hit| *hit),
+            ))
         }
     }
 
@@ -332,7 +358,7 @@ impl HttpThrottle {
         &self,
         parts: &Parts,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.later_decision(parts, Op::Hit)
+        self.later_decision(parts, Ask::Hit)
     }
 }
 
@@ -345,10 +371,10 @@ impl HttpInner {
         &self,
         request: &R,
         lent: Option<&DynBackend>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
         match self.input(request) {
-            Ok(Some(input)) => self.core.run(input, lent, op),
+            Ok(Some(input)) => self.core.run(input, lent, ask),
             Ok(None) => Answer::Now(Ok(Admitted::exempt())),
             Err(error) => Answer::Now(Err(error)),
         }
