@@ -9,14 +9,17 @@
 //! answers at once (the in-memory backend), the whole path runs
 //! synchronously, without allocating.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::hash::RandomState;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::request::Parts;
 
-use crate::backend::{self, BoxFuture, DynBackend, UidLease};
+use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, UidLease};
 use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
+use crate::line::Lines;
+use crate::permit::Permit;
 use crate::reservation::CountedHit;
 use crate::response::{Policy, RateLimitInfo};
 use crate::strategy::{Decisions, Op};
@@ -82,6 +85,9 @@ pub(crate) enum Limit {
     Static(Arc<[Quota]>),
     /// A rate computed per request.
     Dynamic(RateFn),
+    /// At most `max` requests of a key in progress at once, on places that
+    /// last `lease` unless renewed (backends whose places expire).
+    InFlight { max: u64, lease: Duration },
 }
 
 /// What HTTP and WebSocket throttles share: the limit, the backend and what
@@ -107,6 +113,8 @@ pub(crate) struct Core {
     pub(crate) policy: Policy,
     /// The uid's registration on the throttle's own backend.
     pub(crate) _uid_lease: Option<UidLease>,
+    /// Requests waiting for their turn, by key.
+    pub(crate) lines: Arc<Lines>,
 }
 
 /// What a decision is asked for.
@@ -118,12 +126,14 @@ pub(crate) enum Ask {
     Peek,
     /// Count a hit, keeping what a refund of it needs.
     Reserve,
+    /// Take an in-flight place.
+    Acquire,
 }
 
 impl Ask {
     fn op(self) -> Op {
         match self {
-            Ask::Hit | Ask::Reserve => Op::Hit,
+            Ask::Hit | Ask::Reserve | Ask::Acquire => Op::Hit,
             Ask::Peek => Op::Peek,
         }
     }
@@ -161,6 +171,8 @@ pub(crate) struct Admitted {
     pub(crate) headers: Option<Box<RateLimitInfo>>,
     /// For [`Ask::Reserve`]: the hit, if one was counted.
     pub(crate) hit: Option<Box<CountedHit>>,
+    /// For an in-flight limit: the place taken.
+    pub(crate) permit: Option<Permit>,
 }
 
 impl Admitted {
@@ -171,6 +183,7 @@ impl Admitted {
             decision: Decision::unlimited(),
             headers: None,
             hit: None,
+            permit: None,
         }
     }
 }
@@ -342,11 +355,19 @@ impl Core {
         quotas: &Arc<[Quota]>,
         ask: Ask,
     ) -> Answer {
-        match backend
-            .decide(key, quotas, self.cost, ask.op())
-            .into_ready()
-        {
-            Ok(result) => self.settle(result, backend, key, quotas, ask),
+        let place = match self.limit {
+            Limit::InFlight { .. } => place_id(),
+            _ => 0,
+        };
+        let asked = Asked {
+            backend,
+            key,
+            quotas,
+            ask,
+            place,
+        };
+        match self.ask_backend(&asked).into_ready() {
+            Ok(result) => self.settle(result, &asked),
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
@@ -354,33 +375,47 @@ impl Core {
                 let quotas = Arc::clone(quotas);
                 Answer::Later(Box::pin(async move {
                     let result = pending.await;
-                    core.settle(result, &backend, &key.as_key(), &quotas, ask)
-                        .finish()
-                        .await
+                    let asked = Asked {
+                        backend: &backend,
+                        key: &key.as_key(),
+                        quotas: &quotas,
+                        ask,
+                        place,
+                    };
+                    core.settle(result, &asked).finish().await
                 }))
             }
         }
     }
 
-    /// Applies the failure mode, shadow mode and waiting to the backend's
-    /// answer: the common case (a hit allowed, no callback) inline, the
-    /// rest in [`settle_rest`](Core::settle_rest).
+    /// The backend's answer: a decision on the rates, or an in-flight place.
     #[inline]
-    fn settle(
-        self: &Arc<Self>,
-        result: Result<Decisions, Error>,
-        backend: &DynBackend,
-        key: &Key<'_>,
-        quotas: &Arc<[Quota]>,
-        ask: Ask,
-    ) -> Answer {
+    fn ask_backend(&self, asked: &Asked<'_>) -> BackendFuture {
+        match self.limit {
+            Limit::InFlight { max, lease } => {
+                asked.backend.acquire(asked.key, asked.place, max, lease)
+            }
+            _ => asked
+                .backend
+                .decide(asked.key, asked.quotas, self.cost, asked.ask.op()),
+        }
+    }
+
+    /// Applies the failure mode, shadow mode and waiting to the backend's
+    /// answer: the common case (a hit allowed, no callback, nothing to
+    /// keep) inline, the rest in [`settle_rest`](Core::settle_rest).
+    #[inline]
+    fn settle(self: &Arc<Self>, result: Result<Decisions, Error>, asked: &Asked<'_>) -> Answer {
         match result {
             Ok(decisions)
-                if self.on_decision.is_none() && ask == Ask::Hit && decisions.binding().allowed =>
+                if self.on_decision.is_none()
+                    && asked.ask == Ask::Hit
+                    && asked.place == 0
+                    && decisions.binding().allowed =>
             {
-                Answer::Now(Ok(self.admitted(&decisions, quotas)))
+                Answer::Now(Ok(self.admitted(&decisions, asked.quotas)))
             }
-            result => self.settle_rest(result, backend, key, quotas, ask),
+            result => self.settle_rest(result, asked),
         }
     }
 
@@ -388,108 +423,146 @@ impl Core {
     fn settle_rest(
         self: &Arc<Self>,
         result: Result<Decisions, Error>,
-        backend: &DynBackend,
-        key: &Key<'_>,
-        quotas: &Arc<[Quota]>,
-        ask: Ask,
+        asked: &Asked<'_>,
     ) -> Answer {
         let decisions = match result {
             Ok(decisions) => decisions,
-            Err(error) => return Answer::Now(self.failed(error, key, backend.prefix())),
+            Err(error) => return Answer::Now(self.failed(error, asked)),
         };
-        if ask == Ask::Peek {
-            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+        if asked.ask == Ask::Peek {
+            return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
         }
         let decision = decisions.binding();
         if let Some(on_decision) = &self.on_decision {
             on_decision(&decision);
         }
         if decision.allowed {
-            let mut admitted = self.admitted(&decisions, quotas);
-            if ask == Ask::Reserve {
-                admitted.hit = Some(self.counted(backend, key, quotas, &decisions));
-            }
-            return Answer::Now(Ok(admitted));
+            return Answer::Now(Ok(self.admit(&decisions, asked)));
         }
         if self.shadow {
             tracing::info!(
                 throttle = self.uid(),
-                key = %key.shown(backend.prefix()),
+                key = %asked.key.shown(asked.backend.prefix()),
                 retry_after_ms = decision.retry_after.as_millis() as u64,
                 "shadow mode: request would be throttled"
             );
-            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+            return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
         }
-        let capacity = quotas.iter().map(Quota::capacity).min().unwrap_or(0);
+        let capacity = match self.limit {
+            Limit::InFlight { max, .. } => max,
+            _ => asked.quotas.iter().map(Quota::capacity).min().unwrap_or(0),
+        };
         match &self.exceeded {
             // A hit that costs more than a rate holds (a dynamic rate below
             // the cost) is never admitted: no waiting for it.
             Exceeded::Wait { max } if decision.retry_after <= *max && self.cost <= capacity => {
                 // Past `max_waiting` hits already waiting: rejected at once.
                 let Some(slot) = WaitingSlot::take(self) else {
-                    return Answer::Now(Err(self.throttled(
-                        &decisions,
-                        quotas,
-                        key,
-                        backend.prefix(),
-                    )));
+                    return Answer::Now(Err(self.throttled(&decisions, asked)));
                 };
-                let backend = Arc::clone(backend);
-                let max = *max;
-                let key = key.owned(&self.uid);
-                let quotas = Arc::clone(quotas);
+                let (backend, key, quotas) = (
+                    Arc::clone(asked.backend),
+                    asked.key.owned(&self.uid),
+                    Arc::clone(asked.quotas),
+                );
+                let (max, ask, place) = (*max, asked.ask, asked.place);
                 Answer::Later(Box::pin(async move {
                     let core = Arc::clone(&slot.0);
                     let admitted = core
-                        .wait_until_allowed(decision, backend, key, quotas, max, ask)
+                        .wait_in_line(decision, &backend, &key, &quotas, max, ask, place)
                         .await;
                     drop(slot);
                     admitted
                 }))
             }
-            _ => Answer::Now(Err(self.throttled(
-                &decisions,
-                quotas,
-                key,
-                backend.prefix(),
-            ))),
+            _ => Answer::Now(Err(self.throttled(&decisions, asked))),
         }
     }
 
-    async fn wait_until_allowed(
+    /// Holds a refused hit in its key's line (see [`crate::line`]) until it
+    /// is allowed, at most `max` in all. At its turn it waits until the
+    /// refusal said to retry (or, for an in-flight place, until a place of
+    /// the key is given back in this instance, or a second), and asks again.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_in_line(
         self: Arc<Self>,
-        mut decision: Decision,
-        backend: DynBackend,
-        key: OwnedKey,
-        quotas: Arc<[Quota]>,
+        refused: Decision,
+        backend: &DynBackend,
+        key: &OwnedKey,
+        quotas: &Arc<[Quota]>,
         max: Duration,
         ask: Ask,
+        place: u64,
     ) -> Result<Admitted, Error> {
+        let asked = Asked {
+            backend,
+            key: &key.as_key(),
+            quotas,
+            ask,
+            place,
+        };
         // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
         // it takes") must not overflow.
         let start = tokio::time::Instant::now();
-        let key = key.as_key();
+        let left = || max.saturating_sub(start.elapsed());
+        let refuse = |decision: Decision| {
+            let decisions = Decisions::one(Duration::ZERO, decision);
+            Err(self.throttled(&decisions, &asked))
+        };
+        let turn = match tokio::time::timeout(left(), self.lines.turn(key)).await {
+            Ok(turn) => turn,
+            Err(_) => return refuse(refused),
+        };
+        let mut decision = refused;
         loop {
-            tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
-            let decisions = match backend.decide(&key, &quotas, self.cost, Op::Hit).await {
+            let wait = decision.retry_after.max(Duration::from_micros(1));
+            match self.limit {
+                Limit::InFlight { .. } => {
+                    let _ = tokio::time::timeout(wait, turn.freed.notified()).await;
+                }
+                _ => tokio::time::sleep(wait).await,
+            }
+            let decisions = match self.ask_backend(&asked).await {
                 Ok(decisions) => decisions,
-                Err(error) => return self.failed(error, &key, backend.prefix()),
+                Err(error) => return self.failed(error, &asked),
             };
             decision = decisions.binding();
             if let Some(on_decision) = &self.on_decision {
                 on_decision(&decision);
             }
             if decision.allowed {
-                let mut admitted = self.admitted(&decisions, &quotas);
-                if ask == Ask::Reserve {
-                    admitted.hit = Some(self.counted(&backend, &key, &quotas, &decisions));
-                }
-                return Ok(admitted);
+                return Ok(self.admit(&decisions, &asked));
             }
-            if start.elapsed().saturating_add(decision.retry_after) > max {
-                return Err(self.throttled(&decisions, &quotas, &key, backend.prefix()));
+            if decision.retry_after > left() {
+                return Err(self.throttled(&decisions, &asked));
             }
         }
+    }
+
+    /// What an allowed hit gets: its headers, and what it keeps (the hit,
+    /// for a refund; the place, for an in-flight limit).
+    fn admit(self: &Arc<Self>, decisions: &Decisions, asked: &Asked<'_>) -> Admitted {
+        let mut admitted = self.admitted(decisions, asked.quotas);
+        if asked.ask == Ask::Reserve {
+            admitted.hit = Some(Box::new(CountedHit {
+                backend: Arc::clone(asked.backend),
+                key: asked.key.owned(&self.uid),
+                quotas: Arc::clone(asked.quotas),
+                cost: self.cost,
+                at: decisions.at(),
+            }));
+        }
+        if let Limit::InFlight { lease, .. } = self.limit {
+            admitted.permit = Some(Permit::new(
+                admitted.decision,
+                self,
+                asked.backend,
+                asked.key.owned(&self.uid),
+                asked.place,
+                lease,
+            ));
+        }
+        admitted
     }
 
     #[inline]
@@ -499,49 +572,27 @@ impl Core {
             headers: (self.policy.headers != crate::RateLimitHeaders::None)
                 .then(|| Box::new(RateLimitInfo::new(&self.policy, decisions, quotas))),
             hit: None,
+            permit: None,
         }
     }
 
-    /// The hit just counted, for a refund.
-    fn counted(
-        &self,
-        backend: &DynBackend,
-        key: &Key<'_>,
-        quotas: &Arc<[Quota]>,
-        decisions: &Decisions,
-    ) -> Box<CountedHit> {
-        Box::new(CountedHit {
-            backend: Arc::clone(backend),
-            key: key.owned(&self.uid),
-            quotas: Arc::clone(quotas),
-            cost: self.cost,
-            at: decisions.at(),
-        })
-    }
-
-    fn throttled(
-        &self,
-        decisions: &Decisions,
-        quotas: &[Quota],
-        key: &Key<'_>,
-        prefix: &str,
-    ) -> Error {
+    fn throttled(&self, decisions: &Decisions, asked: &Asked<'_>) -> Error {
         let decision = decisions.binding();
         tracing::debug!(
             throttle = self.uid(),
-            key = %key.shown(prefix),
+            key = %asked.key.shown(asked.backend.prefix()),
             retry_after_ms = decision.retry_after.as_millis() as u64,
             "request throttled"
         );
         Error::Throttled(Throttled::new(
-            RateLimitInfo::new(&self.policy, decisions, quotas),
+            RateLimitInfo::new(&self.policy, decisions, asked.quotas),
             self.policy.clone(),
         ))
     }
 
     /// What a request gets when the backend failed.
-    fn failed(&self, error: Error, key: &Key<'_>, prefix: &str) -> Result<Admitted, Error> {
-        let key = key.shown(prefix);
+    fn failed(&self, error: Error, asked: &Asked<'_>) -> Result<Admitted, Error> {
+        let key = asked.key.shown(asked.backend.prefix());
         let chain = crate::error::Chain(&error);
         if self.shadow {
             // Shadow mode never rejects, whatever the failure mode; a quota
@@ -618,6 +669,32 @@ pub(crate) fn quotas(
             Ok(Some(quotas?.into()))
         }
     }
+}
+
+/// The quotas of a throttle without rates (an in-flight limit).
+pub(crate) fn no_quotas() -> &'static Arc<[Quota]> {
+    static NONE: LazyLock<Arc<[Quota]>> = LazyLock::new(|| Arc::new([]));
+    &NONE
+}
+
+/// What one decision is about: the backend asked, the key, the rates, what
+/// the request asks for, and the id of the in-flight place it would take.
+struct Asked<'a> {
+    backend: &'a DynBackend,
+    key: &'a Key<'a>,
+    quotas: &'a Arc<[Quota]>,
+    ask: Ask,
+    /// 0 for a throttle with rates.
+    place: u64,
+}
+
+/// A new in-flight place's id: random-looking and unique in the process,
+/// so that places of different app instances on one Redis do not collide.
+fn place_id() -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    SEED.hash_one(NEXT.fetch_add(1, Ordering::Relaxed)).max(1)
 }
 
 /// A backend borrowed from its throttle or layer, or owned (from a scope).

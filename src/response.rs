@@ -118,9 +118,10 @@ impl Throttled {
         &self.0.info.name
     }
 
-    /// The period of the rate that rejected the request.
+    /// The period of the rate that rejected the request (zero for an
+    /// in-flight limit).
     pub fn window(&self) -> Duration {
-        self.0.info.window
+        self.0.info.window.unwrap_or_default()
     }
 
     /// The response for this rejection: the throttle's `on_throttled`
@@ -217,11 +218,12 @@ impl axum::response::IntoResponse for Throttled {
 pub(crate) struct RateLimitInfo {
     name: Arc<str>,
     mode: RateLimitHeaders,
-    /// The decision the request got, and its rate's period.
+    /// The decision the request got, and its rate's period (`None` for an
+    /// in-flight limit, which has none).
     decision: Decision,
-    window: Duration,
+    window: Option<Duration>,
     /// Each rate's decision and period (several rates only).
-    rates: Vec<(Decision, Duration)>,
+    rates: Vec<(Decision, Option<Duration>)>,
 }
 
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -273,8 +275,17 @@ impl RateLimitInfo {
                     } else {
                         sf_string(&format!("{}-{}", self.name, index + 1))
                     };
-                    let policy = format!("{name};q={};w={}", d.limit, ceil_secs(*window).max(1));
-                    let state = format!("{name};r={};t={}", d.remaining, d.reset_after_secs());
+                    // An in-flight limit has no window and no reset.
+                    let (policy, state) = match window {
+                        Some(window) => (
+                            format!("{name};q={};w={}", d.limit, ceil_secs(*window).max(1)),
+                            format!("{name};r={};t={}", d.remaining, d.reset_after_secs()),
+                        ),
+                        None => (
+                            format!("{name};q={}", d.limit),
+                            format!("{name};r={}", d.remaining),
+                        ),
+                    };
                     append_list(headers, &RATELIMIT_POLICY, policy);
                     append_list(headers, &RATELIMIT, state);
                 }

@@ -258,7 +258,7 @@ impl ThrottleBuilder<WsOptions> {
         let (core, options) = self.build_core("ws", HttpOnly::default())?;
         let quotas = match &core.limit {
             Limit::Static(quotas) => Some(Arc::clone(quotas)),
-            Limit::Unlimited | Limit::Dynamic(_) => None,
+            Limit::Unlimited | Limit::Dynamic(_) | Limit::InFlight { .. } => None,
         };
         Ok(WebSocketThrottle {
             inner: Arc::new(WsInner {

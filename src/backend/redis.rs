@@ -68,6 +68,8 @@ static SLIDING_WINDOW_COUNTER: LazyLock<Script> =
 static SLIDING_WINDOW_LOG: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/sliding_window_log.lua")));
 static GCRA: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/gcra.lua")));
+static IN_FLIGHT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("redis/in_flight.lua")));
 
 fn script_for(strategy: Strategy) -> &'static Script {
     match strategy {
@@ -465,44 +467,8 @@ impl RedisBackend {
             .map(|(cache, digest)| (digest, cache.generation()));
         let quotas: Box<[Quota]> = quotas.into();
         BackendFuture::new(async move {
-            // While Redis is unreachable, fail at once (see `breaker`).
-            let ticket = shared.breaker.admit()?;
-            let (mut conn, generation) = shared.current();
-            let reply: Result<Vec<i64>, Failure> = shared
-                .attempt("EVALSHA", async {
-                    // `invoke_async` loads the script on NOSCRIPT and retries
-                    // once; a second SCRIPT FLUSH in between gets one more try.
-                    match invocation.invoke_async(&mut conn).await {
-                        Err(e)
-                            if e.kind()
-                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                        {
-                            invocation.invoke_async(&mut conn).await
-                        }
-                        result => result,
-                    }
-                })
-                .await;
-            // A failure on a connection already replaced says nothing of
-            // the new one: the hits that were in flight on a silent
-            // connection neither replace its successor nor reopen the
-            // breaker once a test hit has closed it.
-            // Read on failures only: a success needs no second lock.
-            let stale = || shared.current().1 != generation;
-            match &reply {
-                Ok(_) => ticket.record(Outcome::Reached, &String::new),
-                Err(Failure::TimedOut(error)) if !stale() => {
-                    ticket.record(Outcome::Unreachable, &|| failure_text(error));
-                    // A connection that stopped answering (a dead proxy or
-                    // NAT entry) is never dropped by the client: replace it.
-                    shared.replace_connection(generation);
-                }
-                Err(Failure::Refused(error)) if !stale() => {
-                    ticket.record(Outcome::Unreachable, &|| failure_text(error))
-                }
-                Err(_) => ticket.record(Outcome::Other, &String::new),
-            }
-            let decisions = decisions_from_reply(&quotas, &reply.map_err(Failure::into_error)?)?;
+            let reply = shared.evaluate(invocation).await?;
+            let decisions = decisions_from_reply(&quotas, &reply)?;
             if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
                 if !decisions.binding().allowed {
                     let now = Instant::now();
@@ -519,6 +485,32 @@ impl RedisBackend {
             }
             Ok(decisions)
         })
+    }
+}
+
+impl RedisBackend {
+    /// Runs the in-flight script: `op` on the place `place` of `key`.
+    fn places(
+        &self,
+        key: &Key<'_>,
+        op: &'static str,
+        place: u64,
+        max: u64,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static {
+        let shared = self.inner.clone();
+        let mut invocation = IN_FLIGHT.prepare_invoke();
+        invocation
+            .key(storage_key_tagged(
+                &shared.prefix,
+                &key.text(&shared.prefix),
+                "if",
+            ))
+            .arg(op)
+            .arg(format!("{place:016x}"))
+            .arg(max)
+            .arg(lease.as_micros() as u64);
+        async move { shared.evaluate(invocation).await }
     }
 }
 
@@ -569,6 +561,11 @@ fn rate_key(prefix: &str, key: &str, quota: &Quota, rates: usize) -> String {
 /// `{prefix}:{{rest}}:{tag}`, where `rest` is `key` without its
 /// `{prefix}:` (the whole key if it does not start with it).
 fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
+    storage_key_tagged(prefix, key, strategy_tag(strategy))
+}
+
+/// [`storage_key`] with another tag (`if`: in-flight places).
+fn storage_key_tagged(prefix: &str, key: &str, tag: &str) -> String {
     let rest = key
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix(':'))
@@ -579,7 +576,6 @@ fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
     // goes after the closing brace, where no short key's stored form has
     // anything but the tag (`{prefix}:{rest}:{tag}` always has `}:` before
     // its tag): a short key cannot be written to equal a long one's.
-    let tag = strategy_tag(strategy);
     let mut stored = String::with_capacity(prefix.len() + rest.len().min(256) + tag.len() + 48);
     stored.push_str(prefix);
     stored.push_str(":{");
@@ -734,6 +730,51 @@ impl Shared {
                 ),
             }
         });
+    }
+
+    /// Runs a script: failing at once while Redis cannot be reached (see
+    /// `breaker`), and replacing a connection that stopped answering.
+    async fn evaluate(
+        self: &Arc<Self>,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<Vec<i64>, Error> {
+        let ticket = self.breaker.admit()?;
+        let (mut conn, generation) = self.current();
+        let reply: Result<Vec<i64>, Failure> = self
+            .attempt("EVALSHA", async {
+                // `invoke_async` loads the script on NOSCRIPT and retries
+                // once; a second SCRIPT FLUSH in between gets one more try.
+                match invocation.invoke_async(&mut conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.invoke_async(&mut conn).await
+                    }
+                    result => result,
+                }
+            })
+            .await;
+        // A failure on a connection already replaced says nothing of the
+        // new one: the hits that were in flight on a silent connection
+        // neither replace its successor nor reopen the breaker once a test
+        // hit has closed it. Read on failures only: a success needs no
+        // second lock.
+        let stale = || self.current().1 != generation;
+        match &reply {
+            Ok(_) => ticket.record(Outcome::Reached, &String::new),
+            Err(Failure::TimedOut(error)) if !stale() => {
+                ticket.record(Outcome::Unreachable, &|| failure_text(error));
+                // A connection that stopped answering (a dead proxy or NAT
+                // entry) is never dropped by the client: replace it.
+                self.replace_connection(generation);
+            }
+            Err(Failure::Refused(error)) if !stale() => {
+                ticket.record(Outcome::Unreachable, &|| failure_text(error))
+            }
+            Err(_) => ticket.record(Outcome::Other, &String::new),
+        }
+        reply.map_err(Failure::into_error)
     }
 
     /// Runs one command under the response timeout, saying why it failed.
@@ -945,6 +986,49 @@ impl ThrottleBackend for RedisBackend {
 
     fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
         self.decide_inner(&key.text(&self.inner.prefix), quotas, cost, op)
+    }
+
+    fn acquire(&self, key: &Key<'_>, place: u64, max: u64, lease: Duration) -> BackendFuture {
+        let future = self.places(key, "acquire", place, max, lease);
+        BackendFuture::new(async move {
+            let reply = future.await?;
+            let (allowed, remaining, at) = match reply[..] {
+                [allowed, remaining, at] => {
+                    (allowed == 1, remaining.max(0) as u64, at.max(0) as u64)
+                }
+                _ => {
+                    return Err(Error::backend(
+                        "Redis answered an in-flight place with a malformed reply",
+                    ))
+                }
+            };
+            let decision = Decision {
+                allowed,
+                limit: max,
+                remaining,
+                reset_after: Duration::ZERO,
+                retry_after: if allowed {
+                    Duration::ZERO
+                } else {
+                    super::memory::PLACE_RETRY
+                },
+            };
+            Ok(Decisions::one(Duration::from_micros(at), decision))
+        })
+    }
+
+    fn release(&self, key: &Key<'_>, place: u64) -> BackendFuture<()> {
+        let future = self.places(key, "release", place, 0, Duration::ZERO);
+        BackendFuture::new(async move { future.await.map(drop) })
+    }
+
+    fn renew(&self, key: &Key<'_>, place: u64, lease: Duration) -> BackendFuture<()> {
+        let future = self.places(key, "renew", place, 0, lease);
+        BackendFuture::new(async move { future.await.map(drop) })
+    }
+
+    fn places_expire(&self) -> bool {
+        true
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {

@@ -116,7 +116,11 @@ where
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx))?;
                     this.admissions.apply(&mut response);
-                    return Poll::Ready(Ok(response.map(M::inner)));
+                    if this.admissions.places.is_empty() {
+                        return Poll::Ready(Ok(response.map(M::inner)));
+                    }
+                    let places = std::mem::take(&mut this.admissions.places);
+                    return Poll::Ready(Ok(response.map(|body| M::holding(body, places))));
                 }
                 StateProj::Done { response } => {
                     let mut response = *response.take().expect("polled after completion");

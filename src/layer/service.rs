@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::body::{BodyMode, InnerBody};
+use super::body::{BodyMode, InnerBody, Places};
 use super::future::{Checking, ResponseFuture, State};
 use super::{LayerConfig, MiddlewareThrottle};
 use crate::backend::BoxFuture;
@@ -68,6 +68,8 @@ pub(crate) struct Outcome {
 pub(crate) struct Admissions {
     headers: Vec<RateLimitInfo>,
     refunds: Vec<(Box<CountedHit>, RefundWhen)>,
+    /// In-flight places, held until the response body is sent.
+    pub(crate) places: Places,
 }
 
 impl Admissions {
@@ -78,6 +80,9 @@ impl Admissions {
         }
         if let (Some(hit), Some(refund_when)) = (admitted.hit, &rule.throttle.inner.refund_when) {
             self.refunds.push((hit, Arc::clone(refund_when)));
+        }
+        if let Some(permit) = admitted.permit {
+            self.places.push(permit);
         }
     }
 

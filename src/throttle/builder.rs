@@ -270,6 +270,19 @@ impl<K> ThrottleBuilder<K> {
             }
             (None, true) => None,
         };
+        if let Some((max, _)) = http.in_flight {
+            if self.rates.is_some() || unit_rate.is_some() || http.dynamic_rate.is_some() {
+                return Err(Error::configuration(format!(
+                    "max_in_flight({max}) is instead of a rate: a throttle limits requests in progress or \
+                     hits per period, not both; use two throttles (two rules, or two route layers)"
+                )));
+            }
+            if max == 0 {
+                return Err(Error::configuration(
+                    "max_in_flight(0) would refuse every request: allow at least 1",
+                ));
+            }
+        }
         let rates = match (self.rates, unit_rate, &http.dynamic_rate) {
             (Some(_), _, Some(_)) => {
                 return Err(Error::configuration(
@@ -286,6 +299,7 @@ impl<K> ThrottleBuilder<K> {
                     "set either .dynamic_rate(..) or .limit(n) with time units, not both",
                 ))
             }
+            (None, None, None) if http.in_flight.is_some() => None,
             (None, None, None) => {
                 return Err(Error::configuration(
                     "no rate: set .limit(n).seconds(n), .rate(\"5/10s\"), .rates([..]), .rate(Rate::unlimited()) or .dynamic_rate(..)",
@@ -332,7 +346,10 @@ impl<K> ThrottleBuilder<K> {
                 }
             }
             (None, Some(dynamic)) => Limit::Dynamic(dynamic),
-            (None, None) => unreachable!("checked above"),
+            (None, None) => match http.in_flight {
+                Some((max, lease)) => Limit::InFlight { max, lease },
+                None => unreachable!("checked above"),
+            },
         };
         let generated = self.uid.is_none();
         let uid: Arc<str> = match self.uid {
@@ -369,6 +386,7 @@ impl<K> ThrottleBuilder<K> {
             on_decision: self.on_decision,
             policy,
             _uid_lease: uid_lease,
+            lines: Arc::default(),
         };
         Ok((core, self.kind))
     }
@@ -408,10 +426,12 @@ pub(crate) struct HttpOnly {
     pub(crate) dynamic_rate: Option<RateFn>,
     pub(crate) headers: RateLimitHeaders,
     pub(crate) on_throttled: Option<ThrottledResponder>,
+    /// `.max_in_flight(n)` and `.lease(..)`.
+    pub(crate) in_flight: Option<(u64, Duration)>,
 }
 
 /// Options only HTTP throttles have (see [`HttpThrottleBuilder`]).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpOptions {
     identifier: Option<IdentifierFn>,
     address: AddressIdentity,
@@ -420,7 +440,28 @@ pub struct HttpOptions {
     headers: RateLimitHeaders,
     on_throttled: Option<ThrottledResponder>,
     refund_when: Option<RefundWhen>,
+    max_in_flight: Option<u64>,
+    lease: Duration,
 }
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            identifier: None,
+            address: AddressIdentity::default(),
+            shared_across_routes: false,
+            dynamic_rate: None,
+            headers: RateLimitHeaders::None,
+            on_throttled: None,
+            refund_when: None,
+            max_in_flight: None,
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// The default lease of an in-flight place on a backend whose places expire.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for HttpOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -433,6 +474,8 @@ impl std::fmt::Debug for HttpOptions {
             .field("headers", &self.headers)
             .field("on_throttled", &self.on_throttled.is_some())
             .field("refund_when", &self.refund_when.is_some())
+            .field("max_in_flight", &self.max_in_flight)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -610,12 +653,42 @@ impl ThrottleBuilder<HttpOptions> {
         self
     }
 
+    /// Instead of a rate: at most `n` requests of one identity in progress
+    /// at once (nginx's `limit_conn`, per client). A place is taken when a
+    /// request is admitted and given back when its response body has been
+    /// sent in full or dropped (a client that disconnects gives it back
+    /// too), or, in a handler, when the [`Permit`](crate::Permit) of
+    /// [`acquire`](HttpThrottle::acquire) is dropped. Over the limit: 429
+    /// with `Retry-After: 1`. A rate and `max_in_flight` on one throttle,
+    /// or `max_in_flight(0)`, are [`Error::Configuration`].
+    ///
+    /// ```
+    /// use traffik::HttpThrottle;
+    /// // At most 2 uploads at once per client.
+    /// let uploads = HttpThrottle::builder().uid("uploads").max_in_flight(2).build().unwrap();
+    /// # drop(uploads);
+    /// ```
+    pub fn max_in_flight(mut self, n: u64) -> Self {
+        self.kind.max_in_flight = Some(n);
+        self
+    }
+
+    /// How long an in-flight place held on a backend whose places expire
+    /// (Redis) lives without being renewed (default 30 s). Held places are
+    /// renewed every third of it; the places of an app instance that
+    /// crashes come back by themselves within one lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.kind.lease = lease;
+        self
+    }
+
     /// Builds the throttle; [`Error::Configuration`] names any bad input.
     pub fn build(mut self) -> Result<HttpThrottle, Error> {
         let http = HttpOnly {
             dynamic_rate: self.kind.dynamic_rate.take(),
             headers: self.kind.headers,
             on_throttled: self.kind.on_throttled.take(),
+            in_flight: self.kind.max_in_flight.map(|max| (max, self.kind.lease)),
         };
         let (core, options) = self.build_core("http", http)?;
         let identifier = match options.identifier {

@@ -12,7 +12,8 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 use crate::backend::DynBackend;
 use crate::identity::AddressIdentity;
 use crate::key::{KeyIdentity, Scope};
-use crate::pipeline::{Admitted, Answer, Ask, Core, IdentifierFn, Input, Limit, Soon};
+use crate::permit::Permit;
+use crate::pipeline::{no_quotas, Admitted, Answer, Ask, Core, IdentifierFn, Input, Limit, Soon};
 use crate::reservation::Reservation;
 use crate::response::RateLimitReport;
 use crate::{Decision, Error};
@@ -320,10 +321,25 @@ impl HttpThrottle {
         ask: Ask,
     ) -> impl Future<Output = Result<Admitted, Error>> + Send + 'static {
         let core = Arc::clone(&self.inner.core);
-        let input = self
-            .inner
-            .input(request)
-            .map(|input| input.map(|input| core.owned(input, None)));
+        let in_flight = matches!(core.limit, Limit::InFlight { .. });
+        let input = if in_flight != (ask == Ask::Acquire) {
+            Err(Error::configuration(if in_flight {
+                format!(
+                    "throttle {:?} limits requests in progress (.max_in_flight): take a place \
+                     with acquire(&request); its Permit gives the place back when dropped",
+                    core.uid()
+                )
+            } else {
+                format!(
+                    "throttle {:?} limits hits per period: count one with hit(&request) or \
+                     reserve(&request); acquire(&request) is for .max_in_flight(n) throttles",
+                    core.uid()
+                )
+            }))
+        } else {
+            self.inner.input(request)
+        }
+        .map(|input| input.map(|input| core.owned(input, None)));
         async move {
             match input? {
                 Some(input) => core.decide_later(input, ask).await,
@@ -350,6 +366,23 @@ impl HttpThrottle {
                 admitted.decision,
                 admitted.hit.map(|hit| *hit),
             ))
+        }
+    }
+
+    /// Takes a place of a
+    /// [`.max_in_flight(n)`](crate::HttpThrottleBuilder::max_in_flight)
+    /// throttle for `request` (`Err(Error::Throttled(_))` when none is
+    /// free); dropping the [`Permit`] gives it back. See [`Permit`] for
+    /// holding a place while a WebSocket is open.
+    pub fn acquire<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Permit, Error>> + Send + 'static {
+        let admitted = self.later(request, Ask::Acquire);
+        async move {
+            let admitted = admitted.await?;
+            let decision = admitted.decision;
+            Ok(admitted.permit.unwrap_or_else(|| Permit::empty(decision)))
         }
     }
 
@@ -400,6 +433,7 @@ impl HttpInner {
             Limit::Unlimited => return Ok(None),
             Limit::Static(quotas) => Soon::Now(quotas),
             Limit::Dynamic(rate) => Soon::Later(rate(parts())),
+            Limit::InFlight { .. } => Soon::Now(no_quotas()),
         };
         let identity = match &self.identifier {
             Identifier::Client(address) => {
