@@ -234,9 +234,9 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 
 impl RateLimitInfo {
     pub(crate) fn new(policy: &Policy, decisions: &Decisions, quotas: &[Quota]) -> Self {
-        let window = |quota: &Quota| quota.rate().period();
+        let window = |quota: &Quota| Some(quota.rate().period());
         let rates = match quotas {
-            [_] => Vec::new(),
+            [] | [_] => Vec::new(),
             quotas => decisions
                 .iter()
                 .copied()
@@ -247,10 +247,7 @@ impl RateLimitInfo {
             name: Arc::clone(&policy.name),
             mode: policy.headers,
             decision: decisions.binding(),
-            window: quotas
-                .get(decisions.binding_index())
-                .map(window)
-                .unwrap_or_default(),
+            window: quotas.get(decisions.binding_index()).and_then(window),
             rates,
         }
     }
