@@ -10,13 +10,13 @@
 //! synchronously, without allocating.
 
 use std::hash::RandomState;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::request::Parts;
 
-use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, UidLease};
+use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, IntoBackend, UidLease};
 use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
 use crate::line::Lines;
 use crate::permit::Permit;
@@ -25,8 +25,22 @@ use crate::response::{Policy, RateLimitInfo};
 use crate::strategy::{Decisions, Op};
 use crate::{Decision, Error, Identity, Quota, Rate, Strategy, Throttled};
 
-/// What happens when the backend fails (error or timeout).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What happens when the backend fails (an error, a timeout, or its
+/// circuit breaker open while it cannot be reached).
+///
+/// ```
+/// use traffik::backend::InMemoryBackend;
+/// use traffik::{FailureMode, HttpThrottle};
+/// // While Redis is down, limit per app instance.
+/// let api = HttpThrottle::builder()
+///     .uid("api")
+///     .rate("100/min")
+///     .failure_mode(FailureMode::fallback(InMemoryBackend::new()))
+///     .build()
+///     .unwrap();
+/// # drop(api);
+/// ```
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum FailureMode {
     /// Let the request through uncounted and log a `tracing::warn!` (default).
@@ -35,6 +49,43 @@ pub enum FailureMode {
     /// Refuse the request: 503 with `Retry-After` (HTTP), drop the message
     /// (WebSocket).
     Closed,
+    /// Ask the same decision of another backend (see
+    /// [`FailureMode::fallback`]).
+    Fallback(DynBackend),
+}
+
+impl FailureMode {
+    /// On a failure, the same decision is asked of `backend`, typically an
+    /// [`InMemoryBackend`](crate::backend::InMemoryBackend): limits per app
+    /// instance during an outage of a shared store. If the fallback fails
+    /// too, the request is let through as under [`Open`](FailureMode::Open).
+    /// One `tracing::warn!` when the throttle starts falling back, one when
+    /// its backend answers again.
+    pub fn fallback(backend: impl IntoBackend) -> FailureMode {
+        FailureMode::Fallback(backend.into_backend())
+    }
+}
+
+impl std::fmt::Debug for FailureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureMode::Open => f.write_str("Open"),
+            FailureMode::Closed => f.write_str("Closed"),
+            FailureMode::Fallback(backend) => {
+                f.debug_tuple("Fallback").field(&backend.prefix()).finish()
+            }
+        }
+    }
+}
+
+/// Two fallbacks are equal when they are the same backend object.
+impl PartialEq for FailureMode {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (FailureMode::Fallback(a), FailureMode::Fallback(b)) => Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
 }
 
 /// What happens to a hit over the limit.
@@ -115,6 +166,8 @@ pub(crate) struct Core {
     pub(crate) _uid_lease: Option<UidLease>,
     /// Requests waiting for their turn, by key.
     pub(crate) lines: Arc<Lines>,
+    /// Deciding on the fallback backend since the last failure.
+    pub(crate) falling_back: AtomicBool,
 }
 
 /// What a decision is asked for.
@@ -365,6 +418,7 @@ impl Core {
             quotas,
             ask,
             place,
+            fallback: false,
         };
         match self.ask_backend(&asked).into_ready() {
             Ok(result) => self.settle(result, &asked),
@@ -381,6 +435,7 @@ impl Core {
                         quotas: &quotas,
                         ask,
                         place,
+                        fallback: false,
                     };
                     core.settle(result, &asked).finish().await
                 }))
@@ -406,6 +461,9 @@ impl Core {
     /// keep) inline, the rest in [`settle_rest`](Core::settle_rest).
     #[inline]
     fn settle(self: &Arc<Self>, result: Result<Decisions, Error>, asked: &Asked<'_>) -> Answer {
+        if let FailureMode::Fallback(_) = self.failure_mode {
+            self.note_recovery(&result, asked);
+        }
         match result {
             Ok(decisions)
                 if self.on_decision.is_none()
@@ -427,7 +485,7 @@ impl Core {
     ) -> Answer {
         let decisions = match result {
             Ok(decisions) => decisions,
-            Err(error) => return Answer::Now(self.failed(error, asked)),
+            Err(error) => return self.failed(error, asked),
         };
         if asked.ask == Ask::Peek {
             return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
@@ -500,6 +558,7 @@ impl Core {
             quotas,
             ask,
             place,
+            fallback: false,
         };
         // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
         // it takes") must not overflow.
@@ -524,7 +583,7 @@ impl Core {
             }
             let decisions = match self.ask_backend(&asked).await {
                 Ok(decisions) => decisions,
-                Err(error) => return self.failed(error, &asked),
+                Err(error) => return self.failed(error, &asked).finish().await,
             };
             decision = decisions.binding();
             if let Some(on_decision) = &self.on_decision {
@@ -590,8 +649,9 @@ impl Core {
         ))
     }
 
-    /// What a request gets when the backend failed.
-    fn failed(&self, error: Error, asked: &Asked<'_>) -> Result<Admitted, Error> {
+    /// What a request gets when the backend failed: its failure mode, or
+    /// the same decision asked of the fallback backend.
+    fn failed(self: &Arc<Self>, error: Error, asked: &Asked<'_>) -> Answer {
         let key = asked.key.shown(asked.backend.prefix());
         let chain = crate::error::Chain(&error);
         if self.shadow {
@@ -603,20 +663,39 @@ impl Core {
             } else {
                 tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; letting the request through (shadow mode)");
             }
-            return Ok(Admitted::exempt());
+            return Answer::Now(Ok(Admitted::exempt()));
         }
         if let Error::Configuration(_) = error {
             // Not an outage: a quota the backend cannot hold (e.g. too large
             // for Redis's exact arithmetic). Failing open would silently turn
             // the throttle off.
             tracing::error!(throttle = self.uid(), key = %key, error = %chain, "traffik cannot decide this request");
-            return Err(error);
+            return Answer::Now(Err(error));
+        }
+        let known = matches!(&error, Error::Backend(backend) if backend.is_known_outage());
+        match (&self.failure_mode, asked.fallback) {
+            (FailureMode::Fallback(fallback), false) => {
+                if !self.falling_back.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; deciding on the fallback backend until it answers again");
+                }
+                let asked = Asked {
+                    backend: fallback,
+                    fallback: true,
+                    ..*asked
+                };
+                return self.decide_on(&asked);
+            }
+            (FailureMode::Fallback(_), true) => {
+                tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik fallback backend failed too; letting the request through");
+                return Answer::Now(Ok(Admitted::exempt()));
+            }
+            _ => {}
         }
         let what = match self.failure_mode {
-            FailureMode::Open => "letting the request through (FailureMode::Open)",
             FailureMode::Closed => "refusing the request (FailureMode::Closed)",
+            _ => "letting the request through (FailureMode::Open)",
         };
-        if matches!(&error, Error::Backend(backend) if backend.is_known_outage()) {
+        if known {
             // Reported once, when the outage began (a warning from the
             // backend), not once per request.
             tracing::debug!(throttle = self.uid(), key = %key, error = %chain, "traffik backend is down; {what}");
@@ -624,8 +703,49 @@ impl Core {
             tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; {what}");
         }
         match self.failure_mode {
-            FailureMode::Open => Ok(Admitted::exempt()),
-            FailureMode::Closed => Err(error),
+            FailureMode::Closed => Answer::Now(Err(error)),
+            _ => Answer::Now(Ok(Admitted::exempt())),
+        }
+    }
+
+    /// Asks the fallback backend described by `asked`, and settles its answer.
+    fn decide_on(self: &Arc<Self>, asked: &Asked<'_>) -> Answer {
+        match self.ask_backend(asked).into_ready() {
+            Ok(result) => self.settle(result, asked),
+            Err(pending) => {
+                let core = Arc::clone(self);
+                let backend = Arc::clone(asked.backend);
+                let key = asked.key.owned(&self.uid);
+                let quotas = Arc::clone(asked.quotas);
+                let (ask, place) = (asked.ask, asked.place);
+                Answer::Later(Box::pin(async move {
+                    let result = pending.await;
+                    let asked = Asked {
+                        backend: &backend,
+                        key: &key.as_key(),
+                        quotas: &quotas,
+                        ask,
+                        place,
+                        fallback: true,
+                    };
+                    core.settle(result, &asked).finish().await
+                }))
+            }
+        }
+    }
+
+    /// Notes that the throttle's own backend answered again after it fell
+    /// back (once, with a `tracing::warn!`).
+    fn note_recovery(&self, result: &Result<Decisions, Error>, asked: &Asked<'_>) {
+        if result.is_ok()
+            && !asked.fallback
+            && self.falling_back.load(Ordering::Relaxed)
+            && self.falling_back.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                throttle = self.uid(),
+                "traffik backend answers again; no longer deciding on the fallback backend"
+            );
         }
     }
 }
@@ -686,6 +806,8 @@ struct Asked<'a> {
     ask: Ask,
     /// 0 for a throttle with rates.
     place: u64,
+    /// The backend asked is the failure mode's fallback.
+    fallback: bool,
 }
 
 /// A new in-flight place's id: random-looking and unique in the process,

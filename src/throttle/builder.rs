@@ -387,6 +387,7 @@ impl<K> ThrottleBuilder<K> {
             policy,
             _uid_lease: uid_lease,
             lines: Arc::default(),
+            falling_back: Default::default(),
         };
         Ok((core, self.kind))
     }
