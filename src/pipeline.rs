@@ -112,7 +112,8 @@ pub enum Exceeded {
     },
 }
 
-pub(crate) type IdentifierFn = Arc<dyn Fn(&Parts) -> BoxFuture<Identity> + Send + Sync>;
+pub(crate) type IdentifierFn =
+    Arc<dyn Fn(&Parts) -> BoxFuture<Result<Identity, Error>> + Send + Sync>;
 pub(crate) type RateFn = Arc<dyn Fn(&Parts) -> BoxFuture<Vec<Rate>> + Send + Sync>;
 pub(crate) type DecisionFn = Arc<dyn Fn(&Decision) + Send + Sync>;
 
@@ -200,7 +201,7 @@ pub(crate) enum Soon<T, F> {
 
 /// What a decision needs from a request.
 pub(crate) struct Input<'r> {
-    pub(crate) identity: Soon<KeyIdentity<'r>, BoxFuture<Identity>>,
+    pub(crate) identity: Soon<KeyIdentity<'r>, BoxFuture<Result<Identity, Error>>>,
     pub(crate) scope: Scope<'r>,
     pub(crate) quotas: Soon<&'r Arc<[Quota]>, BoxFuture<Vec<Rate>>>,
 }
@@ -208,7 +209,7 @@ pub(crate) struct Input<'r> {
 /// [`Input`] owned, with the backend if it is known: for a future that
 /// outlives the request.
 pub(crate) struct OwnedInput {
-    identity: Soon<OwnedIdentity, BoxFuture<Identity>>,
+    identity: Soon<OwnedIdentity, BoxFuture<Result<Identity, Error>>>,
     scope: OwnedScope,
     quotas: Soon<Arc<[Quota]>, BoxFuture<Vec<Rate>>>,
     /// The backend found now, or the layer's to fall back on later.
@@ -377,7 +378,7 @@ impl Core {
     ) -> Result<Admitted, Error> {
         let identity = match input.identity {
             Soon::Now(identity) => identity,
-            Soon::Later(future) => match future.await {
+            Soon::Later(future) => match future.await? {
                 Identity::Unlimited => return Ok(Admitted::exempt()),
                 Identity::Key(key) => OwnedIdentity::Text(key.into()),
             },

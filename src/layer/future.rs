@@ -16,7 +16,7 @@ use tower_service::Service;
 use super::body::{BodyMode, InnerBody};
 use super::service::{Admissions, Outcome};
 use super::LayerConfig;
-use crate::response::BoxBody;
+use crate::response::{is_grpc, BoxBody};
 
 pin_project! {
     /// Response future of [`ThrottleService`](crate::ThrottleService).
@@ -100,8 +100,10 @@ where
                     let (parts, outcome) = ready!(check.as_mut().poll(cx));
                     *this.admissions = outcome.admissions;
                     let next = match outcome.error {
-                        Some(error) => State::Done {
-                            response: Some(Box::new(config.reject(&error))),
+                        Some(refusal) => State::Done {
+                            response: Some(Box::new(
+                                config.reject(&refusal, is_grpc(&parts.headers)),
+                            )),
                         },
                         None => {
                             let body = body.take().expect("request body taken once");

@@ -15,7 +15,7 @@ use super::{LayerConfig, MiddlewareThrottle};
 use crate::backend::BoxFuture;
 use crate::pipeline::{Admitted, Answer};
 use crate::reservation::CountedHit;
-use crate::response::{error_response, BoxBody, RateLimitInfo};
+use crate::response::{error_response, is_grpc, BoxBody, RateLimitInfo};
 use crate::throttle::{RefundWhen, RequestHead};
 use crate::Error;
 
@@ -58,7 +58,15 @@ impl<S, M> std::fmt::Debug for ThrottleService<S, M> {
 /// request, and the error of the one that refused it, if one did.
 pub(crate) struct Outcome {
     pub(crate) admissions: Admissions,
-    pub(crate) error: Option<Error>,
+    pub(crate) error: Option<Refusal>,
+}
+
+/// A rule's error that stops the request: a throttled request, or a
+/// backend or configuration error.
+pub(crate) struct Refusal {
+    /// The rule's index.
+    pub(crate) rule: usize,
+    pub(crate) error: Error,
 }
 
 /// What the rules that let a request through leave for its response: their
@@ -111,7 +119,7 @@ impl LayerConfig {
         &self,
         request: &impl RequestHead,
         admissions: &mut Admissions,
-    ) -> Result<Option<Error>, (usize, Option<PendingCheck>)> {
+    ) -> Result<Option<Refusal>, (usize, Option<PendingCheck>)> {
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(request) {
                 continue;
@@ -125,7 +133,7 @@ impl LayerConfig {
                 .answer(request, self.backend.as_ref(), rule.ask())
             {
                 Answer::Now(Ok(admitted)) => admissions.record(admitted, rule),
-                Answer::Now(Err(error)) => return Ok(Some(error)),
+                Answer::Now(Err(error)) => return Ok(Some(Refusal { rule: index, error })),
                 Answer::Later(pending) => return Err((index + 1, Some(pending))),
             }
         }
@@ -144,12 +152,15 @@ impl LayerConfig {
                 // The check of the rule before `start`.
                 Ok(admitted) => admissions.record(admitted, &self.rules[start - 1]),
                 Err(error) => {
-                    let error = Some(error);
+                    let error = Some(Refusal {
+                        rule: start - 1,
+                        error,
+                    });
                     return (parts, Outcome { admissions, error });
                 }
             }
         }
-        for rule in &self.rules[start..] {
+        for (index, rule) in self.rules.iter().enumerate().skip(start) {
             if !rule.matches(&parts) {
                 continue;
             }
@@ -165,7 +176,7 @@ impl LayerConfig {
             match answer.finish().await {
                 Ok(admitted) => admissions.record(admitted, rule),
                 Err(error) => {
-                    let error = Some(error);
+                    let error = Some(Refusal { rule: index, error });
                     return (parts, Outcome { admissions, error });
                 }
             }
@@ -205,9 +216,11 @@ where
                     mode: PhantomData,
                 }
             }
-            Ok(Some(error)) => ResponseFuture {
+            Ok(Some(refusal)) => ResponseFuture {
                 state: State::Done {
-                    response: Some(Box::new(self.config.reject(&error))),
+                    response: Some(Box::new(
+                        self.config.reject(&refusal, is_grpc(request.headers())),
+                    )),
                 },
                 admissions,
                 mode: PhantomData,
@@ -237,13 +250,18 @@ where
 }
 
 impl LayerConfig {
-    pub(crate) fn reject(&self, error: &Error) -> Response<BoxBody> {
+    /// The answer to a refusal: the rule's throttle's own responses, else
+    /// the layer's, else traffik's (gRPC statuses for a gRPC request).
+    pub(crate) fn reject(&self, refusal: &Refusal, grpc: bool) -> Response<BoxBody> {
+        let error = &refusal.error;
         match error {
             Error::Configuration(_) | Error::AnonymousConnection => {
                 tracing::error!(error = %crate::error::Chain(error), "traffik cannot throttle this request")
             }
             _ => {}
         }
-        error_response(error, self.on_throttled.as_ref())
+        let policy = &self.rules[refusal.rule].throttle.inner.core.policy;
+        let on_error = policy.on_error.as_ref().or(self.on_error.as_ref());
+        error_response(error, self.on_throttled.as_ref(), on_error, grpc)
     }
 }

@@ -10,10 +10,12 @@ use http::request::Parts;
 
 use super::{HttpInner, HttpThrottle, Identifier, RefundWhen};
 use crate::backend::{BoxFuture, DynBackend, IntoBackend, UidLease};
-use crate::identity::AddressIdentity;
+use crate::identity::{AddressIdentity, IntoIdentity};
 use crate::pipeline::{quotas, BackendChoice, Core, DecisionFn, IdentifierFn, Limit, RateFn};
 use crate::rate::{IntoRate, IntoRates};
-use crate::response::{responder, Policy, RateLimitHeaders, ThrottledResponder};
+use crate::response::{
+    error_responder, responder, ErrorResponder, Policy, RateLimitHeaders, ThrottledResponder,
+};
 use crate::{
     BoxError, Decision, Error, Exceeded, FailureMode, Identity, Rate, Strategy, Throttled,
     TrustedProxies,
@@ -368,6 +370,7 @@ impl<K> ThrottleBuilder<K> {
             name: Arc::clone(&uid),
             headers: http.headers,
             responder: http.on_throttled,
+            on_error: http.on_error,
         };
         let core = Core {
             uid,
@@ -427,6 +430,7 @@ pub(crate) struct HttpOnly {
     pub(crate) dynamic_rate: Option<RateFn>,
     pub(crate) headers: RateLimitHeaders,
     pub(crate) on_throttled: Option<ThrottledResponder>,
+    pub(crate) on_error: Option<ErrorResponder>,
     /// `.max_in_flight(n)` and `.lease(..)`.
     pub(crate) in_flight: Option<(u64, Duration)>,
 }
@@ -441,6 +445,7 @@ pub struct HttpOptions {
     headers: RateLimitHeaders,
     on_throttled: Option<ThrottledResponder>,
     refund_when: Option<RefundWhen>,
+    on_error: Option<ErrorResponder>,
     max_in_flight: Option<u64>,
     lease: Duration,
 }
@@ -455,6 +460,7 @@ impl Default for HttpOptions {
             headers: RateLimitHeaders::None,
             on_throttled: None,
             refund_when: None,
+            on_error: None,
             max_in_flight: None,
             lease: DEFAULT_LEASE,
         }
@@ -475,6 +481,7 @@ impl std::fmt::Debug for HttpOptions {
             .field("headers", &self.headers)
             .field("on_throttled", &self.on_throttled.is_some())
             .field("refund_when", &self.refund_when.is_some())
+            .field("on_error", &self.on_error.is_some())
             .field("max_in_flight", &self.max_in_flight)
             .field("lease", &self.lease)
             .finish()
@@ -568,9 +575,46 @@ impl ThrottleBuilder<HttpOptions> {
         self
     }
 
+    /// Replaces the answers to the errors other than a 429, as
+    /// [`on_throttled`](Self::on_throttled) replaces the 429: a
+    /// configuration error or an anonymous connection (500s) and a backend
+    /// failure under [`FailureMode::Closed`] (503), when this throttle is
+    /// used as a layer or a rule (in a handler, the error is yours to
+    /// answer). `Cache-Control: no-store` is set, and `Retry-After: 1` on a
+    /// backend failure's answer that lacks one.
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use traffik::{Error, HttpThrottle};
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("10/s")
+    ///     .on_error(|_: &Error| {
+    ///         let mut response = Response::new(String::from("temporarily unavailable"));
+    ///         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    ///         response
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(throttle);
+    /// ```
+    pub fn on_error<F, B>(mut self, f: F) -> Self
+    where
+        F: Fn(&Error) -> http::Response<B> + Send + Sync + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.kind.on_error = Some(error_responder(f));
+        self
+    }
+
     /// How requests are identified (default: the client IP). The closure gets
     /// the request head and returns a `Send + 'static` future of an
-    /// [`Identity`]; [`Identity::Unlimited`] exempts the request.
+    /// [`Identity`] (or a `Result<Identity, Error>`); [`Identity::Unlimited`]
+    /// exempts the request. [`Identity::client`] (or, behind a proxy,
+    /// [`TrustedProxies::client_identity`]) gives the default identity, for
+    /// an identifier that falls back on it. `.trusted_proxies(..)` and
+    /// `.ipv6_prefix(..)` shape the default identity only: with an
+    /// identifier, they are [`Error::Configuration`].
     ///
     /// ```
     /// use traffik::{HttpThrottle, Identity};
@@ -593,11 +637,15 @@ impl ThrottleBuilder<HttpOptions> {
     pub fn identifier<F, Fut>(mut self, identifier: F) -> Self
     where
         F: Fn(&Parts) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Identity> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: IntoIdentity,
     {
-        self.kind.identifier = Some(Arc::new(move |parts: &Parts| -> BoxFuture<Identity> {
-            Box::pin(identifier(parts))
-        }));
+        self.kind.identifier = Some(Arc::new(
+            move |parts: &Parts| -> BoxFuture<Result<Identity, Error>> {
+                let identity = identifier(parts);
+                Box::pin(async move { identity.await.into_identity() })
+            },
+        ));
         self
     }
 
@@ -689,8 +737,18 @@ impl ThrottleBuilder<HttpOptions> {
             dynamic_rate: self.kind.dynamic_rate.take(),
             headers: self.kind.headers,
             on_throttled: self.kind.on_throttled.take(),
+            on_error: self.kind.on_error.take(),
             in_flight: self.kind.max_in_flight.map(|max| (max, self.kind.lease)),
         };
+        let custom = self.kind.identifier.is_some();
+        if custom && (!self.kind.address.proxies.is_empty() || self.kind.address.ipv6_prefix != 64)
+        {
+            return Err(Error::configuration(
+                ".trusted_proxies(..) and .ipv6_prefix(..) shape the default identity, which a custom \
+                 .identifier(..) replaces: call proxies.client_identity(parts) (or \
+                 Identity::client(parts)) inside the identifier instead",
+            ));
+        }
         let (core, options) = self.build_core("http", http)?;
         let identifier = match options.identifier {
             Some(identifier) => Identifier::Custom(identifier),
