@@ -50,6 +50,30 @@ impl Identity {
         Identity::Key(default.text(default.mask(ip)))
     }
 
+    /// The client of a request as the default identity keys it: its peer
+    /// address (axum's `ConnectInfo<SocketAddr>`, or a `SocketAddr`
+    /// extension), IPv6 grouped by its /64, for a custom identifier that
+    /// falls back on it ("an API key, else the client address"). No peer
+    /// address is [`Error::AnonymousConnection`]. Behind a reverse proxy,
+    /// use [`TrustedProxies::client_identity`].
+    ///
+    /// ```
+    /// use traffik::{HttpThrottle, Identity};
+    /// let api = HttpThrottle::builder()
+    ///     .rate("100/min")
+    ///     .identifier(|parts: &http::request::Parts| {
+    ///         let key = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    ///         let client = Identity::client(parts);
+    ///         async move { key.map(|key| Ok(Identity::key(key))).unwrap_or(client) }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(api);
+    /// ```
+    pub fn client(parts: &http::request::Parts) -> Result<Identity, Error> {
+        TrustedProxies::none().client_identity(parts)
+    }
+
     /// `true` for [`Identity::Unlimited`].
     pub fn is_unlimited(&self) -> bool {
         matches!(self, Identity::Unlimited)
@@ -61,6 +85,26 @@ impl Identity {
             Identity::Key(key) => Some(key),
             Identity::Unlimited => None,
         }
+    }
+}
+
+/// What an identifier's future gives: an [`Identity`], or a
+/// `Result<Identity, Error>` (an error answers the request, as the default
+/// identity's [`Error::AnonymousConnection`] does).
+pub trait IntoIdentity {
+    /// Converts.
+    fn into_identity(self) -> Result<Identity, Error>;
+}
+
+impl IntoIdentity for Identity {
+    fn into_identity(self) -> Result<Identity, Error> {
+        Ok(self)
+    }
+}
+
+impl IntoIdentity for Result<Identity, Error> {
+    fn into_identity(self) -> Result<Identity, Error> {
+        self
     }
 }
 
@@ -179,6 +223,35 @@ impl TrustedProxies {
     /// `true` when no proxy is trusted.
     pub fn is_empty(&self) -> bool {
         self.networks.is_empty()
+    }
+
+    /// The client of a request whose peer may be one of these proxies, as
+    /// the default identity keys it (IPv6 grouped by its /64): for a custom
+    /// identifier that falls back on the client address, or a WebSocket
+    /// guard's identity behind a proxy (`guard(socket,
+    /// proxies.client_identity(&parts)?)`, with the upgrade request's
+    /// parts). No peer address is [`Error::AnonymousConnection`].
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use traffik::TrustedProxies;
+    ///
+    /// let proxies = TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+    /// let (parts, ()) = http::Request::builder()
+    ///     .header("x-forwarded-for", "203.0.113.7")
+    ///     .extension(SocketAddr::from(([10, 0, 0, 2], 443)))
+    ///     .body(())
+    ///     .unwrap()
+    ///     .into_parts();
+    /// assert_eq!(proxies.client_identity(&parts).unwrap().as_key(), Some("203.0.113.7"));
+    /// ```
+    pub fn client_identity(&self, parts: &http::request::Parts) -> Result<Identity, Error> {
+        let address = AddressIdentity {
+            proxies: self.clone(),
+            ipv6_prefix: 64,
+        };
+        let ip = address.client(&parts.extensions, &parts.headers)?;
+        Ok(Identity::Key(address.text(ip)))
     }
 
     /// The client address of a request whose peer is `peer`.

@@ -9,20 +9,38 @@
 //! answers at once (the in-memory backend), the whole path runs
 //! synchronously, without allocating.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::hash::RandomState;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::request::Parts;
 
-use crate::backend::{self, BoxFuture, DynBackend, UidLease};
+use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, IntoBackend, UidLease};
 use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
+use crate::line::Lines;
+use crate::permit::Permit;
+use crate::reservation::CountedHit;
 use crate::response::{Policy, RateLimitInfo};
 use crate::strategy::{Decisions, Op};
 use crate::{Decision, Error, Identity, Quota, Rate, Strategy, Throttled};
 
-/// What happens when the backend fails (error or timeout).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What happens when the backend fails (an error, a timeout, or its
+/// circuit breaker open while it cannot be reached).
+///
+/// ```
+/// use traffik::backend::InMemoryBackend;
+/// use traffik::{FailureMode, HttpThrottle};
+/// // While Redis is down, limit per app instance.
+/// let api = HttpThrottle::builder()
+///     .uid("api")
+///     .rate("100/min")
+///     .failure_mode(FailureMode::fallback(InMemoryBackend::new()))
+///     .build()
+///     .unwrap();
+/// # drop(api);
+/// ```
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum FailureMode {
     /// Let the request through uncounted and log a `tracing::warn!` (default).
@@ -31,6 +49,43 @@ pub enum FailureMode {
     /// Refuse the request: 503 with `Retry-After` (HTTP), drop the message
     /// (WebSocket).
     Closed,
+    /// Ask the same decision of another backend (see
+    /// [`FailureMode::fallback`]).
+    Fallback(DynBackend),
+}
+
+impl FailureMode {
+    /// On a failure, the same decision is asked of `backend`, typically an
+    /// [`InMemoryBackend`](crate::backend::InMemoryBackend): limits per app
+    /// instance during an outage of a shared store. If the fallback fails
+    /// too, the request is let through as under [`Open`](FailureMode::Open).
+    /// One `tracing::warn!` when the throttle starts falling back, one when
+    /// its backend answers again.
+    pub fn fallback(backend: impl IntoBackend) -> FailureMode {
+        FailureMode::Fallback(backend.into_backend())
+    }
+}
+
+impl std::fmt::Debug for FailureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureMode::Open => f.write_str("Open"),
+            FailureMode::Closed => f.write_str("Closed"),
+            FailureMode::Fallback(backend) => {
+                f.debug_tuple("Fallback").field(&backend.prefix()).finish()
+            }
+        }
+    }
+}
+
+/// Two fallbacks are equal when they are the same backend object.
+impl PartialEq for FailureMode {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (FailureMode::Fallback(a), FailureMode::Fallback(b)) => Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
 }
 
 /// What happens to a hit over the limit.
@@ -57,7 +112,8 @@ pub enum Exceeded {
     },
 }
 
-pub(crate) type IdentifierFn = Arc<dyn Fn(&Parts) -> BoxFuture<Identity> + Send + Sync>;
+pub(crate) type IdentifierFn =
+    Arc<dyn Fn(&Parts) -> BoxFuture<Result<Identity, Error>> + Send + Sync>;
 pub(crate) type RateFn = Arc<dyn Fn(&Parts) -> BoxFuture<Vec<Rate>> + Send + Sync>;
 pub(crate) type DecisionFn = Arc<dyn Fn(&Decision) + Send + Sync>;
 
@@ -81,6 +137,9 @@ pub(crate) enum Limit {
     Static(Arc<[Quota]>),
     /// A rate computed per request.
     Dynamic(RateFn),
+    /// At most `max` requests of a key in progress at once, on places that
+    /// last `lease` unless renewed (backends whose places expire).
+    InFlight { max: u64, lease: Duration },
 }
 
 /// What HTTP and WebSocket throttles share: the limit, the backend and what
@@ -106,6 +165,32 @@ pub(crate) struct Core {
     pub(crate) policy: Policy,
     /// The uid's registration on the throttle's own backend.
     pub(crate) _uid_lease: Option<UidLease>,
+    /// Requests waiting for their turn, by key.
+    pub(crate) lines: Arc<Lines>,
+    /// Deciding on the fallback backend since the last failure.
+    pub(crate) falling_back: AtomicBool,
+}
+
+/// What a decision is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Count a hit.
+    Hit,
+    /// Look without counting.
+    Peek,
+    /// Count a hit, keeping what a refund of it needs.
+    Reserve,
+    /// Take an in-flight place.
+    Acquire,
+}
+
+impl Ask {
+    fn op(self) -> Op {
+        match self {
+            Ask::Hit | Ask::Reserve | Ask::Acquire => Op::Hit,
+            Ask::Peek => Op::Peek,
+        }
+    }
 }
 
 /// A part of a decision, known now or still to come.
@@ -116,7 +201,7 @@ pub(crate) enum Soon<T, F> {
 
 /// What a decision needs from a request.
 pub(crate) struct Input<'r> {
-    pub(crate) identity: Soon<KeyIdentity<'r>, BoxFuture<Identity>>,
+    pub(crate) identity: Soon<KeyIdentity<'r>, BoxFuture<Result<Identity, Error>>>,
     pub(crate) scope: Scope<'r>,
     pub(crate) quotas: Soon<&'r Arc<[Quota]>, BoxFuture<Vec<Rate>>>,
 }
@@ -124,7 +209,7 @@ pub(crate) struct Input<'r> {
 /// [`Input`] owned, with the backend if it is known: for a future that
 /// outlives the request.
 pub(crate) struct OwnedInput {
-    identity: Soon<OwnedIdentity, BoxFuture<Identity>>,
+    identity: Soon<OwnedIdentity, BoxFuture<Result<Identity, Error>>>,
     scope: OwnedScope,
     quotas: Soon<Arc<[Quota]>, BoxFuture<Vec<Rate>>>,
     /// The backend found now, or the layer's to fall back on later.
@@ -133,11 +218,15 @@ pub(crate) struct OwnedInput {
 
 /// What an admitted request gets: the decision that let it through and the
 /// rate-limit headers its throttle adds.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Admitted {
     pub(crate) decision: Decision,
     /// Boxed: admissions are moved around on the hot path.
     pub(crate) headers: Option<Box<RateLimitInfo>>,
+    /// For [`Ask::Reserve`]: the hit, if one was counted.
+    pub(crate) hit: Option<Box<CountedHit>>,
+    /// For an in-flight limit: the place taken.
+    pub(crate) permit: Option<Permit>,
 }
 
 impl Admitted {
@@ -147,6 +236,8 @@ impl Admitted {
         Admitted {
             decision: Decision::unlimited(),
             headers: None,
+            hit: None,
+            permit: None,
         }
     }
 }
@@ -242,7 +333,7 @@ impl Core {
         self: &Arc<Self>,
         input: Input<'_>,
         lent: Option<&DynBackend>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
         if let (Soon::Now(identity), Soon::Now(quotas)) = (&input.identity, &input.quotas) {
             if let Some(backend) = self.backend_now(lent) {
@@ -251,11 +342,11 @@ impl Core {
                     identity: *identity,
                     scope: input.scope,
                 };
-                return self.decide(&backend, &key, quotas, op);
+                return self.decide(&backend, &key, quotas, ask);
             }
         }
         let input = self.owned(input, lent);
-        Answer::Later(Box::pin(Arc::clone(self).decide_later(input, op)))
+        Answer::Later(Box::pin(Arc::clone(self).decide_later(input, ask)))
     }
 
     /// `input`, owned: what [`decide_later`](Core::decide_later) takes.
@@ -283,11 +374,11 @@ impl Core {
     pub(crate) async fn decide_later(
         self: Arc<Self>,
         input: OwnedInput,
-        op: Op,
+        ask: Ask,
     ) -> Result<Admitted, Error> {
         let identity = match input.identity {
             Soon::Now(identity) => identity,
-            Soon::Later(future) => match future.await {
+            Soon::Later(future) => match future.await? {
                 Identity::Unlimited => return Ok(Admitted::exempt()),
                 Identity::Key(key) => OwnedIdentity::Text(key.into()),
             },
@@ -304,7 +395,7 @@ impl Core {
             Err(lent) => self.resolve_backend(lent.as_ref())?,
         };
         let key = OwnedKey::new(Arc::clone(&self.uid), identity, input.scope);
-        self.decide(&backend, &key.as_key(), &quotas, op)
+        self.decide(&backend, &key.as_key(), &quotas, ask)
             .finish()
             .await
     }
@@ -316,10 +407,22 @@ impl Core {
         backend: &DynBackend,
         key: &Key<'_>,
         quotas: &Arc<[Quota]>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
-        match backend.decide(key, quotas, self.cost, op).into_ready() {
-            Ok(result) => self.settle(result, backend, key, quotas, op),
+        let place = match self.limit {
+            Limit::InFlight { .. } => place_id(),
+            _ => 0,
+        };
+        let asked = Asked {
+            backend,
+            key,
+            quotas,
+            ask,
+            place,
+            fallback: false,
+        };
+        match self.ask_backend(&asked).into_ready() {
+            Ok(result) => self.settle(result, &asked),
             Err(pending) => {
                 let core = Arc::clone(self);
                 let backend = Arc::clone(backend);
@@ -327,31 +430,51 @@ impl Core {
                 let quotas = Arc::clone(quotas);
                 Answer::Later(Box::pin(async move {
                     let result = pending.await;
-                    core.settle(result, &backend, &key.as_key(), &quotas, op)
-                        .finish()
-                        .await
+                    let asked = Asked {
+                        backend: &backend,
+                        key: &key.as_key(),
+                        quotas: &quotas,
+                        ask,
+                        place,
+                        fallback: false,
+                    };
+                    core.settle(result, &asked).finish().await
                 }))
             }
         }
     }
 
-    /// Applies the failure mode, shadow mode and waiting to the backend's
-    /// answer: the common case (a hit allowed, no callback) inline, the
-    /// rest in [`settle_rest`](Core::settle_rest).
+    /// The backend's answer: a decision on the rates, or an in-flight place.
     #[inline]
-    fn settle(
-        self: &Arc<Self>,
-        result: Result<Decisions, Error>,
-        backend: &DynBackend,
-        key: &Key<'_>,
-        quotas: &Arc<[Quota]>,
-        op: Op,
-    ) -> Answer {
-        match result {
-            Ok(decisions) if self.on_decision.is_none() && decisions.binding().allowed => {
-                Answer::Now(Ok(self.admitted(&decisions, quotas)))
+    fn ask_backend(&self, asked: &Asked<'_>) -> BackendFuture {
+        match self.limit {
+            Limit::InFlight { max, lease } => {
+                asked.backend.acquire(asked.key, asked.place, max, lease)
             }
-            result => self.settle_rest(result, backend, key, quotas, op),
+            _ => asked
+                .backend
+                .decide(asked.key, asked.quotas, self.cost, asked.ask.op()),
+        }
+    }
+
+    /// Applies the failure mode, shadow mode and waiting to the backend's
+    /// answer: the common case (a hit allowed, no callback, nothing to
+    /// keep) inline, the rest in [`settle_rest`](Core::settle_rest).
+    #[inline]
+    fn settle(self: &Arc<Self>, result: Result<Decisions, Error>, asked: &Asked<'_>) -> Answer {
+        if let FailureMode::Fallback(_) = self.failure_mode {
+            self.note_recovery(&result, asked);
+        }
+        match result {
+            Ok(decisions)
+                if self.on_decision.is_none()
+                    && asked.ask == Ask::Hit
+                    && asked.place == 0
+                    && decisions.binding().allowed =>
+            {
+                Answer::Now(Ok(self.admitted(&decisions, asked.quotas)))
+            }
+            result => self.settle_rest(result, asked),
         }
     }
 
@@ -359,99 +482,147 @@ impl Core {
     fn settle_rest(
         self: &Arc<Self>,
         result: Result<Decisions, Error>,
-        backend: &DynBackend,
-        key: &Key<'_>,
-        quotas: &Arc<[Quota]>,
-        op: Op,
+        asked: &Asked<'_>,
     ) -> Answer {
         let decisions = match result {
             Ok(decisions) => decisions,
-            Err(error) => return Answer::Now(self.failed(error, key, backend.prefix())),
+            Err(error) => return self.failed(error, asked),
         };
-        if op != Op::Hit {
-            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+        if asked.ask == Ask::Peek {
+            return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
         }
         let decision = decisions.binding();
         if let Some(on_decision) = &self.on_decision {
             on_decision(&decision);
         }
         if decision.allowed {
-            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+            return Answer::Now(Ok(self.admit(&decisions, asked)));
         }
         if self.shadow {
             tracing::info!(
                 throttle = self.uid(),
-                key = %key.shown(backend.prefix()),
+                key = %asked.key.shown(asked.backend.prefix()),
                 retry_after_ms = decision.retry_after.as_millis() as u64,
                 "shadow mode: request would be throttled"
             );
-            return Answer::Now(Ok(self.admitted(&decisions, quotas)));
+            return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
         }
-        let capacity = quotas.iter().map(Quota::capacity).min().unwrap_or(0);
+        let capacity = match self.limit {
+            Limit::InFlight { max, .. } => max,
+            _ => asked.quotas.iter().map(Quota::capacity).min().unwrap_or(0),
+        };
         match &self.exceeded {
             // A hit that costs more than a rate holds (a dynamic rate below
             // the cost) is never admitted: no waiting for it.
             Exceeded::Wait { max } if decision.retry_after <= *max && self.cost <= capacity => {
                 // Past `max_waiting` hits already waiting: rejected at once.
                 let Some(slot) = WaitingSlot::take(self) else {
-                    return Answer::Now(Err(self.throttled(
-                        &decisions,
-                        quotas,
-                        key,
-                        backend.prefix(),
-                    )));
+                    return Answer::Now(Err(self.throttled(&decisions, asked)));
                 };
-                let backend = Arc::clone(backend);
-                let max = *max;
-                let key = key.owned(&self.uid);
-                let quotas = Arc::clone(quotas);
+                let (backend, key, quotas) = (
+                    Arc::clone(asked.backend),
+                    asked.key.owned(&self.uid),
+                    Arc::clone(asked.quotas),
+                );
+                let (max, ask, place) = (*max, asked.ask, asked.place);
                 Answer::Later(Box::pin(async move {
                     let core = Arc::clone(&slot.0);
                     let admitted = core
-                        .wait_until_allowed(decision, backend, key, quotas, max)
+                        .wait_in_line(decision, &backend, &key, &quotas, max, ask, place)
                         .await;
                     drop(slot);
                     admitted
                 }))
             }
-            _ => Answer::Now(Err(self.throttled(
-                &decisions,
-                quotas,
-                key,
-                backend.prefix(),
-            ))),
+            _ => Answer::Now(Err(self.throttled(&decisions, asked))),
         }
     }
 
-    async fn wait_until_allowed(
+    /// Holds a refused hit in its key's line (see [`crate::line`]) until it
+    /// is allowed, at most `max` in all. At its turn it waits until the
+    /// refusal said to retry (or, for an in-flight place, until a place of
+    /// the key is given back in this instance, or a second), and asks again.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_in_line(
         self: Arc<Self>,
-        mut decision: Decision,
-        backend: DynBackend,
-        key: OwnedKey,
-        quotas: Arc<[Quota]>,
+        refused: Decision,
+        backend: &DynBackend,
+        key: &OwnedKey,
+        quotas: &Arc<[Quota]>,
         max: Duration,
+        ask: Ask,
+        place: u64,
     ) -> Result<Admitted, Error> {
+        let asked = Asked {
+            backend,
+            key: &key.as_key(),
+            quotas,
+            ask,
+            place,
+            fallback: false,
+        };
         // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
         // it takes") must not overflow.
         let start = tokio::time::Instant::now();
-        let key = key.as_key();
+        let left = || max.saturating_sub(start.elapsed());
+        let refuse = |decision: Decision| {
+            let decisions = Decisions::one(Duration::ZERO, decision);
+            Err(self.throttled(&decisions, &asked))
+        };
+        let turn = match tokio::time::timeout(left(), self.lines.turn(key)).await {
+            Ok(turn) => turn,
+            Err(_) => return refuse(refused),
+        };
+        let mut decision = refused;
         loop {
-            tokio::time::sleep(decision.retry_after.max(Duration::from_micros(1))).await;
-            let decisions = match backend.decide(&key, &quotas, self.cost, Op::Hit).await {
+            let wait = decision.retry_after.max(Duration::from_micros(1));
+            match self.limit {
+                Limit::InFlight { .. } => {
+                    let _ = tokio::time::timeout(wait, turn.freed.notified()).await;
+                }
+                _ => tokio::time::sleep(wait).await,
+            }
+            let decisions = match self.ask_backend(&asked).await {
                 Ok(decisions) => decisions,
-                Err(error) => return self.failed(error, &key, backend.prefix()),
+                Err(error) => return self.failed(error, &asked).finish().await,
             };
             decision = decisions.binding();
             if let Some(on_decision) = &self.on_decision {
                 on_decision(&decision);
             }
             if decision.allowed {
-                return Ok(self.admitted(&decisions, &quotas));
+                return Ok(self.admit(&decisions, &asked));
             }
-            if start.elapsed().saturating_add(decision.retry_after) > max {
-                return Err(self.throttled(&decisions, &quotas, &key, backend.prefix()));
+            if decision.retry_after > left() {
+                return Err(self.throttled(&decisions, &asked));
             }
         }
+    }
+
+    /// What an allowed hit gets: its headers, and what it keeps (the hit,
+    /// for a refund; the place, for an in-flight limit).
+    fn admit(self: &Arc<Self>, decisions: &Decisions, asked: &Asked<'_>) -> Admitted {
+        let mut admitted = self.admitted(decisions, asked.quotas);
+        if asked.ask == Ask::Reserve {
+            admitted.hit = Some(Box::new(CountedHit {
+                backend: Arc::clone(asked.backend),
+                key: asked.key.owned(&self.uid),
+                quotas: Arc::clone(asked.quotas),
+                cost: self.cost,
+                at: decisions.at(),
+            }));
+        }
+        if let Limit::InFlight { lease, .. } = self.limit {
+            admitted.permit = Some(Permit::new(
+                admitted.decision,
+                self,
+                asked.backend,
+                asked.key.owned(&self.uid),
+                asked.place,
+                lease,
+            ));
+        }
+        admitted
     }
 
     #[inline]
@@ -460,32 +631,29 @@ impl Core {
             decision: decisions.binding(),
             headers: (self.policy.headers != crate::RateLimitHeaders::None)
                 .then(|| Box::new(RateLimitInfo::new(&self.policy, decisions, quotas))),
+            hit: None,
+            permit: None,
         }
     }
 
-    fn throttled(
-        &self,
-        decisions: &Decisions,
-        quotas: &[Quota],
-        key: &Key<'_>,
-        prefix: &str,
-    ) -> Error {
+    fn throttled(&self, decisions: &Decisions, asked: &Asked<'_>) -> Error {
         let decision = decisions.binding();
         tracing::debug!(
             throttle = self.uid(),
-            key = %key.shown(prefix),
+            key = %asked.key.shown(asked.backend.prefix()),
             retry_after_ms = decision.retry_after.as_millis() as u64,
             "request throttled"
         );
         Error::Throttled(Throttled::new(
-            RateLimitInfo::new(&self.policy, decisions, quotas),
+            RateLimitInfo::new(&self.policy, decisions, asked.quotas),
             self.policy.clone(),
         ))
     }
 
-    /// What a request gets when the backend failed.
-    fn failed(&self, error: Error, key: &Key<'_>, prefix: &str) -> Result<Admitted, Error> {
-        let key = key.shown(prefix);
+    /// What a request gets when the backend failed: its failure mode, or
+    /// the same decision asked of the fallback backend.
+    fn failed(self: &Arc<Self>, error: Error, asked: &Asked<'_>) -> Answer {
+        let key = asked.key.shown(asked.backend.prefix());
         let chain = crate::error::Chain(&error);
         if self.shadow {
             // Shadow mode never rejects, whatever the failure mode; a quota
@@ -496,20 +664,39 @@ impl Core {
             } else {
                 tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; letting the request through (shadow mode)");
             }
-            return Ok(Admitted::exempt());
+            return Answer::Now(Ok(Admitted::exempt()));
         }
         if let Error::Configuration(_) = error {
             // Not an outage: a quota the backend cannot hold (e.g. too large
             // for Redis's exact arithmetic). Failing open would silently turn
             // the throttle off.
             tracing::error!(throttle = self.uid(), key = %key, error = %chain, "traffik cannot decide this request");
-            return Err(error);
+            return Answer::Now(Err(error));
+        }
+        let known = matches!(&error, Error::Backend(backend) if backend.is_known_outage());
+        match (&self.failure_mode, asked.fallback) {
+            (FailureMode::Fallback(fallback), false) => {
+                if !self.falling_back.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; deciding on the fallback backend until it answers again");
+                }
+                let asked = Asked {
+                    backend: fallback,
+                    fallback: true,
+                    ..*asked
+                };
+                return self.decide_on(&asked);
+            }
+            (FailureMode::Fallback(_), true) => {
+                tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik fallback backend failed too; letting the request through");
+                return Answer::Now(Ok(Admitted::exempt()));
+            }
+            _ => {}
         }
         let what = match self.failure_mode {
-            FailureMode::Open => "letting the request through (FailureMode::Open)",
             FailureMode::Closed => "refusing the request (FailureMode::Closed)",
+            _ => "letting the request through (FailureMode::Open)",
         };
-        if matches!(&error, Error::Backend(backend) if backend.is_known_outage()) {
+        if known {
             // Reported once, when the outage began (a warning from the
             // backend), not once per request.
             tracing::debug!(throttle = self.uid(), key = %key, error = %chain, "traffik backend is down; {what}");
@@ -517,8 +704,49 @@ impl Core {
             tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; {what}");
         }
         match self.failure_mode {
-            FailureMode::Open => Ok(Admitted::exempt()),
-            FailureMode::Closed => Err(error),
+            FailureMode::Closed => Answer::Now(Err(error)),
+            _ => Answer::Now(Ok(Admitted::exempt())),
+        }
+    }
+
+    /// Asks the fallback backend described by `asked`, and settles its answer.
+    fn decide_on(self: &Arc<Self>, asked: &Asked<'_>) -> Answer {
+        match self.ask_backend(asked).into_ready() {
+            Ok(result) => self.settle(result, asked),
+            Err(pending) => {
+                let core = Arc::clone(self);
+                let backend = Arc::clone(asked.backend);
+                let key = asked.key.owned(&self.uid);
+                let quotas = Arc::clone(asked.quotas);
+                let (ask, place) = (asked.ask, asked.place);
+                Answer::Later(Box::pin(async move {
+                    let result = pending.await;
+                    let asked = Asked {
+                        backend: &backend,
+                        key: &key.as_key(),
+                        quotas: &quotas,
+                        ask,
+                        place,
+                        fallback: true,
+                    };
+                    core.settle(result, &asked).finish().await
+                }))
+            }
+        }
+    }
+
+    /// Notes that the throttle's own backend answered again after it fell
+    /// back (once, with a `tracing::warn!`).
+    fn note_recovery(&self, result: &Result<Decisions, Error>, asked: &Asked<'_>) {
+        if result.is_ok()
+            && !asked.fallback
+            && self.falling_back.load(Ordering::Relaxed)
+            && self.falling_back.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                throttle = self.uid(),
+                "traffik backend answers again; no longer deciding on the fallback backend"
+            );
         }
     }
 }
@@ -562,6 +790,34 @@ pub(crate) fn quotas(
             Ok(Some(quotas?.into()))
         }
     }
+}
+
+/// The quotas of a throttle without rates (an in-flight limit).
+pub(crate) fn no_quotas() -> &'static Arc<[Quota]> {
+    static NONE: LazyLock<Arc<[Quota]>> = LazyLock::new(|| Arc::new([]));
+    &NONE
+}
+
+/// What one decision is about: the backend asked, the key, the rates, what
+/// the request asks for, and the id of the in-flight place it would take.
+struct Asked<'a> {
+    backend: &'a DynBackend,
+    key: &'a Key<'a>,
+    quotas: &'a Arc<[Quota]>,
+    ask: Ask,
+    /// 0 for a throttle with rates.
+    place: u64,
+    /// The backend asked is the failure mode's fallback.
+    fallback: bool,
+}
+
+/// A new in-flight place's id: random-looking and unique in the process,
+/// so that places of different app instances on one Redis do not collide.
+fn place_id() -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    SEED.hash_one(NEXT.fetch_add(1, Ordering::Relaxed)).max(1)
 }
 
 /// A backend borrowed from its throttle or layer, or owned (from a scope).

@@ -211,7 +211,13 @@ impl FromStr for Rate {
         } else {
             number(count, "period count")?
         };
-        let unit = unit_duration(unit.trim()).ok_or_else(|| bad("unknown time unit"))?;
+        let unit = unit_duration(unit.trim()).ok_or_else(|| {
+            bad(&format!(
+                "unknown time unit {:?} (accepted: us, ms, s, sec, second, m, min, minute, h, hr, \
+                 hour, d, day, and their plurals)",
+                unit.trim()
+            ))
+        })?;
         let period = u64::try_from(unit.as_micros())
             .ok()
             .and_then(|micros| micros.checked_mul(count))

@@ -66,6 +66,8 @@ pub(crate) struct Policy {
     pub(crate) name: Arc<str>,
     pub(crate) headers: RateLimitHeaders,
     pub(crate) responder: Option<ThrottledResponder>,
+    /// `.on_error(..)`: the answer to the errors other than a 429.
+    pub(crate) on_error: Option<ErrorResponder>,
 }
 
 /// A request that exceeded its rate limit: the [`Decision`] and the throttle
@@ -118,22 +120,35 @@ impl Throttled {
         &self.0.info.name
     }
 
-    /// The period of the rate that rejected the request.
+    /// The period of the rate that rejected the request (zero for an
+    /// in-flight limit).
     pub fn window(&self) -> Duration {
-        self.0.info.window
+        self.0.info.window.unwrap_or_default()
     }
 
     /// The response for this rejection: the throttle's `on_throttled`
     /// response if it has one, else the default 429.
     pub fn to_response(&self) -> Response<BoxBody> {
-        self.response_with(None)
+        self.response_with(None, false)
     }
 
     /// The response, with a fallback responder (a layer's `on_throttled`)
-    /// used when the throttle has none of its own.
-    pub(crate) fn response_with(&self, fallback: Option<&ThrottledResponder>) -> Response<BoxBody> {
+    /// used when the throttle has none of its own; for a gRPC request, a
+    /// gRPC status unless a responder answers.
+    pub(crate) fn response_with(
+        &self,
+        fallback: Option<&ThrottledResponder>,
+        grpc: bool,
+    ) -> Response<BoxBody> {
         let mut response = match self.0.responder.as_ref().or(fallback) {
             Some(responder) => responder(self),
+            None if grpc => grpc_status(
+                GRPC_RESOURCE_EXHAUSTED,
+                &format!(
+                    "Too many requests. Retry in {} seconds.",
+                    self.retry_after_secs()
+                ),
+            ),
             None => default_429(self),
         };
         let headers = response.headers_mut();
@@ -162,32 +177,100 @@ pub fn default_429(throttled: &Throttled) -> Response<BoxBody> {
     response
 }
 
-/// The response for an error, with a fallback `on_throttled` responder.
+/// Builds a custom response for an error other than a throttled request
+/// (see `.on_error`).
+pub type ErrorResponder = Arc<dyn Fn(&Error) -> Response<BoxBody> + Send + Sync>;
+
+/// Wraps a user closure into an [`ErrorResponder`].
+pub(crate) fn error_responder<F, B>(f: F) -> ErrorResponder
+where
+    F: Fn(&Error) -> Response<B> + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Arc::new(move |error: &Error| f(error).map(box_body))
+}
+
+/// `grpc-status` codes traffik answers with.
+const GRPC_INTERNAL: u8 = 13;
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+const GRPC_UNAVAILABLE: u8 = 14;
+
+/// Whether a request is a gRPC call (its answers are gRPC statuses, not
+/// HTTP errors: a gRPC client reads an HTTP error's body as a message).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A gRPC "trailers-only" answer: HTTP 200, the status and message in the
+/// headers, no body.
+fn grpc_status(code: u8, message: &str) -> Response<BoxBody> {
+    let mut response = Response::new(text_body(""));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    // The message is percent-encoded (gRPC's rule), which our ASCII texts
+    // need only for `%`.
+    let message = message.replace('%', "%25");
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// The response for an error: a throttled request's 429 (or its
+/// `on_throttled` response, else `throttled`'s), else `on_error`'s response,
+/// else a 500 or 503 (a gRPC status for a gRPC request).
 pub(crate) fn error_response(
     error: &Error,
-    fallback: Option<&ThrottledResponder>,
+    throttled: Option<&ThrottledResponder>,
+    on_error: Option<&ErrorResponder>,
+    grpc: bool,
 ) -> Response<BoxBody> {
-    let (status, body) = match error {
-        Error::Throttled(throttled) => return throttled.response_with(fallback),
-        Error::AnonymousConnection => (StatusCode::INTERNAL_SERVER_ERROR, ANONYMOUS_HELP.to_owned()),
-        Error::Configuration(_) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    if let Error::Throttled(refused) = error {
+        return refused.response_with(throttled, grpc);
+    }
+    let backend = matches!(error, Error::Backend(_));
+    let mut response = match on_error {
+        Some(responder) => responder(error),
+        None => default_error(error, grpc),
+    };
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if backend && !headers.contains_key(RETRY_AFTER) {
+        headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
+    }
+    response
+}
+
+/// A 500 naming the problem, or a 503 for a backend that failed under
+/// `FailureMode::Closed`.
+fn default_error(error: &Error, grpc: bool) -> Response<BoxBody> {
+    let (status, code, body) = match error {
+        Error::AnonymousConnection => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            GRPC_INTERNAL,
+            ANONYMOUS_HELP.to_owned(),
+        ),
         Error::Backend(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
+            GRPC_UNAVAILABLE,
             "Service temporarily unavailable: the rate limiter's backend is not answering. Retry in 1 second."
                 .to_owned(),
         ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, GRPC_INTERNAL, error.to_string()),
     };
+    if grpc {
+        return grpc_status(code, &body);
+    }
     let mut response = Response::new(text_body(body));
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
-    }
     response
 }
 
@@ -199,9 +282,9 @@ impl axum::response::IntoResponse for Error {
                 tracing::error!(error = %self, "traffik cannot throttle this request")
             }
             Error::Backend(_) => tracing::warn!(error = %self, "traffik backend failed"),
-            Error::Throttled(_) => {}
+            _ => {}
         }
-        error_response(&self, None).map(axum::body::Body::new)
+        error_response(&self, None, None, false).map(axum::body::Body::new)
     }
 }
 
@@ -217,11 +300,12 @@ impl axum::response::IntoResponse for Throttled {
 pub(crate) struct RateLimitInfo {
     name: Arc<str>,
     mode: RateLimitHeaders,
-    /// The decision the request got, and its rate's period.
+    /// The decision the request got, and its rate's period (`None` for an
+    /// in-flight limit, which has none).
     decision: Decision,
-    window: Duration,
+    window: Option<Duration>,
     /// Each rate's decision and period (several rates only).
-    rates: Vec<(Decision, Duration)>,
+    rates: Vec<(Decision, Option<Duration>)>,
 }
 
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -232,9 +316,9 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 
 impl RateLimitInfo {
     pub(crate) fn new(policy: &Policy, decisions: &Decisions, quotas: &[Quota]) -> Self {
-        let window = |quota: &Quota| quota.rate().period();
+        let window = |quota: &Quota| Some(quota.rate().period());
         let rates = match quotas {
-            [_] => Vec::new(),
+            [] | [_] => Vec::new(),
             quotas => decisions
                 .iter()
                 .copied()
@@ -245,10 +329,7 @@ impl RateLimitInfo {
             name: Arc::clone(&policy.name),
             mode: policy.headers,
             decision: decisions.binding(),
-            window: quotas
-                .get(decisions.binding_index())
-                .map(window)
-                .unwrap_or_default(),
+            window: quotas.get(decisions.binding_index()).and_then(window),
             rates,
         }
     }
@@ -273,8 +354,17 @@ impl RateLimitInfo {
                     } else {
                         sf_string(&format!("{}-{}", self.name, index + 1))
                     };
-                    let policy = format!("{name};q={};w={}", d.limit, ceil_secs(*window).max(1));
-                    let state = format!("{name};r={};t={}", d.remaining, d.reset_after_secs());
+                    // An in-flight limit has no window and no reset.
+                    let (policy, state) = match window {
+                        Some(window) => (
+                            format!("{name};q={};w={}", d.limit, ceil_secs(*window).max(1)),
+                            format!("{name};r={};t={}", d.remaining, d.reset_after_secs()),
+                        ),
+                        None => (
+                            format!("{name};q={}", d.limit),
+                            format!("{name};r={}", d.remaining),
+                        ),
+                    };
                     append_list(headers, &RATELIMIT_POLICY, policy);
                     append_list(headers, &RATELIMIT, state);
                 }

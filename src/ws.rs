@@ -78,8 +78,7 @@ use pin_project_lite::pin_project;
 
 use crate::backend::{BoxFuture, DynBackend};
 use crate::key::{Key, OwnedKey, Scope};
-use crate::pipeline::{Admitted, Answer, Core, Limit};
-use crate::strategy::Op;
+use crate::pipeline::{Admitted, Answer, Ask, Core, Limit};
 use crate::throttle::builder::HttpOnly;
 use crate::throttle::ThrottleBuilder;
 use crate::{Error, Exceeded, Identity, Quota, Throttled};
@@ -259,7 +258,7 @@ impl ThrottleBuilder<WsOptions> {
         let (core, options) = self.build_core("ws", HttpOnly::default())?;
         let quotas = match &core.limit {
             Limit::Static(quotas) => Some(Arc::clone(quotas)),
-            Limit::Unlimited | Limit::Dynamic(_) => None,
+            Limit::Unlimited | Limit::Dynamic(_) | Limit::InFlight { .. } => None,
         };
         Ok(WebSocketThrottle {
             inner: Arc::new(WsInner {
@@ -351,6 +350,23 @@ impl GuardOptions {
         GuardOptions::default()
     }
 
+    /// The route of the upgrade request (axum's `MatchedPath`, else its
+    /// path): sockets count per route, as HTTP requests do. Without it,
+    /// [`guard`](WebSocketThrottle::guard) counts every socket of an
+    /// identity under the path `/`.
+    ///
+    /// ```
+    /// use traffik::ws::GuardOptions;
+    /// let (parts, ()) = http::Request::get("/chat/42").body(()).unwrap().into_parts();
+    /// assert_eq!(GuardOptions::route(&parts).path.as_deref(), Some("/chat/42"));
+    /// ```
+    pub fn route(parts: &http::request::Parts) -> Self {
+        GuardOptions {
+            path: Some(crate::throttle::route_of(&parts.extensions, &parts.uri).to_owned()),
+            context: None,
+        }
+    }
+
     /// Sets the path.
     pub fn path(mut self, path: impl Into<String>) -> Self {
         self.path = Some(path.into());
@@ -382,10 +398,11 @@ impl WebSocketThrottle {
     /// The backend is resolved now: the throttle's own, else the innermost
     /// [`backend::scope`](crate::backend::scope) of the calling task. With
     /// none, it is a configuration error, as over HTTP (where it is a 500
-    /// whatever the failure mode): a `tracing::error!` is logged and every
-    /// message is dropped with a `"Rate limiter unavailable"` notice, even
-    /// under [`FailureMode::Open`](crate::FailureMode::Open), which would otherwise silently turn the
-    /// throttle off; in shadow mode messages are delivered. Note that axum's
+    /// whatever the failure mode): a `tracing::error!` names the fix, and
+    /// the socket is closed at its first message with code 1011 (internal
+    /// error), even under [`FailureMode::Open`](crate::FailureMode::Open),
+    /// which would otherwise silently turn the throttle off; in shadow mode
+    /// messages are delivered. Note that axum's
     /// `on_upgrade` callback runs in a new task, outside the request's scope:
     /// read [`backend::current()`](crate::backend::current) in the handler,
     /// before `on_upgrade`, move it into the callback and call `guard` inside
@@ -442,8 +459,14 @@ impl WebSocketThrottle {
         }
         let backend = match inner.core.resolve_backend(None) {
             Ok(backend) => backend,
-            Err(error) => {
-                tracing::error!(throttle = self.uid(), error = %crate::error::Chain(&error), "traffik cannot throttle this WebSocket");
+            Err(_) => {
+                tracing::error!(
+                    throttle = self.uid(),
+                    "traffik cannot throttle this WebSocket: the throttle has no backend; give it one \
+                     with .backend(InMemoryBackend::new()), or call guard inside \
+                     traffik::backend::scope(backend, ..) (axum's on_upgrade runs in a task of its own: \
+                     read traffik::backend::current() in the handler and move it into the callback)"
+                );
                 return Target::Unavailable {
                     throttle: Arc::clone(inner),
                 };
@@ -612,11 +635,25 @@ fn settle<M: WsMessage>(
                 Outcome::Send(M::text(notice), After::Read)
             }
         },
-        // A backend error reaches here in FailureMode::Closed, or in either
-        // mode when the backend cannot hold the quota (`Error::Configuration`:
-        // failing open would turn the throttle off); never in shadow mode.
+        // A configuration error (a quota the backend cannot hold) is the
+        // server's to fix, not a limit for the client to retry: the socket
+        // closes with 1011 (internal error). Failing open would turn the
+        // throttle off. Never in shadow mode.
+        Err(Error::Configuration(_)) => misconfigured(),
+        // A backend error reaches here in FailureMode::Closed.
         Err(_) => Outcome::Send(M::text(unavailable_notice()), After::Read),
     }
+}
+
+/// The close code of a socket whose throttle is misconfigured: 1011,
+/// internal error.
+pub const INTERNAL_ERROR: u16 = 1011;
+
+fn misconfigured<M: WsMessage>() -> Outcome<M> {
+    Outcome::Send(
+        M::close(INTERNAL_ERROR, "rate limiter misconfigured on the server"),
+        After::End,
+    )
 }
 
 fn unavailable_notice() -> String {
@@ -668,7 +705,7 @@ where
                             if throttle.core.shadow {
                                 return Poll::Ready(Some(Ok(message)));
                             }
-                            Outcome::Send(M::text(unavailable_notice()), After::Read)
+                            misconfigured()
                         }
                         Target::Counted {
                             throttle,
@@ -680,7 +717,7 @@ where
                             let answer =
                                 throttle
                                     .core
-                                    .decide(backend, &key.as_key(), quotas, Op::Hit);
+                                    .decide(backend, &key.as_key(), quotas, Ask::Hit);
                             match answer {
                                 Answer::Now(result) => settle(throttle, result, message),
                                 Answer::Later(check) => {

@@ -26,6 +26,9 @@ const EVICTED_FRACTION: usize = 8;
 /// How often a hit that finds every shard empty at the cap (a `reset()`
 /// under way) looks again before giving up.
 const MAX_EMPTY_EVICTIONS: u32 = 8;
+/// The wait a request refused an in-flight place is told (`Retry-After: 1`):
+/// a place frees when a request ends, which no clock foretells.
+pub(crate) const PLACE_RETRY: Duration = Duration::from_secs(1);
 
 /// Counters in this process's memory.
 ///
@@ -103,6 +106,10 @@ struct ShardMap {
     words: HashTable<WordEntry>,
     /// Sliding-window logs and keys with several rates.
     states: HashTable<StatesEntry>,
+    /// In-flight places held, per key (removed when none is held): not
+    /// swept, not evicted, not counted in `max_keys` (they are as many as
+    /// the requests in progress).
+    places: HashTable<PlaceEntry>,
     next_sweep: u64,
     /// The latest time a decision in this shard used: time never moves
     /// backwards for a key, even when racing threads read the clock in
@@ -121,6 +128,11 @@ struct WordEntry {
     key: StoredKey,
     words: [u64; 2],
     expires: u64,
+}
+
+struct PlaceEntry {
+    key: StoredKey,
+    held: u64,
 }
 
 struct StatesEntry {
@@ -214,6 +226,16 @@ fn stored_form(key: &Key<'_>, quotas: &[Quota], out: &mut KeyBuf) {
         out.push(quotas.len() as u8);
     }
     out.extend(quotas.iter().map(|quota| quota.strategy() as u8));
+    stored_parts(key, out);
+}
+
+/// The tag that starts the stored form of an in-flight key (no strategy is
+/// numbered this high).
+const PLACES: u8 = 0xFE;
+
+/// [`stored_form`]'s parts of the key itself.
+#[inline]
+fn stored_parts(key: &Key<'_>, out: &mut KeyBuf) {
     out.extend_from_slice(key.throttle.as_bytes());
     out.push(0xFF);
     match key.identity {
@@ -389,6 +411,7 @@ impl Shared {
             // New tables: the memory of the old ones is given back.
             map.words = HashTable::new();
             map.states = HashTable::new();
+            map.places = HashTable::new();
             self.live_keys.fetch_sub(removed, Ordering::Relaxed);
         }
     }
@@ -532,6 +555,66 @@ impl Shared {
         }
     }
 
+    /// Takes one of `max` places of `key`.
+    fn acquire(&self, key: &Key<'_>, max: u64) -> Decisions {
+        let now = self.now();
+        let mut stored = KeyBuf::new();
+        stored.push(PLACES);
+        stored_parts(key, &mut stored);
+        let hash = self.hasher.hash_one(&stored[..]);
+        let mut map = self.lock((hash >> 32) as usize & self.shard_mask);
+        let held = match map
+            .places
+            .find_mut(hash, |entry| entry.key[..] == stored[..])
+        {
+            Some(entry) if entry.held < max => {
+                entry.held += 1;
+                Some(entry.held)
+            }
+            Some(_) => None,
+            None if max > 0 => {
+                let entry = PlaceEntry {
+                    key: StoredKey::from_slice(&stored),
+                    held: 1,
+                };
+                map.places
+                    .insert_unique(hash, entry, |entry| self.hasher.hash_one(&entry.key[..]));
+                Some(1)
+            }
+            None => None,
+        };
+        let decision = Decision {
+            allowed: held.is_some(),
+            limit: max,
+            remaining: held.map_or(0, |held| max - held),
+            reset_after: Duration::ZERO,
+            retry_after: if held.is_some() {
+                Duration::ZERO
+            } else {
+                PLACE_RETRY
+            },
+        };
+        Decisions::one(Duration::from_micros(now), decision)
+    }
+
+    /// Gives back a place of `key`.
+    fn release(&self, key: &Key<'_>) {
+        let mut stored = KeyBuf::new();
+        stored.push(PLACES);
+        stored_parts(key, &mut stored);
+        let hash = self.hasher.hash_one(&stored[..]);
+        let mut map = self.lock((hash >> 32) as usize & self.shard_mask);
+        if let Ok(mut entry) = map
+            .places
+            .find_entry(hash, |entry| entry.key[..] == stored[..])
+        {
+            entry.get_mut().held -= 1;
+            if entry.get().held == 0 {
+                entry.remove();
+            }
+        }
+    }
+
     /// Returns a room kept for a key that was not stored after all.
     #[inline]
     fn give_back(&self, reserved: bool) {
@@ -612,6 +695,15 @@ impl ThrottleBackend for InMemoryBackend {
 
     fn persistent(&self) -> bool {
         self.inner.persistent
+    }
+
+    fn acquire(&self, key: &Key<'_>, _place: u64, max: u64, _lease: Duration) -> BackendFuture {
+        BackendFuture::ready(Ok(self.inner.acquire(key, max)))
+    }
+
+    fn release(&self, key: &Key<'_>, _place: u64) -> BackendFuture<()> {
+        self.inner.release(key);
+        BackendFuture::ready(Ok(()))
     }
 
     fn uids(&self) -> Option<&Uids> {
@@ -713,6 +805,7 @@ impl InMemoryBackendBuilder {
                 Shard(Mutex::new(ShardMap {
                     words: HashTable::new(),
                     states: HashTable::new(),
+                    places: HashTable::new(),
                     next_sweep: 0,
                     last_now: 0,
                 }))

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crate::key::Key;
 use crate::strategy::Decisions;
@@ -128,6 +129,43 @@ pub trait ThrottleBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Takes one of `max` places of `key` for the request in progress
+    /// identified by `place` (an id the throttle made, unique among the
+    /// requests that may hold places), for an in-flight limit
+    /// (`.max_in_flight(n)`): allowed when a place was free. On a backend
+    /// whose places expire ([`places_expire`](ThrottleBackend::places_expire)),
+    /// the place lasts `lease` unless renewed. The default refuses: a
+    /// custom backend holds no places unless it implements this,
+    /// [`release`](ThrottleBackend::release) and, if its places expire,
+    /// [`renew`](ThrottleBackend::renew).
+    fn acquire(&self, key: &Key<'_>, place: u64, max: u64, lease: Duration) -> BackendFuture {
+        let _ = (key, place, max, lease);
+        BackendFuture::ready(Err(Error::configuration(
+            "this backend holds no in-flight places: implement ThrottleBackend::acquire and \
+             release, or use the in-memory or Redis backend for .max_in_flight(..)",
+        )))
+    }
+
+    /// Gives back the place `place` took on `key`.
+    fn release(&self, key: &Key<'_>, place: u64) -> BackendFuture<()> {
+        let _ = (key, place);
+        BackendFuture::ready(Ok(()))
+    }
+
+    /// Extends the lease of the place `place` holds on `key` to `lease`
+    /// from now (backends whose places expire).
+    fn renew(&self, key: &Key<'_>, place: u64, lease: Duration) -> BackendFuture<()> {
+        let _ = (key, place, lease);
+        BackendFuture::ready(Ok(()))
+    }
+
+    /// Whether places expire unless renewed (a store shared by app
+    /// instances, where an instance that crashes must not keep its places):
+    /// held places are then renewed in the background. Default `false`.
+    fn places_expire(&self) -> bool {
+        false
+    }
+
     /// The uids of the live throttles counting on this backend, which keep
     /// them unique: two throttles with one uid on one backend would share
     /// counters, so the second is refused. A backend whose clones share
@@ -160,6 +198,18 @@ impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
     }
     fn check_quota(&self, quota: &Quota) -> Result<(), Error> {
         (**self).check_quota(quota)
+    }
+    fn acquire(&self, key: &Key<'_>, place: u64, max: u64, lease: Duration) -> BackendFuture {
+        (**self).acquire(key, place, max, lease)
+    }
+    fn release(&self, key: &Key<'_>, place: u64) -> BackendFuture<()> {
+        (**self).release(key, place)
+    }
+    fn renew(&self, key: &Key<'_>, place: u64, lease: Duration) -> BackendFuture<()> {
+        (**self).renew(key, place, lease)
+    }
+    fn places_expire(&self) -> bool {
+        (**self).places_expire()
     }
     fn uids(&self) -> Option<&Uids> {
         (**self).uids()

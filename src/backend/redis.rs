@@ -51,9 +51,12 @@ const LUA_MAX_PRODUCT: u128 = 1 << 51;
 const LUA_MAX_PERIOD: u64 = 1 << 50;
 
 const PRELUDE: &str = include_str!("redis/prelude.lua");
+const DRIVER: &str = include_str!("redis/driver.lua");
 
+/// A strategy's script: the shared helpers, the strategy's functions, the
+/// driver that runs them for every rate.
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&format!("{PRELUDE}\n{body}\n{DRIVER}"))
 }
 
 static TOKEN_BUCKET: LazyLock<Script> =
@@ -65,6 +68,8 @@ static SLIDING_WINDOW_COUNTER: LazyLock<Script> =
 static SLIDING_WINDOW_LOG: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/sliding_window_log.lua")));
 static GCRA: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/gcra.lua")));
+static IN_FLIGHT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("redis/in_flight.lua")));
 
 fn script_for(strategy: Strategy) -> &'static Script {
     match strategy {
@@ -395,10 +400,13 @@ impl RedisBackend {
         storage_key(&self.inner.prefix, key, strategy)
     }
 
-    fn decide_inner(&self, key: &str, quota: &Quota, cost: u64, record: bool) -> BackendFuture {
-        if let Err(error) = check_quota(quota) {
+    fn decide_inner(&self, key: &str, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
+        if let Err(error) = quotas.iter().try_for_each(check_quota) {
             return BackendFuture::ready(Err(error));
         }
+        let Some(strategy) = quotas.first().map(Quota::strategy) else {
+            return BackendFuture::ready(Err(Error::configuration("a decision needs a rate")));
+        };
         let cost = cost.max(1);
         let started = Instant::now();
         // The key's digest, computed once: looked up now, cached under later.
@@ -408,90 +416,65 @@ impl RedisBackend {
             .as_ref()
             .map(|cache| cache.digest(key));
         if let (Some(cache), Some(digest)) = (&self.inner.deny_cache, digest) {
-            if let Some(decisions) = cache.get(digest, quota, cost, started) {
-                return BackendFuture::ready(Ok(decisions));
+            match op {
+                // A refund may let in a hit that was refused: this
+                // instance's denials of the key are dropped (another
+                // instance's refund only ends its denials when they expire,
+                // so they refuse longer, never admit more).
+                Op::Refund { .. } => cache.forget(digest),
+                _ => {
+                    if let Some(decisions) = cache.get(digest, quotas, cost, started) {
+                        return BackendFuture::ready(Ok(decisions));
+                    }
+                }
             }
         }
         let shared = self.inner.clone();
-        let stored = storage_key(&shared.prefix, key, quota.strategy());
-        let cache_key = shared
-            .deny_cache
-            .as_ref()
-            .zip(digest)
-            .filter(|_| record)
-            .map(|(cache, digest)| (digest, cache.generation()));
-        let quota = *quota;
-        BackendFuture::new(async move {
-            // While Redis is unreachable, fail at once (see `breaker`).
-            let ticket = shared.breaker.admit()?;
-            let mut invocation = script_for(quota.strategy()).key(stored);
-            invocation.arg(if record { "1" } else { "0" });
-            match quota.strategy() {
+        let mut invocation = script_for(strategy).prepare_invoke();
+        for quota in quotas {
+            invocation.key(rate_key(&shared.prefix, key, quota, quotas.len()));
+        }
+        let (name, hit) = match op {
+            Op::Hit => ("hit", 0),
+            Op::Peek => ("peek", 0),
+            Op::Refund { at } => ("refund", at.as_micros() as u64),
+        };
+        invocation.arg(name).arg(cost).arg(hit);
+        for quota in quotas {
+            match strategy {
                 Strategy::TokenBucket => {
                     invocation
                         .arg(quota.limit())
                         .arg(quota.period_micros())
-                        .arg(quota.capacity())
-                        .arg(cost);
+                        .arg(quota.capacity());
                 }
                 Strategy::Gcra => {
                     invocation
                         .arg(quota.emission_interval())
                         .arg(quota.capacity())
-                        .arg(quota.period_micros())
-                        .arg(cost);
+                        .arg(quota.period_micros());
                 }
-                Strategy::FixedWindow
-                | Strategy::SlidingWindowCounter
-                | Strategy::SlidingWindowLog => {
-                    invocation
-                        .arg(quota.limit())
-                        .arg(quota.period_micros())
-                        .arg(cost);
+                _ => {
+                    invocation.arg(quota.limit()).arg(quota.period_micros());
                 }
             }
-            let (mut conn, generation) = shared.current();
-            let reply: Result<[i64; 5], Failure> = shared
-                .attempt("EVALSHA", async {
-                    // `invoke_async` loads the script on NOSCRIPT and retries
-                    // once; a second SCRIPT FLUSH in between gets one more try.
-                    match invocation.invoke_async(&mut conn).await {
-                        Err(e)
-                            if e.kind()
-                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                        {
-                            invocation.invoke_async(&mut conn).await
-                        }
-                        result => result,
-                    }
-                })
-                .await;
-            // A failure on a connection already replaced says nothing of
-            // the new one: the hits that were in flight on a silent
-            // connection neither replace its successor nor reopen the
-            // breaker once a test hit has closed it.
-            // Read on failures only: a success needs no second lock.
-            let stale = || shared.current().1 != generation;
-            match &reply {
-                Ok(_) => ticket.record(Outcome::Reached, &String::new),
-                Err(Failure::TimedOut(error)) if !stale() => {
-                    ticket.record(Outcome::Unreachable, &|| failure_text(error));
-                    // A connection that stopped answering (a dead proxy or
-                    // NAT entry) is never dropped by the client: replace it.
-                    shared.replace_connection(generation);
-                }
-                Err(Failure::Refused(error)) if !stale() => {
-                    ticket.record(Outcome::Unreachable, &|| failure_text(error))
-                }
-                Err(_) => ticket.record(Outcome::Other, &String::new),
-            }
-            let decisions = decisions_from_reply(&quota, reply.map_err(Failure::into_error)?);
+        }
+        let cache_key = shared
+            .deny_cache
+            .as_ref()
+            .zip(digest)
+            .filter(|_| op == Op::Hit)
+            .map(|(cache, digest)| (digest, cache.generation()));
+        let quotas: Box<[Quota]> = quotas.into();
+        BackendFuture::new(async move {
+            let reply = shared.evaluate(invocation).await?;
+            let decisions = decisions_from_reply(&quotas, &reply)?;
             if let (Some((key, generation)), Some(cache)) = (cache_key, &shared.deny_cache) {
                 if !decisions.binding().allowed {
                     let now = Instant::now();
                     cache.insert_at(
                         key,
-                        quota,
+                        &quotas,
                         cost,
                         started,
                         decisions.clone(),
@@ -505,31 +488,84 @@ impl RedisBackend {
     }
 }
 
-/// Builds the [`Decisions`] from a script's `{allowed, remaining,
-/// reset_after_us, retry_after_us, at}`.
-fn decisions_from_reply(
-    quota: &Quota,
-    [allowed, remaining, reset, retry, at]: [i64; 5],
-) -> Decisions {
+impl RedisBackend {
+    /// Runs the in-flight script: `op` on the place `place` of `key`.
+    fn places(
+        &self,
+        key: &Key<'_>,
+        op: &'static str,
+        place: u64,
+        max: u64,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<i64>, Error>> + Send + 'static {
+        let shared = self.inner.clone();
+        let mut invocation = IN_FLIGHT.prepare_invoke();
+        invocation
+            .key(storage_key_tagged(
+                &shared.prefix,
+                &key.text(&shared.prefix),
+                "if",
+            ))
+            .arg(op)
+            .arg(format!("{place:016x}"))
+            .arg(max)
+            .arg(lease.as_micros() as u64);
+        async move { shared.evaluate(invocation).await }
+    }
+}
+
+/// Builds the [`Decisions`] from a script's `{at, then allowed, remaining,
+/// reset_after_us, retry_after_us per rate}`.
+fn decisions_from_reply(quotas: &[Quota], reply: &[i64]) -> Result<Decisions, Error> {
     let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
-    let allowed = allowed == 1;
-    let decision = Decision {
-        allowed,
-        limit: quota.capacity(),
-        remaining: remaining.max(0) as u64,
-        reset_after: micros(reset),
-        retry_after: if allowed {
-            Duration::ZERO
-        } else {
-            micros(retry)
-        },
+    let (Some(&at), rest) = (reply.first(), reply.get(1..).unwrap_or_default()) else {
+        return Err(Error::backend(
+            "Redis answered a decision with an empty reply",
+        ));
     };
-    Decisions::one(micros(at), decision)
+    if rest.len() != quotas.len() * 4 {
+        return Err(Error::backend(format!(
+            "Redis answered a decision on {} rates with {} numbers",
+            quotas.len(),
+            reply.len()
+        )));
+    }
+    let each = rest.chunks(4).zip(quotas).map(|(numbers, quota)| {
+        let allowed = numbers[0] == 1;
+        Decision {
+            allowed,
+            limit: quota.capacity(),
+            remaining: numbers[1].max(0) as u64,
+            reset_after: micros(numbers[2]),
+            retry_after: if allowed {
+                Duration::ZERO
+            } else {
+                micros(numbers[3])
+            },
+        }
+    });
+    Ok(Decisions::new(micros(at), each))
+}
+
+/// The Redis key of one rate of a decision: [`storage_key`], and for a
+/// throttle with several rates, the rate (`:{limit}/{period_us}`), so that
+/// each rate keeps its counter whatever the order of the others.
+fn rate_key(prefix: &str, key: &str, quota: &Quota, rates: usize) -> String {
+    let mut stored = storage_key(prefix, key, quota.strategy());
+    if rates > 1 {
+        stored.push_str(&format!(":{}/{}", quota.limit(), quota.period_micros()));
+    }
+    stored
 }
 
 /// `{prefix}:{{rest}}:{tag}`, where `rest` is `key` without its
 /// `{prefix}:` (the whole key if it does not start with it).
 fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
+    storage_key_tagged(prefix, key, strategy_tag(strategy))
+}
+
+/// [`storage_key`] with another tag (`if`: in-flight places).
+fn storage_key_tagged(prefix: &str, key: &str, tag: &str) -> String {
     let rest = key
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix(':'))
@@ -540,7 +576,6 @@ fn storage_key(prefix: &str, key: &str, strategy: Strategy) -> String {
     // goes after the closing brace, where no short key's stored form has
     // anything but the tag (`{prefix}:{rest}:{tag}` always has `}:` before
     // its tag): a short key cannot be written to equal a long one's.
-    let tag = strategy_tag(strategy);
     let mut stored = String::with_capacity(prefix.len() + rest.len().min(256) + tag.len() + 48);
     stored.push_str(prefix);
     stored.push_str(":{");
@@ -695,6 +730,51 @@ impl Shared {
                 ),
             }
         });
+    }
+
+    /// Runs a script: failing at once while Redis cannot be reached (see
+    /// `breaker`), and replacing a connection that stopped answering.
+    async fn evaluate(
+        self: &Arc<Self>,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<Vec<i64>, Error> {
+        let ticket = self.breaker.admit()?;
+        let (mut conn, generation) = self.current();
+        let reply: Result<Vec<i64>, Failure> = self
+            .attempt("EVALSHA", async {
+                // `invoke_async` loads the script on NOSCRIPT and retries
+                // once; a second SCRIPT FLUSH in between gets one more try.
+                match invocation.invoke_async(&mut conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.invoke_async(&mut conn).await
+                    }
+                    result => result,
+                }
+            })
+            .await;
+        // A failure on a connection already replaced says nothing of the
+        // new one: the hits that were in flight on a silent connection
+        // neither replace its successor nor reopen the breaker once a test
+        // hit has closed it. Read on failures only: a success needs no
+        // second lock.
+        let stale = || self.current().1 != generation;
+        match &reply {
+            Ok(_) => ticket.record(Outcome::Reached, &String::new),
+            Err(Failure::TimedOut(error)) if !stale() => {
+                ticket.record(Outcome::Unreachable, &|| failure_text(error));
+                // A connection that stopped answering (a dead proxy or NAT
+                // entry) is never dropped by the client: replace it.
+                self.replace_connection(generation);
+            }
+            Err(Failure::Refused(error)) if !stale() => {
+                ticket.record(Outcome::Unreachable, &|| failure_text(error))
+            }
+            Err(_) => ticket.record(Outcome::Other, &String::new),
+        }
+        reply.map_err(Failure::into_error)
     }
 
     /// Runs one command under the response timeout, saying why it failed.
@@ -905,14 +985,50 @@ impl ThrottleBackend for RedisBackend {
     }
 
     fn decide(&self, key: &Key<'_>, quotas: &[Quota], cost: u64, op: Op) -> BackendFuture {
-        let text = key.text(&self.inner.prefix);
-        match (quotas, op) {
-            ([quota], Op::Hit) => self.decide_inner(&text, quota, cost, true),
-            ([quota], Op::Peek) => self.decide_inner(&text, quota, cost, false),
-            _ => BackendFuture::ready(Err(Error::configuration(
-                "the Redis backend decides one rate a hit, without refunds",
-            ))),
-        }
+        self.decide_inner(&key.text(&self.inner.prefix), quotas, cost, op)
+    }
+
+    fn acquire(&self, key: &Key<'_>, place: u64, max: u64, lease: Duration) -> BackendFuture {
+        let future = self.places(key, "acquire", place, max, lease);
+        BackendFuture::new(async move {
+            let reply = future.await?;
+            let (allowed, remaining, at) = match reply[..] {
+                [allowed, remaining, at] => {
+                    (allowed == 1, remaining.max(0) as u64, at.max(0) as u64)
+                }
+                _ => {
+                    return Err(Error::backend(
+                        "Redis answered an in-flight place with a malformed reply",
+                    ))
+                }
+            };
+            let decision = Decision {
+                allowed,
+                limit: max,
+                remaining,
+                reset_after: Duration::ZERO,
+                retry_after: if allowed {
+                    Duration::ZERO
+                } else {
+                    super::memory::PLACE_RETRY
+                },
+            };
+            Ok(Decisions::one(Duration::from_micros(at), decision))
+        })
+    }
+
+    fn release(&self, key: &Key<'_>, place: u64) -> BackendFuture<()> {
+        let future = self.places(key, "release", place, 0, Duration::ZERO);
+        BackendFuture::new(async move { future.await.map(drop) })
+    }
+
+    fn renew(&self, key: &Key<'_>, place: u64, lease: Duration) -> BackendFuture<()> {
+        let future = self.places(key, "renew", place, 0, lease);
+        BackendFuture::new(async move { future.await.map(drop) })
+    }
+
+    fn places_expire(&self) -> bool {
+        true
     }
 
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
@@ -975,7 +1091,7 @@ struct DenyState {
 }
 
 struct CachedDeny {
-    quota: Quota,
+    quotas: Box<[Quota]>,
     cost: u64,
     /// When the request that got the denial was sent: the server decided
     /// later, so `sent + retry_after` is never later than the real time the
@@ -1012,12 +1128,12 @@ impl DenyCache {
     }
 
     /// A live denial of the key whose [`digest`](DenyCache::digest) is `key`.
-    fn get(&self, key: u64, quota: &Quota, cost: u64, now: Instant) -> Option<Decisions> {
+    fn get(&self, key: u64, quotas: &[Quota], cost: u64, now: Instant) -> Option<Decisions> {
         let mut state = self.lock();
         let entries = state.map.get_mut(&key)?;
         let index = entries
             .iter()
-            .position(|e| e.quota == *quota && e.cost == cost)?;
+            .position(|e| *e.quotas == *quotas && e.cost == cost)?;
         let entry = &entries[index];
         let elapsed = now.saturating_duration_since(entry.sent);
         if elapsed >= entry.decisions.binding().retry_after {
@@ -1046,7 +1162,7 @@ impl DenyCache {
     fn insert_at(
         &self,
         key: u64,
-        quota: Quota,
+        quotas: &[Quota],
         cost: u64,
         sent: Instant,
         decisions: Decisions,
@@ -1057,7 +1173,7 @@ impl DenyCache {
             return;
         }
         let entry = CachedDeny {
-            quota,
+            quotas: quotas.into(),
             cost,
             sent,
             decisions,
@@ -1069,7 +1185,7 @@ impl DenyCache {
         if let Some(entries) = state.map.get_mut(&key) {
             if let Some(old) = entries
                 .iter_mut()
-                .find(|e| e.quota == quota && e.cost == cost)
+                .find(|e| *e.quotas == *quotas && e.cost == cost)
             {
                 *old = entry;
                 return;
@@ -1093,6 +1209,14 @@ impl DenyCache {
         }
         state.map.entry(key).or_default().push(entry);
         state.len += 1;
+    }
+
+    /// Drops the denials of the key whose digest is `key`.
+    fn forget(&self, key: u64) {
+        let mut state = self.lock();
+        if let Some(entries) = state.map.remove(&key) {
+            state.len -= entries.len();
+        }
     }
 
     fn clear(&self) {
@@ -1451,9 +1575,11 @@ mod tests {
         let quota = Quota::new("1/min".parse().unwrap(), Strategy::TokenBucket).unwrap();
         let key = "x".repeat(300_000);
         let t0 = Instant::now();
-        cache.insert_at(cache.digest(&key), quota, 1, t0, denied(10_000), t0, 0);
-        assert!(cache.get(cache.digest(&key), &quota, 1, t0).is_some());
-        assert!(cache.get(cache.digest(&key[1..]), &quota, 1, t0).is_none());
+        cache.insert_at(cache.digest(&key), &[quota], 1, t0, denied(10_000), t0, 0);
+        assert!(cache.get(cache.digest(&key), &[quota], 1, t0).is_some());
+        assert!(cache
+            .get(cache.digest(&key[1..]), &[quota], 1, t0)
+            .is_none());
     }
 
     #[test]
@@ -1464,7 +1590,7 @@ mod tests {
         for i in 0..100 {
             cache.insert_at(
                 cache.digest(&format!("k{i}")),
-                quota,
+                &[quota],
                 1,
                 t0,
                 denied(10_000),
@@ -1478,7 +1604,7 @@ mod tests {
         for i in 100..1100 {
             cache.insert_at(
                 cache.digest(&format!("k{i}")),
-                quota,
+                &[quota],
                 1,
                 t0,
                 denied(10_000),
@@ -1488,13 +1614,13 @@ mod tests {
         }
         assert_eq!(cache.lock().sweeps, 1);
         assert_eq!(cache.lock().len, 100);
-        assert!(cache.get(cache.digest("k1000"), &quota, 1, t0).is_none());
-        assert!(cache.get(cache.digest("k5"), &quota, 1, t0).is_some());
+        assert!(cache.get(cache.digest("k1000"), &[quota], 1, t0).is_none());
+        assert!(cache.get(cache.digest("k5"), &[quota], 1, t0).is_some());
         // Once the entries expire and the interval passes, a sweep makes room.
         let later = t0 + Duration::from_secs(11);
         cache.insert_at(
             cache.digest("fresh"),
-            quota,
+            &[quota],
             1,
             later,
             denied(10_000),
@@ -1503,7 +1629,9 @@ mod tests {
         );
         assert_eq!(cache.lock().sweeps, 2);
         assert_eq!(cache.lock().len, 1);
-        assert!(cache.get(cache.digest("fresh"), &quota, 1, later).is_some());
+        assert!(cache
+            .get(cache.digest("fresh"), &[quota], 1, later)
+            .is_some());
     }
 
     /// A denial decided before a `clear()` (a reset) but inserted after it
@@ -1515,14 +1643,22 @@ mod tests {
         let t0 = Instant::now();
         let before = cache.generation();
         cache.clear();
-        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, before);
-        assert_eq!(cache.get(cache.digest("k"), &quota, 1, t0), None);
+        cache.insert_at(
+            cache.digest("k"),
+            &[quota],
+            1,
+            t0,
+            denied(1_000),
+            t0,
+            before,
+        );
+        assert_eq!(cache.get(cache.digest("k"), &[quota], 1, t0), None);
         assert_eq!(cache.lock().len, 0);
         // One sent after the clear is cached.
         let after = cache.generation();
         assert_ne!(after, before);
-        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, after);
-        assert!(cache.get(cache.digest("k"), &quota, 1, t0).is_some());
+        cache.insert_at(cache.digest("k"), &[quota], 1, t0, denied(1_000), t0, after);
+        assert!(cache.get(cache.digest("k"), &[quota], 1, t0).is_some());
     }
 
     #[test]
@@ -1531,14 +1667,14 @@ mod tests {
         let quota = per_minute(1);
         let other = per_minute(2);
         let t0 = Instant::now();
-        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(1_000), t0, 0);
-        cache.insert_at(cache.digest("k"), quota, 1, t0, denied(2_000), t0, 0);
-        cache.insert_at(cache.digest("k"), other, 1, t0, denied(3_000), t0, 0);
-        cache.insert_at(cache.digest("k"), quota, 2, t0, denied(4_000), t0, 0);
+        cache.insert_at(cache.digest("k"), &[quota], 1, t0, denied(1_000), t0, 0);
+        cache.insert_at(cache.digest("k"), &[quota], 1, t0, denied(2_000), t0, 0);
+        cache.insert_at(cache.digest("k"), &[other], 1, t0, denied(3_000), t0, 0);
+        cache.insert_at(cache.digest("k"), &[quota], 2, t0, denied(4_000), t0, 0);
         assert_eq!(cache.lock().len, 3);
         let at = |q: &Quota, cost| {
             cache
-                .get(cache.digest("k"), q, cost, t0)
+                .get(cache.digest("k"), &[*q], cost, t0)
                 .map(|d| d.binding().retry_after.as_millis())
         };
         assert_eq!(at(&quota, 1), Some(2_000));
@@ -1547,11 +1683,11 @@ mod tests {
         assert_eq!(at(&other, 2), None);
         // An expired entry is dropped when looked up.
         let later = t0 + Duration::from_millis(2_500);
-        assert_eq!(cache.get(cache.digest("k"), &quota, 1, later), None);
+        assert_eq!(cache.get(cache.digest("k"), &[quota], 1, later), None);
         assert_eq!(cache.lock().len, 2);
         cache.clear();
         assert_eq!(cache.lock().len, 0);
-        assert_eq!(cache.get(cache.digest("k"), &other, 1, t0), None);
+        assert_eq!(cache.get(cache.digest("k"), &[other], 1, t0), None);
     }
 
     #[test]

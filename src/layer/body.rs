@@ -51,7 +51,7 @@ use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::response::BoxBody;
-use crate::BoxError;
+use crate::{BoxError, Permit};
 
 /// A response body type that traffik can build its own answers (429, 500,
 /// 503) in, so that a [`ThrottleLayer`](crate::ThrottleLayer) in its default
@@ -142,6 +142,50 @@ pub trait BodyMode<B>: sealed::Sealed {
     /// The body of a response traffik made.
     #[doc(hidden)]
     fn made(body: BoxBody) -> Self::Body;
+
+    /// The body of a response of the inner service, holding in-flight
+    /// places until it has been sent in full or dropped.
+    #[doc(hidden)]
+    fn holding(body: B, places: Places) -> Self::Body;
+}
+
+/// The in-flight places a response body holds.
+#[doc(hidden)]
+pub type Places = Vec<Permit>;
+
+pin_project! {
+    /// A body that gives its in-flight places back once it has been sent in
+    /// full (or failed), or when dropped.
+    pub(crate) struct Holding<B> {
+        #[pin]
+        body: B,
+        places: Option<Places>,
+    }
+}
+
+impl<B: Body> Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.places.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Body mode (the default): responses keep the inner service's body type,
@@ -154,7 +198,11 @@ pub struct InnerBody;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AnyBody;
 
-impl<B: FromBoxBody> BodyMode<B> for InnerBody {
+impl<B> BodyMode<B> for InnerBody
+where
+    B: FromBoxBody + Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Body = B;
 
     #[inline]
@@ -164,6 +212,25 @@ impl<B: FromBoxBody> BodyMode<B> for InnerBody {
 
     fn made(body: BoxBody) -> B {
         B::from_box_body(body)
+    }
+
+    fn holding(body: B, places: Places) -> B {
+        B::from_box_body(body.map_err(Into::into).boxed_unsync().hold(places))
+    }
+}
+
+/// A boxed body that holds places.
+trait Hold {
+    fn hold(self, places: Places) -> BoxBody;
+}
+
+impl Hold for BoxBody {
+    fn hold(self, places: Places) -> BoxBody {
+        Holding {
+            body: self,
+            places: Some(places),
+        }
+        .boxed_unsync()
     }
 }
 
@@ -181,6 +248,17 @@ where
 
     fn made(body: BoxBody) -> ResponseBody<B> {
         ResponseBody::traffik(body)
+    }
+
+    fn holding(body: B, places: Places) -> ResponseBody<B> {
+        ResponseBody {
+            kind: BodyKind::Holding {
+                body: Holding {
+                    body,
+                    places: Some(places),
+                },
+            },
+        }
     }
 }
 
@@ -204,13 +282,20 @@ pin_project! {
             #[pin]
             body: BoxBody,
         },
+        Holding {
+            #[pin]
+            body: Holding<B>,
+        },
     }
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            BodyKind::Inner { body } => f.debug_tuple("ResponseBody::Inner").field(body).finish(),
+            BodyKind::Inner { body }
+            | BodyKind::Holding {
+                body: Holding { body, .. },
+            } => f.debug_tuple("ResponseBody::Inner").field(body).finish(),
             BodyKind::Traffik { .. } => f.write_str("ResponseBody::Traffik(..)"),
         }
     }
@@ -246,6 +331,7 @@ where
         match self.project().kind.project() {
             BodyKindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             BodyKindProj::Traffik { body } => body.poll_frame(cx),
+            BodyKindProj::Holding { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -253,6 +339,7 @@ where
         match &self.kind {
             BodyKind::Inner { body } => body.is_end_stream(),
             BodyKind::Traffik { body } => body.is_end_stream(),
+            BodyKind::Holding { body } => body.is_end_stream(),
         }
     }
 
@@ -260,6 +347,7 @@ where
         match &self.kind {
             BodyKind::Inner { body } => body.size_hint(),
             BodyKind::Traffik { body } => body.size_hint(),
+            BodyKind::Holding { body } => body.size_hint(),
         }
     }
 }

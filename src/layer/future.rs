@@ -14,9 +14,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::{BodyMode, InnerBody};
-use super::service::Outcome;
+use super::service::{Admissions, Outcome};
 use super::LayerConfig;
-use crate::response::{BoxBody, RateLimitInfo};
+use crate::response::{is_grpc, BoxBody};
 
 pin_project! {
     /// Response future of [`ThrottleService`](crate::ThrottleService).
@@ -26,7 +26,7 @@ pin_project! {
     {
         #[pin]
         pub(crate) state: State<S, ReqBody>,
-        pub(crate) infos: Vec<RateLimitInfo>,
+        pub(crate) admissions: Admissions,
         pub(crate) mode: PhantomData<fn() -> M>,
     }
 }
@@ -98,10 +98,12 @@ where
                         config,
                     } = &mut **checking;
                     let (parts, outcome) = ready!(check.as_mut().poll(cx));
-                    *this.infos = outcome.headers;
+                    *this.admissions = outcome.admissions;
                     let next = match outcome.error {
-                        Some(error) => State::Done {
-                            response: Some(Box::new(config.reject(&error))),
+                        Some(refusal) => State::Done {
+                            response: Some(Box::new(
+                                config.reject(&refusal, is_grpc(&parts.headers)),
+                            )),
                         },
                         None => {
                             let body = body.take().expect("request body taken once");
@@ -115,16 +117,16 @@ where
                 }
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx))?;
-                    for info in this.infos.iter() {
-                        info.apply(response.headers_mut());
+                    this.admissions.apply(&mut response);
+                    if this.admissions.places.is_empty() {
+                        return Poll::Ready(Ok(response.map(M::inner)));
                     }
-                    return Poll::Ready(Ok(response.map(M::inner)));
+                    let places = std::mem::take(&mut this.admissions.places);
+                    return Poll::Ready(Ok(response.map(|body| M::holding(body, places))));
                 }
                 StateProj::Done { response } => {
                     let mut response = *response.take().expect("polled after completion");
-                    for info in this.infos.iter() {
-                        info.apply(response.headers_mut());
-                    }
+                    this.admissions.apply(&mut response);
                     return Poll::Ready(Ok(response.map(M::made)));
                 }
             }

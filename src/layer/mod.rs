@@ -13,9 +13,9 @@ use tower_layer::Layer;
 
 use crate::backend::{DynBackend, IntoBackend, UidLease};
 use crate::pipeline::BackendChoice;
-use crate::response::{responder, ThrottledResponder};
+use crate::response::{error_responder, responder, ErrorResponder, ThrottledResponder};
 use crate::throttle::builder::register_uid;
-use crate::{BoxError, HttpThrottle, Throttled};
+use crate::{BoxError, Error, HttpThrottle, Throttled};
 
 pub mod body;
 pub(crate) mod future;
@@ -82,6 +82,7 @@ pub(crate) struct LayerConfig {
     pub(crate) backend: Option<DynBackend>,
     pub(crate) rules: Vec<MiddlewareThrottle>,
     pub(crate) on_throttled: Option<ThrottledResponder>,
+    pub(crate) on_error: Option<ErrorResponder>,
     /// The uids of the rules' throttles that count on the layer's backend,
     /// registered there while the layer lives.
     uid_leases: Vec<UidLease>,
@@ -177,8 +178,10 @@ impl<M> ThrottleLayer<M> {
         rules.into_iter().fold(self, Self::rule)
     }
 
-    /// The response for throttled requests whose throttle has no
-    /// `on_throttled` of its own.
+    /// The response for throttled requests of this layer's rules whose
+    /// throttle has no `on_throttled` of its own. It does not reach
+    /// throttles applied elsewhere (a throttle's own `.layer()` in a
+    /// `route_layer` is another layer): give those their `.on_throttled(..)`.
     pub fn on_throttled<F, B>(mut self, f: F) -> Self
     where
         F: Fn(&Throttled) -> Response<B> + Send + Sync + 'static,
@@ -186,6 +189,36 @@ impl<M> ThrottleLayer<M> {
         B::Error: Into<BoxError>,
     {
         Arc::make_mut(&mut self.config).on_throttled = Some(responder(f));
+        self
+    }
+
+    /// The response for the other errors of rules whose throttle has no
+    /// `on_error` of its own: a configuration error, an anonymous
+    /// connection (500s), a backend failure under `FailureMode::Closed`
+    /// (503). `Cache-Control: no-store` is set, and `Retry-After: 1` on a
+    /// backend failure's answer that lacks one.
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use traffik::{backend::InMemoryBackend, Error, ThrottleLayer};
+    /// let layer = ThrottleLayer::new(InMemoryBackend::new()).on_error(|error: &Error| {
+    ///     let status = match error {
+    ///         Error::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+    ///         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    ///     };
+    ///     let mut response = Response::new(String::from("please try again later"));
+    ///     *response.status_mut() = status;
+    ///     response
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn on_error<F, B>(mut self, f: F) -> Self
+    where
+        F: Fn(&Error) -> Response<B> + Send + Sync + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Arc::make_mut(&mut self.config).on_error = Some(error_responder(f));
         self
     }
 }

@@ -8,6 +8,7 @@ use http::request::Parts;
 use regex::Regex;
 
 use crate::backend::BoxFuture;
+use crate::pipeline::Ask;
 use crate::throttle::RequestHead;
 use crate::{Error, HttpThrottle};
 
@@ -158,6 +159,15 @@ impl MiddlewareThrottle {
     /// The throttle.
     pub fn throttle(&self) -> &HttpThrottle {
         &self.throttle
+    }
+
+    /// What the rule asks of its throttle: a hit, kept for a refund when
+    /// the throttle gives hits back by response status.
+    pub(crate) fn ask(&self) -> Ask {
+        match self.throttle.inner.refund_when {
+            Some(_) => Ask::Reserve,
+            None => Ask::Hit,
+        }
     }
 
     /// The method and path filters. HEAD counts as GET (axum answers it

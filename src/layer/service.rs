@@ -9,14 +9,14 @@ use http::request::Parts;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::body::{BodyMode, InnerBody};
+use super::body::{BodyMode, InnerBody, Places};
 use super::future::{Checking, ResponseFuture, State};
-use super::LayerConfig;
+use super::{LayerConfig, MiddlewareThrottle};
 use crate::backend::BoxFuture;
 use crate::pipeline::{Admitted, Answer};
-use crate::response::{error_response, BoxBody, RateLimitInfo};
-use crate::strategy::Op;
-use crate::throttle::RequestHead;
+use crate::reservation::CountedHit;
+use crate::response::{error_response, is_grpc, BoxBody, RateLimitInfo};
+use crate::throttle::{RefundWhen, RequestHead};
 use crate::Error;
 
 /// A rule's decision still to be awaited.
@@ -57,19 +57,60 @@ impl<S, M> std::fmt::Debug for ThrottleService<S, M> {
 /// What the rules decided: the headers of the throttles that admitted the
 /// request, and the error of the one that refused it, if one did.
 pub(crate) struct Outcome {
-    pub(crate) headers: Vec<RateLimitInfo>,
-    pub(crate) error: Option<Error>,
+    pub(crate) admissions: Admissions,
+    pub(crate) error: Option<Refusal>,
 }
 
-#[inline]
-fn record(headers: &mut Vec<RateLimitInfo>, admitted: Admitted) {
-    if let Some(info) = admitted.headers {
-        headers.push(*info);
+/// A rule's error that stops the request: a throttled request, or a
+/// backend or configuration error.
+pub(crate) struct Refusal {
+    /// The rule's index.
+    pub(crate) rule: usize,
+    pub(crate) error: Error,
+}
+
+/// What the rules that let a request through leave for its response: their
+/// rate-limit headers, and the hits to give back if its status says so
+/// (`.refund_when(..)`).
+#[derive(Default)]
+pub(crate) struct Admissions {
+    headers: Vec<RateLimitInfo>,
+    refunds: Vec<(Box<CountedHit>, RefundWhen)>,
+    /// In-flight places, held until the response body is sent.
+    pub(crate) places: Places,
+}
+
+impl Admissions {
+    #[inline]
+    fn record(&mut self, admitted: Admitted, rule: &MiddlewareThrottle) {
+        if let Some(info) = admitted.headers {
+            self.headers.push(*info);
+        }
+        if let (Some(hit), Some(refund_when)) = (admitted.hit, &rule.throttle.inner.refund_when) {
+            self.refunds.push((hit, Arc::clone(refund_when)));
+        }
+        if let Some(permit) = admitted.permit {
+            self.places.push(permit);
+        }
+    }
+
+    /// Adds the headers to the response, and gives back the hits whose
+    /// `.refund_when(..)` its status matches.
+    #[inline]
+    pub(crate) fn apply<B>(&mut self, response: &mut Response<B>) {
+        for info in &self.headers {
+            info.apply(response.headers_mut());
+        }
+        for (hit, refund_when) in self.refunds.drain(..) {
+            if refund_when(response.status()) {
+                hit.refund_in_background();
+            }
+        }
     }
 }
 
 impl LayerConfig {
-    /// Runs the rules in order, synchronously, recording header infos.
+    /// Runs the rules in order, synchronously, recording their admissions.
     /// `Ok(None)`: every matching rule allowed the request; `Ok(Some(error))`:
     /// one refused it; `Err((index, pending))`: continue asynchronously at
     /// rule `index` (a hook to await), after awaiting `pending` (the check of
@@ -77,8 +118,8 @@ impl LayerConfig {
     pub(crate) fn run_sync(
         &self,
         request: &impl RequestHead,
-        infos: &mut Vec<RateLimitInfo>,
-    ) -> Result<Option<Error>, (usize, Option<PendingCheck>)> {
+        admissions: &mut Admissions,
+    ) -> Result<Option<Refusal>, (usize, Option<PendingCheck>)> {
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.matches(request) {
                 continue;
@@ -89,10 +130,10 @@ impl LayerConfig {
             match rule
                 .throttle
                 .inner
-                .answer(request, self.backend.as_ref(), Op::Hit)
+                .answer(request, self.backend.as_ref(), rule.ask())
             {
-                Answer::Now(Ok(admitted)) => record(infos, admitted),
-                Answer::Now(Err(error)) => return Ok(Some(error)),
+                Answer::Now(Ok(admitted)) => admissions.record(admitted, rule),
+                Answer::Now(Err(error)) => return Ok(Some(Refusal { rule: index, error })),
                 Answer::Later(pending) => return Err((index + 1, Some(pending))),
             }
         }
@@ -104,24 +145,22 @@ impl LayerConfig {
         parts: Parts,
         start: usize,
         pending: Option<PendingCheck>,
-        mut infos: Vec<RateLimitInfo>,
+        mut admissions: Admissions,
     ) -> (Parts, Outcome) {
         if let Some(pending) = pending {
             match pending.await {
-                Ok(admitted) => record(&mut infos, admitted),
+                // The check of the rule before `start`.
+                Ok(admitted) => admissions.record(admitted, &self.rules[start - 1]),
                 Err(error) => {
-                    let error = Some(error);
-                    return (
-                        parts,
-                        Outcome {
-                            headers: infos,
-                            error,
-                        },
-                    );
+                    let error = Some(Refusal {
+                        rule: start - 1,
+                        error,
+                    });
+                    return (parts, Outcome { admissions, error });
                 }
             }
         }
-        for rule in &self.rules[start..] {
+        for (index, rule) in self.rules.iter().enumerate().skip(start) {
             if !rule.matches(&parts) {
                 continue;
             }
@@ -133,25 +172,19 @@ impl LayerConfig {
             let answer = rule
                 .throttle
                 .inner
-                .answer(&parts, self.backend.as_ref(), Op::Hit);
+                .answer(&parts, self.backend.as_ref(), rule.ask());
             match answer.finish().await {
-                Ok(admitted) => record(&mut infos, admitted),
+                Ok(admitted) => admissions.record(admitted, rule),
                 Err(error) => {
-                    let error = Some(error);
-                    return (
-                        parts,
-                        Outcome {
-                            headers: infos,
-                            error,
-                        },
-                    );
+                    let error = Some(Refusal { rule: index, error });
+                    return (parts, Outcome { admissions, error });
                 }
             }
         }
         (
             parts,
             Outcome {
-                headers: infos,
+                admissions,
                 error: None,
             },
         )
@@ -173,21 +206,23 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let mut infos = Vec::new();
-        match self.config.run_sync(&request, &mut infos) {
+        let mut admissions = Admissions::default();
+        match self.config.run_sync(&request, &mut admissions) {
             Ok(None) => {
                 let future = self.inner.call(request);
                 ResponseFuture {
                     state: State::Calling { future },
-                    infos,
+                    admissions,
                     mode: PhantomData,
                 }
             }
-            Ok(Some(error)) => ResponseFuture {
+            Ok(Some(refusal)) => ResponseFuture {
                 state: State::Done {
-                    response: Some(Box::new(self.config.reject(&error))),
+                    response: Some(Box::new(
+                        self.config.reject(&refusal, is_grpc(request.headers())),
+                    )),
                 },
-                infos,
+                admissions,
                 mode: PhantomData,
             },
             Err((start, pending)) => {
@@ -196,7 +231,7 @@ where
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
                 let config = Arc::clone(&self.config);
-                let check = Box::pin(config.run_async(parts, start, pending, infos));
+                let check = Box::pin(config.run_async(parts, start, pending, admissions));
                 ResponseFuture {
                     state: State::Checking {
                         checking: Box::new(Checking {
@@ -206,7 +241,7 @@ where
                             config: Arc::clone(&self.config),
                         }),
                     },
-                    infos: Vec::new(),
+                    admissions: Admissions::default(),
                     mode: PhantomData,
                 }
             }
@@ -215,13 +250,18 @@ where
 }
 
 impl LayerConfig {
-    pub(crate) fn reject(&self, error: &Error) -> Response<BoxBody> {
+    /// The answer to a refusal: the rule's throttle's own responses, else
+    /// the layer's, else traffik's (gRPC statuses for a gRPC request).
+    pub(crate) fn reject(&self, refusal: &Refusal, grpc: bool) -> Response<BoxBody> {
+        let error = &refusal.error;
         match error {
             Error::Configuration(_) | Error::AnonymousConnection => {
                 tracing::error!(error = %crate::error::Chain(error), "traffik cannot throttle this request")
             }
             _ => {}
         }
-        error_response(error, self.on_throttled.as_ref())
+        let policy = &self.rules[refusal.rule].throttle.inner.core.policy;
+        let on_error = policy.on_error.as_ref().or(self.on_error.as_ref());
+        error_response(error, self.on_throttled.as_ref(), on_error, grpc)
     }
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use http::request::Parts;
 
-use super::{HttpInner, HttpThrottle, Identifier};
+use super::{HttpInner, HttpThrottle, Identifier, RefundWhen};
 use crate::backend::{BoxFuture, DynBackend, IntoBackend, UidLease};
-use crate::identity::AddressIdentity;
+use crate::identity::{AddressIdentity, IntoIdentity};
 use crate::pipeline::{quotas, BackendChoice, Core, DecisionFn, IdentifierFn, Limit, RateFn};
 use crate::rate::{IntoRate, IntoRates};
-use crate::response::{responder, Policy, RateLimitHeaders, ThrottledResponder};
+use crate::response::{
+    error_responder, responder, ErrorResponder, Policy, RateLimitHeaders, ThrottledResponder,
+};
 use crate::{
     BoxError, Decision, Error, Exceeded, FailureMode, Identity, Rate, Strategy, Throttled,
     TrustedProxies,
@@ -270,6 +272,19 @@ impl<K> ThrottleBuilder<K> {
             }
             (None, true) => None,
         };
+        if let Some((max, _)) = http.in_flight {
+            if self.rates.is_some() || unit_rate.is_some() || http.dynamic_rate.is_some() {
+                return Err(Error::configuration(format!(
+                    "max_in_flight({max}) is instead of a rate: a throttle limits requests in progress or \
+                     hits per period, not both; use two throttles (two rules, or two route layers)"
+                )));
+            }
+            if max == 0 {
+                return Err(Error::configuration(
+                    "max_in_flight(0) would refuse every request: allow at least 1",
+                ));
+            }
+        }
         let rates = match (self.rates, unit_rate, &http.dynamic_rate) {
             (Some(_), _, Some(_)) => {
                 return Err(Error::configuration(
@@ -286,6 +301,7 @@ impl<K> ThrottleBuilder<K> {
                     "set either .dynamic_rate(..) or .limit(n) with time units, not both",
                 ))
             }
+            (None, None, None) if http.in_flight.is_some() => None,
             (None, None, None) => {
                 return Err(Error::configuration(
                     "no rate: set .limit(n).seconds(n), .rate(\"5/10s\"), .rates([..]), .rate(Rate::unlimited()) or .dynamic_rate(..)",
@@ -332,7 +348,10 @@ impl<K> ThrottleBuilder<K> {
                 }
             }
             (None, Some(dynamic)) => Limit::Dynamic(dynamic),
-            (None, None) => unreachable!("checked above"),
+            (None, None) => match http.in_flight {
+                Some((max, lease)) => Limit::InFlight { max, lease },
+                None => unreachable!("checked above"),
+            },
         };
         let generated = self.uid.is_none();
         let uid: Arc<str> = match self.uid {
@@ -351,6 +370,7 @@ impl<K> ThrottleBuilder<K> {
             name: Arc::clone(&uid),
             headers: http.headers,
             responder: http.on_throttled,
+            on_error: http.on_error,
         };
         let core = Core {
             uid,
@@ -369,6 +389,8 @@ impl<K> ThrottleBuilder<K> {
             on_decision: self.on_decision,
             policy,
             _uid_lease: uid_lease,
+            lines: Arc::default(),
+            falling_back: Default::default(),
         };
         Ok((core, self.kind))
     }
@@ -408,10 +430,13 @@ pub(crate) struct HttpOnly {
     pub(crate) dynamic_rate: Option<RateFn>,
     pub(crate) headers: RateLimitHeaders,
     pub(crate) on_throttled: Option<ThrottledResponder>,
+    pub(crate) on_error: Option<ErrorResponder>,
+    /// `.max_in_flight(n)` and `.lease(..)`.
+    pub(crate) in_flight: Option<(u64, Duration)>,
 }
 
 /// Options only HTTP throttles have (see [`HttpThrottleBuilder`]).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpOptions {
     identifier: Option<IdentifierFn>,
     address: AddressIdentity,
@@ -419,7 +444,31 @@ pub struct HttpOptions {
     dynamic_rate: Option<RateFn>,
     headers: RateLimitHeaders,
     on_throttled: Option<ThrottledResponder>,
+    refund_when: Option<RefundWhen>,
+    on_error: Option<ErrorResponder>,
+    max_in_flight: Option<u64>,
+    lease: Duration,
 }
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            identifier: None,
+            address: AddressIdentity::default(),
+            shared_across_routes: false,
+            dynamic_rate: None,
+            headers: RateLimitHeaders::None,
+            on_throttled: None,
+            refund_when: None,
+            on_error: None,
+            max_in_flight: None,
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// The default lease of an in-flight place on a backend whose places expire.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for HttpOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -431,6 +480,10 @@ impl std::fmt::Debug for HttpOptions {
             .field("dynamic_rate", &self.dynamic_rate.is_some())
             .field("headers", &self.headers)
             .field("on_throttled", &self.on_throttled.is_some())
+            .field("refund_when", &self.refund_when.is_some())
+            .field("on_error", &self.on_error.is_some())
+            .field("max_in_flight", &self.max_in_flight)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -522,9 +575,46 @@ impl ThrottleBuilder<HttpOptions> {
         self
     }
 
+    /// Replaces the answers to the errors other than a 429, as
+    /// [`on_throttled`](Self::on_throttled) replaces the 429: a
+    /// configuration error or an anonymous connection (500s) and a backend
+    /// failure under [`FailureMode::Closed`] (503), when this throttle is
+    /// used as a layer or a rule (in a handler, the error is yours to
+    /// answer). `Cache-Control: no-store` is set, and `Retry-After: 1` on a
+    /// backend failure's answer that lacks one.
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use traffik::{Error, HttpThrottle};
+    /// let throttle = HttpThrottle::builder()
+    ///     .rate("10/s")
+    ///     .on_error(|_: &Error| {
+    ///         let mut response = Response::new(String::from("temporarily unavailable"));
+    ///         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    ///         response
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(throttle);
+    /// ```
+    pub fn on_error<F, B>(mut self, f: F) -> Self
+    where
+        F: Fn(&Error) -> http::Response<B> + Send + Sync + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.kind.on_error = Some(error_responder(f));
+        self
+    }
+
     /// How requests are identified (default: the client IP). The closure gets
     /// the request head and returns a `Send + 'static` future of an
-    /// [`Identity`]; [`Identity::Unlimited`] exempts the request.
+    /// [`Identity`] (or a `Result<Identity, Error>`); [`Identity::Unlimited`]
+    /// exempts the request. [`Identity::client`] (or, behind a proxy,
+    /// [`TrustedProxies::client_identity`]) gives the default identity, for
+    /// an identifier that falls back on it. `.trusted_proxies(..)` and
+    /// `.ipv6_prefix(..)` shape the default identity only: with an
+    /// identifier, they are [`Error::Configuration`].
     ///
     /// ```
     /// use traffik::{HttpThrottle, Identity};
@@ -547,11 +637,15 @@ impl ThrottleBuilder<HttpOptions> {
     pub fn identifier<F, Fut>(mut self, identifier: F) -> Self
     where
         F: Fn(&Parts) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Identity> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: IntoIdentity,
     {
-        self.kind.identifier = Some(Arc::new(move |parts: &Parts| -> BoxFuture<Identity> {
-            Box::pin(identifier(parts))
-        }));
+        self.kind.identifier = Some(Arc::new(
+            move |parts: &Parts| -> BoxFuture<Result<Identity, Error>> {
+                let identity = identifier(parts);
+                Box::pin(async move { identity.await.into_identity() })
+            },
+        ));
         self
     }
 
@@ -580,13 +674,81 @@ impl ThrottleBuilder<HttpOptions> {
         self
     }
 
+    /// Gives a hit back when the response's status matches, for a throttle
+    /// used as a layer ([`HttpThrottle::layer`]) or a
+    /// [`ThrottleLayer`](crate::ThrottleLayer) rule: once the inner service
+    /// has answered, a hit whose status makes `refund` true is given back
+    /// (see [`Reservation::refund`](crate::Reservation::refund) for what a
+    /// refund does under each strategy). A request refused by the throttle
+    /// never reaches the inner service and has no hit to give back; an
+    /// inner service that fails keeps the hit.
+    ///
+    /// ```
+    /// use traffik::HttpThrottle;
+    /// // Count only failed logins: 5 a minute.
+    /// let logins = HttpThrottle::builder()
+    ///     .uid("login")
+    ///     .rate("5/min")
+    ///     .refund_when(|status| status.is_success())
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(logins);
+    /// ```
+    pub fn refund_when<F>(mut self, refund: F) -> Self
+    where
+        F: Fn(http::StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.kind.refund_when = Some(Arc::new(refund));
+        self
+    }
+
+    /// Instead of a rate: at most `n` requests of one identity in progress
+    /// at once (nginx's `limit_conn`, per client). A place is taken when a
+    /// request is admitted and given back when its response body has been
+    /// sent in full or dropped (a client that disconnects gives it back
+    /// too), or, in a handler, when the [`Permit`](crate::Permit) of
+    /// [`acquire`](HttpThrottle::acquire) is dropped. Over the limit: 429
+    /// with `Retry-After: 1`. A rate and `max_in_flight` on one throttle,
+    /// or `max_in_flight(0)`, are [`Error::Configuration`].
+    ///
+    /// ```
+    /// use traffik::HttpThrottle;
+    /// // At most 2 uploads at once per client.
+    /// let uploads = HttpThrottle::builder().uid("uploads").max_in_flight(2).build().unwrap();
+    /// # drop(uploads);
+    /// ```
+    pub fn max_in_flight(mut self, n: u64) -> Self {
+        self.kind.max_in_flight = Some(n);
+        self
+    }
+
+    /// How long an in-flight place held on a backend whose places expire
+    /// (Redis) lives without being renewed (default 30 s). Held places are
+    /// renewed every third of it; the places of an app instance that
+    /// crashes come back by themselves within one lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.kind.lease = lease;
+        self
+    }
+
     /// Builds the throttle; [`Error::Configuration`] names any bad input.
     pub fn build(mut self) -> Result<HttpThrottle, Error> {
         let http = HttpOnly {
             dynamic_rate: self.kind.dynamic_rate.take(),
             headers: self.kind.headers,
             on_throttled: self.kind.on_throttled.take(),
+            on_error: self.kind.on_error.take(),
+            in_flight: self.kind.max_in_flight.map(|max| (max, self.kind.lease)),
         };
+        let custom = self.kind.identifier.is_some();
+        if custom && (!self.kind.address.proxies.is_empty() || self.kind.address.ipv6_prefix != 64)
+        {
+            return Err(Error::configuration(
+                ".trusted_proxies(..) and .ipv6_prefix(..) shape the default identity, which a custom \
+                 .identifier(..) replaces: call proxies.client_identity(parts) (or \
+                 Identity::client(parts)) inside the identifier instead",
+            ));
+        }
         let (core, options) = self.build_core("http", http)?;
         let identifier = match options.identifier {
             Some(identifier) => Identifier::Custom(identifier),
@@ -597,6 +759,7 @@ impl ThrottleBuilder<HttpOptions> {
                 core: Arc::new(core),
                 identifier,
                 shared_across_routes: options.shared_across_routes,
+                refund_when: options.refund_when,
             }),
         })
     }

@@ -12,9 +12,10 @@ use http::{Extensions, HeaderMap, Method, Request, Uri};
 use crate::backend::DynBackend;
 use crate::identity::AddressIdentity;
 use crate::key::{KeyIdentity, Scope};
-use crate::pipeline::{Admitted, Answer, Core, IdentifierFn, Input, Limit, Soon};
+use crate::permit::Permit;
+use crate::pipeline::{no_quotas, Admitted, Answer, Ask, Core, IdentifierFn, Input, Limit, Soon};
+use crate::reservation::Reservation;
 use crate::response::RateLimitReport;
-use crate::strategy::Op;
 use crate::{Decision, Error};
 
 pub(crate) mod builder;
@@ -122,7 +123,12 @@ pub(crate) struct HttpInner {
     pub(crate) core: Arc<Core>,
     pub(crate) identifier: Identifier,
     pub(crate) shared_across_routes: bool,
+    /// `.refund_when(..)`: the response statuses whose hit is given back.
+    pub(crate) refund_when: Option<RefundWhen>,
 }
+
+/// A predicate over response statuses (see `.refund_when(..)`).
+pub(crate) type RefundWhen = Arc<dyn Fn(http::StatusCode) -> bool + Send + Sync>;
 
 /// How an HTTP throttle tells clients apart.
 pub(crate) enum Identifier {
@@ -190,7 +196,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.later_decision(request, Op::Hit)
+        self.later_decision(request, Ask::Hit)
     }
 
     /// The [`Decision`] a hit would get now, without counting it. A request
@@ -199,7 +205,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.later_decision(request, Op::Peek)
+        self.later_decision(request, Ask::Peek)
     }
 
     /// Like [`hit`](HttpThrottle::hit), with the throttle's rate-limit
@@ -233,7 +239,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        self.later_report(request, Op::Hit)
+        self.later_report(request, Ask::Hit)
     }
 
     /// Like [`peek`](HttpThrottle::peek), with the rate-limit headers a hit
@@ -273,7 +279,7 @@ impl HttpThrottle {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        self.later_report(request, Op::Peek)
+        self.later_report(request, Ask::Peek)
     }
 
     /// Like [`hit_with_headers`](HttpThrottle::hit_with_headers), for
@@ -282,16 +288,16 @@ impl HttpThrottle {
         &self,
         parts: &Parts,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        self.later_report(parts, Op::Hit)
+        self.later_report(parts, Ask::Hit)
     }
 
     /// [`later`](HttpThrottle::later) as a report.
     fn later_report<R: RequestHead>(
         &self,
         request: &R,
-        op: Op,
+        ask: Ask,
     ) -> impl Future<Output = Result<RateLimitReport, Error>> + Send + 'static {
-        let admitted = self.later(request, op);
+        let admitted = self.later(request, ask);
         async move {
             let admitted = admitted.await?;
             Ok(RateLimitReport::new(admitted.decision, admitted.headers))
@@ -302,9 +308,9 @@ impl HttpThrottle {
     fn later_decision<R: RequestHead>(
         &self,
         request: &R,
-        op: Op,
+        ask: Ask,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        let admitted = self.later(request, op);
+        let admitted = self.later(request, ask);
         async move { Ok(admitted.await?.decision) }
     }
 
@@ -312,18 +318,71 @@ impl HttpThrottle {
     fn later<R: RequestHead>(
         &self,
         request: &R,
-        op: Op,
+        ask: Ask,
     ) -> impl Future<Output = Result<Admitted, Error>> + Send + 'static {
         let core = Arc::clone(&self.inner.core);
-        let input = self
-            .inner
-            .input(request)
-            .map(|input| input.map(|input| core.owned(input, None)));
+        let in_flight = matches!(core.limit, Limit::InFlight { .. });
+        let input = if in_flight != (ask == Ask::Acquire) {
+            Err(Error::configuration(if in_flight {
+                format!(
+                    "throttle {:?} limits requests in progress (.max_in_flight): take a place \
+                     with acquire(&request); its Permit gives the place back when dropped",
+                    core.uid()
+                )
+            } else {
+                format!(
+                    "throttle {:?} limits hits per period: count one with hit(&request) or \
+                     reserve(&request); acquire(&request) is for .max_in_flight(n) throttles",
+                    core.uid()
+                )
+            }))
+        } else {
+            self.inner.input(request)
+        }
+        .map(|input| input.map(|input| core.owned(input, None)));
         async move {
             match input? {
-                Some(input) => core.decide_later(input, op).await,
+                Some(input) => core.decide_later(input, ask).await,
                 None => Ok(Admitted::exempt()),
             }
+        }
+    }
+
+    /// Counts one hit, exactly like [`hit`](HttpThrottle::hit) (a request
+    /// over its limit is `Err(Error::Throttled(_))`), and returns a
+    /// [`Reservation`] that can give the hit back with
+    /// [`refund`](Reservation::refund) once the request turns out not to
+    /// count. For a throttle used as a layer or a rule,
+    /// [`.refund_when(..)`](crate::HttpThrottleBuilder::refund_when) does
+    /// this from the response status.
+    pub fn reserve<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Reservation, Error>> + Send + 'static {
+        let admitted = self.later(request, Ask::Reserve);
+        async move {
+            let admitted = admitted.await?;
+            Ok(Reservation::new(
+                admitted.decision,
+                admitted.hit.map(|hit| *hit),
+            ))
+        }
+    }
+
+    /// Takes a place of a
+    /// [`.max_in_flight(n)`](crate::HttpThrottleBuilder::max_in_flight)
+    /// throttle for `request` (`Err(Error::Throttled(_))` when none is
+    /// free); dropping the [`Permit`] gives it back. See [`Permit`] for
+    /// holding a place while a WebSocket is open.
+    pub fn acquire<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Permit, Error>> + Send + 'static {
+        let admitted = self.later(request, Ask::Acquire);
+        async move {
+            let admitted = admitted.await?;
+            let decision = admitted.decision;
+            Ok(admitted.permit.unwrap_or_else(|| Permit::empty(decision)))
         }
     }
 
@@ -332,7 +391,7 @@ impl HttpThrottle {
         &self,
         parts: &Parts,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.later_decision(parts, Op::Hit)
+        self.later_decision(parts, Ask::Hit)
     }
 }
 
@@ -345,10 +404,10 @@ impl HttpInner {
         &self,
         request: &R,
         lent: Option<&DynBackend>,
-        op: Op,
+        ask: Ask,
     ) -> Answer {
         match self.input(request) {
-            Ok(Some(input)) => self.core.run(input, lent, op),
+            Ok(Some(input)) => self.core.run(input, lent, ask),
             Ok(None) => Answer::Now(Ok(Admitted::exempt())),
             Err(error) => Answer::Now(Err(error)),
         }
@@ -374,6 +433,7 @@ impl HttpInner {
             Limit::Unlimited => return Ok(None),
             Limit::Static(quotas) => Soon::Now(quotas),
             Limit::Dynamic(rate) => Soon::Later(rate(parts())),
+            Limit::InFlight { .. } => Soon::Now(no_quotas()),
         };
         let identity = match &self.identifier {
             Identifier::Client(address) => {

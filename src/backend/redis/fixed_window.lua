@@ -1,37 +1,63 @@
--- Fixed window starting at the key's first hit. ARGV: record, limit,
--- period_us, cost. State "start count". Mirrors Quota::fixed_window.
-local limit = tonumber(ARGV[2])
-local period = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local start, count = now, 0
-local stored = redis.call('GET', key)
-if stored then
-  local s, c = string.match(stored, '^(%d+) (%d+)$')
-  if s and now < tonumber(s) + period then
-    start, count = tonumber(s), tonumber(c)
+-- Fixed window, starting at the first hit counted after the previous one
+-- ended. Per rate: limit, period_us. State "start count". Mirrors
+-- src/strategy/fixed_window.rs.
+local ARITY = 2
+
+-- The window `now` falls in: the stored one while it lasts, else a new one.
+local function window(stored, now, period)
+  if stored then
+    local s, c = string.match(stored, '^(%d+) (%d+)$')
+    if s and now < tonumber(s) + period then
+      return tonumber(s), tonumber(c)
+    end
   end
+  return now, 0
 end
--- A clock that stepped back stays in the stored window.
-if now < start then
-  now = start
+
+-- The reply and the state a window holding `count` leaves.
+local function settled(r, start, count, now, limit, period)
+  -- A clock that stepped back stays in the stored window.
+  if now < start then
+    now = start
+  end
+  r.reset = start + period - now
+  r.remaining = limit - count
+  if r.remaining < 0 then
+    r.remaining = 0
+  end
+  r.state, r.px = int(start) .. ' ' .. int(count), ttl_ms(r.reset)
+  return r
 end
-local finish = start + period
-local allowed = 0
-if cost <= limit and count + cost <= limit then
-  count = count + cost
-  allowed = 1
+
+local function decide(key, a, now, cost)
+  local limit, period = tonumber(a[1]), tonumber(a[2])
+  local stored = load(key)
+  local start, count = window(stored, now, period)
+  local r = {allowed = 0, stored = stored}
+  if cost <= limit and count + cost <= limit then
+    count = count + cost
+    r.allowed = 1
+  end
+  settled(r, start, count, now, limit, period)
+  -- A cost above the limit never fits in a window: one period.
+  r.retry = r.reset
+  if cost > limit then
+    r.retry = period
+  end
+  return r
 end
-local reset = finish - now
-if record then
-  redis.call('SET', key, int(start) .. ' ' .. int(count), 'PX', ttl_ms(reset))
+
+-- Takes the hit counted at `hit` out of the count, if its window is the
+-- current one.
+local function refund(key, a, now, cost, hit)
+  local limit, period = tonumber(a[1]), tonumber(a[2])
+  local stored = load(key)
+  local start, count = window(stored, now, period)
+  if hit >= start then
+    count = count - cost
+    if count < 0 then
+      count = 0
+    end
+  end
+  return settled({allowed = 1, retry = 0, stored = stored}, start, count, now, limit, period)
 end
--- A cost above the limit never fits in a window: one period.
-local retry = reset
-if cost > limit then
-  retry = period
-end
-local remaining = limit - count
-if remaining < 0 then
-  remaining = 0
-end
-return {allowed, remaining, reset, retry, at}

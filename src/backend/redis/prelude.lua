@@ -1,9 +1,15 @@
--- traffik: helpers shared by every strategy script (prepended to each one).
+-- traffik: helpers shared by every strategy script (prepended to each one;
+-- driver.lua, appended, runs the script).
 --
--- KEYS[1]: the state key. ARGV[1]: '1' to record the hit, '0' to peek (no
--- write at all). The other ARGV are the strategy's integers, formatted in
--- decimal. Every script returns {allowed (1/0), remaining, reset_after_us,
--- retry_after_us, at} (numbers, or decimal strings where they may pass 2^53).
+-- A strategy script defines ARITY (its numbers per rate) and, for one rate,
+-- `decide(key, a, now, cost)` and `refund(key, a, now, cost, hit)`, where
+-- `a` holds the rate's ARITY numbers (strings, in decimal). Both read the
+-- key and return, without writing anything, {allowed (1/0), remaining,
+-- reset (µs), retry (µs)} (numbers, or decimal strings where they may pass
+-- 2^53), with `stored` (the key existed), and `state` and `px` (the value to
+-- SET and its PX in milliseconds, or nil to delete the key) for the driver
+-- to write when the decision commits. A script whose state is not one
+-- string sets `save` to its own writer.
 --
 -- Lua numbers are doubles, exact up to 2^53. Each script's everyday path
 -- uses them directly: it runs only for quotas whose sums and products stay
@@ -248,7 +254,18 @@ local function bignum()
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
--- The decision's time, returned last: a refund of the hit names it.
+-- The decision's time, returned first: a refund of the hit names it.
 local at = now
-local key = KEYS[1]
-local record = ARGV[1] == '1'
+-- Reads a key's string state.
+local function load(key)
+  return redis.call('GET', key)
+end
+-- Writes what a committed decision leaves: SET the state, or DEL the key
+-- once its state is equivalent to a fresh one.
+local save = function(key, r)
+  if r.state then
+    redis.call('SET', key, r.state, 'PX', r.px)
+  elseif r.stored then
+    redis.call('DEL', key)
+  end
+end
