@@ -154,13 +154,9 @@ impl<'a> Key<'a> {
     /// The key of a client address, as the default identity keys it: IPv6
     /// masked to its first `ipv6_prefix` bits (128 keeps it whole).
     pub fn client(throttle: &'a str, ip: IpAddr, ipv6_prefix: u8, scope: Scope<'a>) -> Self {
-        let prefix = ipv6_prefix.min(128);
         Key {
             throttle,
-            identity: KeyIdentity::Address {
-                ip: crate::identity::mask(ip, prefix),
-                prefix,
-            },
+            identity: KeyIdentity::address(crate::identity::mask(ip, ipv6_prefix), ipv6_prefix),
             scope,
         }
     }
@@ -202,10 +198,12 @@ impl<'a> Key<'a> {
                 write_escaped(out, route)
             }
             ScopeKind::WebSocket { path, context } => {
+                // `*` escaped too: a context `*` on the path `http` would
+                // read as the HTTP scope `http:*`.
                 out.write_str(":ws:")?;
-                write_escaped(out, path)?;
+                write_escaped_star(out, path)?;
                 out.write_char(':')?;
-                write_escaped(out, context)
+                write_escaped_star(out, context)
             }
         }
     }
@@ -228,6 +226,18 @@ impl<'a> Key<'a> {
 }
 
 impl KeyIdentity<'_> {
+    /// A client address, already masked (the prefix length matters for
+    /// IPv6 only: an IPv4 address keeps 128, so that equal keys compare
+    /// equal).
+    #[inline]
+    pub(crate) fn address(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        let prefix = match ip {
+            IpAddr::V4(_) => 128,
+            IpAddr::V6(_) => ipv6_prefix.min(128),
+        };
+        KeyIdentity::Address { ip, prefix }
+    }
+
     pub(crate) fn into_owned(self) -> OwnedIdentity {
         match self {
             KeyIdentity::Address { ip, prefix } => OwnedIdentity::Address { ip, prefix },
@@ -343,6 +353,19 @@ fn write_escaped(out: &mut impl fmt::Write, part: &str) -> fmt::Result {
     out.write_str(rest)
 }
 
+/// [`write_escaped`], with `*` written `%2A`.
+fn write_escaped_star(out: &mut impl fmt::Write, part: &str) -> fmt::Result {
+    let mut pieces = part.split('*');
+    if let Some(first) = pieces.next() {
+        write_escaped(out, first)?;
+    }
+    for piece in pieces {
+        out.write_str("%2A")?;
+        write_escaped(out, piece)?;
+    }
+    Ok(())
+}
+
 /// A key's text for logs, cut at 256 bytes: a key is as long as a client
 /// makes it (an identity from a header, an unrouted path), and one log line
 /// must not carry a 300 KB header back.
@@ -414,6 +437,21 @@ mod tests {
         assert_eq!(
             Key::new("t", "user:1", Scope::websocket("/chat", "room:1")).text("p"),
             "p:t:user:1:ws:/chat:room%3A1"
+        );
+        // A WebSocket scope never reads as an HTTP one.
+        assert_ne!(
+            Key::new("t", "x:ws", Scope::shared()).text("p"),
+            Key::new("t", "x", Scope::websocket("http", "*")).text("p")
+        );
+        assert_eq!(
+            Key::new("t", "x", Scope::websocket("/a*", "*")).text("p"),
+            "p:t:x:ws:/a%2A:%2A"
+        );
+        // IPv4 keys do not depend on the IPv6 prefix length.
+        let v4 = IpAddr::from([10, 0, 0, 1]);
+        assert_eq!(
+            Key::client("t", v4, 48, Scope::shared()),
+            Key::client("t", v4, 64, Scope::shared())
         );
     }
 

@@ -34,6 +34,9 @@ pub(crate) struct Turn {
     key: OwnedKey,
     /// Notified when a place of the key is given back.
     pub(crate) freed: Arc<Notify>,
+    /// The request waited behind others for the turn (what it was told
+    /// before is stale).
+    pub(crate) waited: bool,
 }
 
 impl Lines {
@@ -56,7 +59,7 @@ impl Lines {
                         freed: Arc::clone(&freed),
                     };
                     lines.insert(key.clone(), line);
-                    return self.turn_of(key, freed);
+                    return self.turn_of(key, freed, false);
                 }
                 Some(line) => {
                     let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
@@ -76,14 +79,15 @@ impl Lines {
         // empty), so an error cannot happen; either way the turn is ours.
         let _ = (&mut place.receiver).await;
         place.ticket = u64::MAX;
-        self.turn_of(key, freed)
+        self.turn_of(key, freed, true)
     }
 
-    fn turn_of(self: &Arc<Self>, key: &OwnedKey, freed: Arc<Notify>) -> Turn {
+    fn turn_of(self: &Arc<Self>, key: &OwnedKey, freed: Arc<Notify>, waited: bool) -> Turn {
         Turn {
             lines: Arc::clone(self),
             key: key.clone(),
             freed,
+            waited,
         }
     }
 

@@ -226,7 +226,7 @@ pub(crate) struct Admitted {
     /// For [`Ask::Reserve`]: the hit, if one was counted.
     pub(crate) hit: Option<Box<CountedHit>>,
     /// For an in-flight limit: the place taken.
-    pub(crate) permit: Option<Permit>,
+    pub(crate) permit: Option<Box<Permit>>,
 }
 
 impl Admitted {
@@ -573,15 +573,24 @@ impl Core {
             Ok(turn) => turn,
             Err(_) => return refuse(refused),
         };
+        // A request that waited behind others asks afresh: the slot it was
+        // told of went to them.
         let mut decision = refused;
+        let mut ask_now = turn.waited;
         loop {
-            let wait = decision.retry_after.max(Duration::from_micros(1));
-            match self.limit {
-                Limit::InFlight { .. } => {
-                    let _ = tokio::time::timeout(wait, turn.freed.notified()).await;
+            if !ask_now {
+                if decision.retry_after > left() {
+                    return refuse(decision);
                 }
-                _ => tokio::time::sleep(wait).await,
+                let wait = decision.retry_after.max(Duration::from_micros(1));
+                match self.limit {
+                    Limit::InFlight { .. } => {
+                        let _ = tokio::time::timeout(wait, turn.freed.notified()).await;
+                    }
+                    _ => tokio::time::sleep(wait).await,
+                }
             }
+            ask_now = false;
             let decisions = match self.ask_backend(&asked).await {
                 Ok(decisions) => decisions,
                 Err(error) => return self.failed(error, &asked).finish().await,
@@ -592,9 +601,6 @@ impl Core {
             }
             if decision.allowed {
                 return Ok(self.admit(&decisions, &asked));
-            }
-            if decision.retry_after > left() {
-                return Err(self.throttled(&decisions, &asked));
             }
         }
     }
@@ -613,14 +619,14 @@ impl Core {
             }));
         }
         if let Limit::InFlight { lease, .. } = self.limit {
-            admitted.permit = Some(Permit::new(
+            admitted.permit = Some(Box::new(Permit::new(
                 admitted.decision,
                 self,
                 asked.backend,
                 asked.key.owned(&self.uid),
                 asked.place,
                 lease,
-            ));
+            )));
         }
         admitted
     }

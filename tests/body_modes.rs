@@ -135,7 +135,7 @@ async fn a_service_fn_answering_in_axum_body_keeps_it() {
 /// `UnsyncBoxBody<Bytes, E>`, whose type the layer keeps.
 async fn unsync_box_body_is_kept_with<E>(uid: &str, text: &'static str)
 where
-    E: From<BoxError> + std::fmt::Debug + 'static,
+    E: From<BoxError> + Into<BoxError> + std::fmt::Debug + Send + 'static,
 {
     let inner = tower::service_fn(move |_: Request<Body>| async move {
         let body: UnsyncBoxBody<Bytes, E> = Full::new(Bytes::from(text))

@@ -260,7 +260,7 @@ fn capped_app(uid: &str, mode: FailureMode) -> (Router, InMemoryBackend, ManualC
 #[tokio::test]
 async fn key_cap_counts_new_clients_in_the_place_of_the_oldest_key() {
     for mode in [FailureMode::Open, FailureMode::Closed] {
-        let (app, memory, clock) = capped_app(&format!("rc-cap-{mode:?}"), mode);
+        let (app, memory, clock) = capped_app(&format!("rc-cap-{mode:?}"), mode.clone());
         assert_eq!(send(&app, at("/k", CLIENT_A)).await.status, 200);
         clock.advance(Duration::from_secs(1));
         assert_eq!(send(&app, at("/k", CLIENT_B)).await.status, 200);

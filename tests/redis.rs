@@ -710,7 +710,8 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
     let rates = ["3/s", "5/2s", "10/min", "7/300ms", "1/s", "4/1500ms"];
     let mut steps = 0;
     for strategy in STRATEGIES {
-        let script = redis::Script::new(&format!("{prelude}\n{}", body(strategy)));
+        let driver = include_str!("../src/backend/redis/driver.lua");
+        let script = redis::Script::new(&format!("{prelude}\n{}\n{driver}", body(strategy)));
         // Each strategy's largest quotas (see RedisBackend's docs), where the
         // scripts' numbers come closest to 2^53 or pass it. Odd limits (and
         // an odd period): round ones keep every number a multiple of a power
@@ -798,28 +799,26 @@ async fn scripts_mirror_the_reference_arithmetic_exactly() {
                     };
                     last = expected;
                     let mut invocation = script.key(&key);
-                    invocation.arg(if record { "1" } else { "0" });
+                    invocation
+                        .arg(if record { "hit" } else { "peek" })
+                        .arg(cost)
+                        .arg(0);
                     match strategy {
                         Strategy::TokenBucket => {
-                            invocation
-                                .arg(q.limit())
-                                .arg(period)
-                                .arg(q.capacity())
-                                .arg(cost);
+                            invocation.arg(q.limit()).arg(period).arg(q.capacity());
                         }
                         Strategy::Gcra => {
                             invocation
                                 .arg(q.emission_interval())
                                 .arg(q.capacity())
-                                .arg(period)
-                                .arg(cost);
+                                .arg(period);
                         }
                         _ => {
-                            invocation.arg(q.limit()).arg(period).arg(cost);
+                            invocation.arg(q.limit()).arg(period);
                         }
                     }
                     invocation.arg(now / 1_000_000).arg(now % 1_000_000);
-                    let [allowed, remaining, reset, retry, at]: [i64; 5] =
+                    let [at, allowed, remaining, reset, retry]: [i64; 5] =
                         invocation.invoke_async(&mut conn).await.unwrap();
                     let got = Decision {
                         allowed: allowed == 1,

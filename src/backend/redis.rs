@@ -114,7 +114,7 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   other strategies a quota whose numbers could take an intermediate past
 ///   2^53 is refused with [`Error::Configuration`]: by the throttle's
 ///   `build()` when the throttle has this backend and a static rate, else by
-///   [`hit`](ThrottleBackend::hit). Their bounds, in microseconds: GCRA
+///   [`decide`](ThrottleBackend::decide). Their bounds, in microseconds: GCRA
 ///   burst × emission interval ≤ 2^50, a fixed window or log limit ≤ 2^51,
 ///   a period ≤ 2^50 (about 35 years). GCRA with its default burst takes
 ///   any limit.

@@ -28,7 +28,8 @@
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use tower::{Layer, ServiceBuilder};
-//! use traffik::{backend::InMemoryBackend, HttpThrottle, MiddlewareThrottle, ResponseBody, ThrottleLayer};
+//! use traffik::body::ResponseBody;
+//! use traffik::{backend::InMemoryBackend, HttpThrottle, MiddlewareThrottle, ThrottleLayer};
 //!
 //! let throttle = HttpThrottle::builder().rate("5/s").build().unwrap();
 //! let layer = ThrottleLayer::new(InMemoryBackend::new())
@@ -93,7 +94,7 @@ use crate::{BoxError, Permit};
 #[diagnostic::on_unimplemented(
     message = "traffik cannot answer 429s in `{Self}`, the inner service's response body type",
     label = "traffik's answers cannot be built in this body type",
-    note = "call `.any_body()` on the ThrottleLayer (or on `throttle.layer()`): its responses then use `traffik::ResponseBody<{Self}>`, which works with any body"
+    note = "call `.any_body()` on the ThrottleLayer (or on `throttle.layer()`): its responses then use `traffik::body::ResponseBody<{Self}>`, which works with any body"
 )]
 pub trait FromBoxBody: Sized {
     /// Wraps the body of a response traffik made.

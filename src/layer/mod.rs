@@ -120,7 +120,7 @@ impl ThrottleLayer {
 
 impl<M> ThrottleLayer<M> {
     /// Lets the layer wrap a service answering in any body type `B`: its
-    /// responses then use [`ResponseBody<B>`](crate::ResponseBody), which
+    /// responses then use [`ResponseBody<B>`](crate::body::ResponseBody), which
     /// holds either `B` or the body of traffik's own answers. Needed when
     /// `B` does not implement [`FromBoxBody`](crate::body::FromBoxBody), as
     /// with a plain Hyper service's `Full<Bytes>`; not needed, and slower,

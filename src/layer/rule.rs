@@ -14,7 +14,7 @@ use crate::{Error, HttpThrottle};
 
 pub(crate) type HookFn = Arc<dyn Fn(&Parts) -> BoxFuture<bool> + Send + Sync>;
 
-/// A throttle with filters, for [`ThrottleLayer`]: it applies to a request
+/// A throttle with filters, for [`ThrottleLayer`](crate::ThrottleLayer): it applies to a request
 /// when all its filters match — `methods` (case-insensitive), `path` (a regex
 /// matched at the start of the path), and `hook` (an async predicate, checked
 /// last).

@@ -22,7 +22,7 @@ use crate::Error;
 /// A rule's decision still to be awaited.
 type PendingCheck = BoxFuture<Result<Admitted, Error>>;
 
-/// The service of [`ThrottleLayer`]. `M` is its [body mode](crate::body).
+/// The service of [`ThrottleLayer`](crate::ThrottleLayer). `M` is its [body mode](crate::body).
 ///
 /// A request whose check takes time (a hook, a backend that answers later,
 /// [`Exceeded::Wait`](crate::Exceeded::Wait)) holds the inner service that
@@ -90,7 +90,7 @@ impl Admissions {
             self.refunds.push((hit, Arc::clone(refund_when)));
         }
         if let Some(permit) = admitted.permit {
-            self.places.push(permit);
+            self.places.push(*permit);
         }
     }
 

@@ -74,6 +74,7 @@ impl Strategy {
 }
 
 /// Every strategy.
+#[cfg(feature = "redis")]
 pub(crate) const STRATEGIES: [Strategy; 5] = [
     Strategy::TokenBucket,
     Strategy::FixedWindow,
@@ -249,6 +250,7 @@ impl Decisions {
 
     /// The same decisions `elapsed` later, with no hit in between: the
     /// waits and resets shortened by it.
+    #[cfg(feature = "redis")]
     pub(crate) fn later_by(&self, elapsed: Duration) -> Decisions {
         let mut later = self.clone();
         later.at += elapsed;

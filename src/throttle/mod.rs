@@ -382,7 +382,7 @@ impl HttpThrottle {
         async move {
             let admitted = admitted.await?;
             let decision = admitted.decision;
-            Ok(admitted.permit.unwrap_or_else(|| Permit::empty(decision)))
+            Ok(admitted.permit.map_or_else(|| Permit::empty(decision), |permit| *permit))
         }
     }
 
@@ -438,10 +438,7 @@ impl HttpInner {
         let identity = match &self.identifier {
             Identifier::Client(address) => {
                 let ip = address.client(request.extensions(), request.headers())?;
-                Soon::Now(KeyIdentity::Address {
-                    ip,
-                    prefix: address.ipv6_prefix,
-                })
+                Soon::Now(KeyIdentity::address(ip, address.ipv6_prefix))
             }
             Identifier::Custom(identifier) => Soon::Later(identifier(parts())),
         };
