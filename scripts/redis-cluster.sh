@@ -6,11 +6,13 @@
 #   scripts/redis-cluster.sh stop    # shuts them down and removes the data dir
 #
 # Ports: REDIS_CLUSTER_PORTS (default "7101 7102 7103").
+# Server binary: REDIS_SERVER (default redis-server; scripts/valkey.sh passes valkey-server).
 # Data dir: REDIS_CLUSTER_DIR (default ${TMPDIR:-/tmp}/traffik-redis-cluster).
 # The tests read REDIS_CLUSTER_URLS (default redis://127.0.0.1:7101,...:7102,...:7103).
 set -euo pipefail
 
 PORTS=(${REDIS_CLUSTER_PORTS:-7101 7102 7103})
+SERVER="${REDIS_SERVER:-redis-server}"
 DIR="${REDIS_CLUSTER_DIR:-${TMPDIR:-/tmp}/traffik-redis-cluster}"
 
 log() { echo "redis-cluster.sh: $*" >&2; }
@@ -34,7 +36,7 @@ stop() {
 }
 
 start() {
-    command -v redis-server >/dev/null || { log "redis-server not found (apt-get install redis-server)"; exit 1; }
+    command -v "$SERVER" >/dev/null || { log "$SERVER not found (apt-get install redis-server)"; exit 1; }
     # A cluster already up on these ports (a previous run) is reused.
     if ping "${PORTS[0]}" && redis-cli -h 127.0.0.1 -p "${PORTS[0]}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
         log "cluster already running on ${PORTS[*]}"
@@ -44,7 +46,7 @@ start() {
     mkdir -p "$DIR"
     local nodes=()
     for port in "${PORTS[@]}"; do
-        redis-server --cluster-enabled yes --port "$port" --bind 127.0.0.1 \
+        "$SERVER" --cluster-enabled yes --port "$port" --bind 127.0.0.1 \
             --cluster-config-file "nodes-$port.conf" --dir "$DIR" \
             --save "" --appendonly no --daemonize yes \
             --logfile "$DIR/redis-$port.log" --pidfile "$DIR/redis-$port.pid"
