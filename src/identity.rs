@@ -421,13 +421,22 @@ fn parse_node(node: &str) -> Option<IpAddr> {
     inner[..end].parse().ok()
 }
 
-/// The peer address of a request: axum's `ConnectInfo<SocketAddr>`, or a
-/// plain `SocketAddr` extension (for Hyper services that insert one).
+/// The peer address of a request: axum's `ConnectInfo<SocketAddr>`, tonic's
+/// `TcpConnectInfo` (feature `tonic`), or a plain `SocketAddr` extension
+/// (for Hyper services that insert one).
 #[inline]
 pub fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
         return Some(info.0);
+    }
+    // tonic's server inserts it (also under TLS, beside `TlsConnectInfo`).
+    #[cfg(feature = "tonic")]
+    if let Some(addr) = extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+    {
+        return Some(addr);
     }
     extensions.get::<SocketAddr>().copied()
 }

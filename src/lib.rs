@@ -59,6 +59,8 @@ pub mod identity;
 pub mod key;
 mod layer;
 mod line;
+#[cfg_attr(not(feature = "metrics"), allow(unused))]
+pub mod metrics;
 mod permit;
 mod pipeline;
 pub mod rate;

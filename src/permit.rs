@@ -105,6 +105,7 @@ impl Permit {
                 }
             }
         });
+        core.metrics.in_flight(1.0);
         Permit {
             decision,
             place: Some(Place {
@@ -133,6 +134,7 @@ impl Permit {
 
 impl Drop for Place {
     fn drop(&mut self) {
+        self.core.metrics.in_flight(-1.0);
         if let Some(renewal) = self.renewal.take() {
             renewal.abort();
         }

@@ -19,6 +19,7 @@ use http::request::Parts;
 use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, IntoBackend, UidLease};
 use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
 use crate::line::Lines;
+use crate::metrics::{Outcome, ThrottleMetrics};
 use crate::permit::Permit;
 use crate::reservation::CountedHit;
 use crate::response::{Policy, RateLimitInfo};
@@ -169,6 +170,8 @@ pub(crate) struct Core {
     pub(crate) lines: Arc<Lines>,
     /// Deciding on the fallback backend since the last failure.
     pub(crate) falling_back: AtomicBool,
+    /// Its series (feature `metrics`).
+    pub(crate) metrics: ThrottleMetrics,
 }
 
 /// What a decision is asked for.
@@ -270,13 +273,17 @@ impl WaitingSlot {
                 (n < core.max_waiting).then_some(n + 1)
             })
             .ok()
-            .map(|_| WaitingSlot(Arc::clone(core)))
+            .map(|_| {
+                core.metrics.waiting(1.0);
+                WaitingSlot(Arc::clone(core))
+            })
     }
 }
 
 impl Drop for WaitingSlot {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.waiting(-1.0);
     }
 }
 
@@ -379,7 +386,7 @@ impl Core {
         let identity = match input.identity {
             Soon::Now(identity) => identity,
             Soon::Later(future) => match future.await? {
-                Identity::Unlimited => return Ok(Admitted::exempt()),
+                Identity::Unlimited => return Ok(self.exempt(ask)),
                 Identity::Key(key) => OwnedIdentity::Text(key.into()),
             },
         };
@@ -387,7 +394,7 @@ impl Core {
             Soon::Now(quotas) => quotas,
             Soon::Later(future) => match self.quotas_for(future.await)? {
                 Some(quotas) => quotas,
-                None => return Ok(Admitted::exempt()),
+                None => return Ok(self.exempt(ask)),
             },
         };
         let backend = match input.backend {
@@ -447,14 +454,26 @@ impl Core {
     /// The backend's answer: a decision on the rates, or an in-flight place.
     #[inline]
     fn ask_backend(&self, asked: &Asked<'_>) -> BackendFuture {
-        match self.limit {
+        let answer = match self.limit {
             Limit::InFlight { max, lease } => {
                 asked.backend.acquire(asked.key, asked.place, max, lease)
             }
             _ => asked
                 .backend
                 .decide(asked.key, asked.quotas, self.cost, asked.ask.op()),
+        };
+        if cfg!(feature = "metrics") {
+            return timed(answer, asked.backend.kind());
         }
+        answer
+    }
+
+    /// An exempt request's admission, counted (peeks are not).
+    pub(crate) fn exempt(&self, ask: Ask) -> Admitted {
+        if ask != Ask::Peek {
+            self.metrics.decision(Outcome::Exempt);
+        }
+        Admitted::exempt()
     }
 
     /// Applies the failure mode, shadow mode and waiting to the backend's
@@ -472,6 +491,7 @@ impl Core {
                     && asked.place == 0
                     && decisions.binding().allowed =>
             {
+                self.metrics.decision(Outcome::Allowed);
                 Answer::Now(Ok(self.admitted(&decisions, asked.quotas)))
             }
             result => self.settle_rest(result, asked),
@@ -496,9 +516,11 @@ impl Core {
             on_decision(&decision);
         }
         if decision.allowed {
+            self.metrics.decision(Outcome::Allowed);
             return Answer::Now(Ok(self.admit(&decisions, asked)));
         }
         if self.shadow {
+            self.metrics.decision(Outcome::ShadowThrottled);
             tracing::info!(
                 throttle = self.uid(),
                 key = %asked.key.shown(asked.backend.prefix()),
@@ -600,6 +622,7 @@ impl Core {
                 on_decision(&decision);
             }
             if decision.allowed {
+                self.metrics.decision(Outcome::Allowed);
                 return Ok(self.admit(&decisions, &asked));
             }
         }
@@ -643,6 +666,7 @@ impl Core {
     }
 
     fn throttled(&self, decisions: &Decisions, asked: &Asked<'_>) -> Error {
+        self.metrics.decision(Outcome::Throttled);
         let decision = decisions.binding();
         tracing::debug!(
             throttle = self.uid(),
@@ -659,6 +683,13 @@ impl Core {
     /// What a request gets when the backend failed: its failure mode, or
     /// the same decision asked of the fallback backend.
     fn failed(self: &Arc<Self>, error: Error, asked: &Asked<'_>) -> Answer {
+        let fallback_next =
+            matches!(self.failure_mode, FailureMode::Fallback(_)) && !asked.fallback;
+        if asked.ask != Ask::Peek
+            && !(fallback_next && !self.shadow && !matches!(error, Error::Configuration(_)))
+        {
+            self.metrics.decision(Outcome::Error);
+        }
         let key = asked.key.shown(asked.backend.prefix());
         let chain = crate::error::Chain(&error);
         if self.shadow {
@@ -824,6 +855,21 @@ fn place_id() -> u64 {
     static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
     static NEXT: AtomicU64 = AtomicU64::new(1);
     SEED.hash_one(NEXT.fetch_add(1, Ordering::Relaxed)).max(1)
+}
+
+/// `answer`, its time recorded when it comes later (feature `metrics`).
+fn timed(answer: BackendFuture, kind: &'static str) -> BackendFuture {
+    match answer.into_ready() {
+        Ok(result) => BackendFuture::ready(result),
+        Err(pending) => {
+            let start = std::time::Instant::now();
+            BackendFuture::new(async move {
+                let result = pending.await;
+                crate::metrics::backend_seconds(kind, start.elapsed().as_secs_f64());
+                result
+            })
+        }
+    }
 }
 
 /// A backend borrowed from its throttle or layer, or owned (from a scope).

@@ -140,17 +140,17 @@ impl Throttled {
         fallback: Option<&ThrottledResponder>,
         grpc: bool,
     ) -> Response<BoxBody> {
-        let mut response = match self.0.responder.as_ref().or(fallback) {
+        let response = match self.0.responder.as_ref().or(fallback) {
             Some(responder) => responder(self),
-            None if grpc => grpc_status(
-                GRPC_RESOURCE_EXHAUSTED,
-                &format!(
-                    "Too many requests. Retry in {} seconds.",
-                    self.retry_after_secs()
-                ),
-            ),
+            None if grpc => grpc_429(self),
             None => default_429(self),
         };
+        self.with_headers(response)
+    }
+
+    /// `Retry-After` (unless there), `Cache-Control` and the rate-limit
+    /// headers, on an answer to this rejection.
+    fn with_headers(&self, mut response: Response<BoxBody>) -> Response<BoxBody> {
         let headers = response.headers_mut();
         if !headers.contains_key(RETRY_AFTER) {
             headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs()));
@@ -191,32 +191,58 @@ where
     Arc::new(move |error: &Error| f(error).map(box_body))
 }
 
-/// `grpc-status` codes traffik answers with.
-const GRPC_INTERNAL: u8 = 13;
-const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
-const GRPC_UNAVAILABLE: u8 = 14;
-
-/// Whether a request is a gRPC call (its answers are gRPC statuses, not
-/// HTTP errors: a gRPC client reads an HTTP error's body as a message).
+/// Whether a request is a gRPC call (`application/grpc`,
+/// `application/grpc+proto`...): its client reads the status from
+/// `grpc-status`, and would read an HTTP error's text body as a message.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(CONTENT_TYPE).is_some_and(|value| {
+        let value = value.as_bytes();
+        value.len() >= GRPC.len() && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+    })
 }
 
-/// A gRPC "trailers-only" answer: HTTP 200, the status and message in the
-/// headers, no body.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC's retry pushback (gRFC A6): clients with a retry policy wait this
+/// long before retrying.
+static GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// gRPC status codes traffik answers with.
+const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+const GRPC_INTERNAL: u8 = 13;
+const GRPC_UNAVAILABLE: u8 = 14;
+
+/// `grpc-message` escaping: `%`, and bytes outside printable ASCII.
+const GRPC_MESSAGE_SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A gRPC "trailers-only" answer: HTTP 200, the status in `grpc-status` and
+/// `grpc-message`, an empty body. Other headers (`retry-after`, the
+/// rate-limit headers) reach the client as the status' metadata.
 fn grpc_status(code: u8, message: &str) -> Response<BoxBody> {
-    let mut response = Response::new(text_body(""));
+    let mut response = Response::new(box_body(http_body_util::Empty::<Bytes>::new()));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    // The message is percent-encoded (gRPC's rule), which our ASCII texts
-    // need only for `%`.
-    let message = message.replace('%', "%25");
-    if let Ok(value) = HeaderValue::from_str(&message) {
-        headers.insert("grpc-message", value);
+    headers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code)));
+    let message = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE_SET).to_string();
+    if let Ok(message) = HeaderValue::from_str(&message) {
+        headers.insert(GRPC_MESSAGE.clone(), message);
     }
+    response
+}
+
+/// The default gRPC answer to a throttled call: RESOURCE_EXHAUSTED naming
+/// the wait, with `retry-after` and `grpc-retry-pushback-ms` metadata.
+pub fn grpc_429(throttled: &Throttled) -> Response<BoxBody> {
+    let secs = throttled.retry_after_secs();
+    let mut response = grpc_status(
+        GRPC_RESOURCE_EXHAUSTED,
+        &format!("Too many requests. Retry in {secs} seconds."),
+    );
+    let headers = response.headers_mut();
+    headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+    let millis = u64::try_from(throttled.retry_after().as_millis()).unwrap_or(u64::MAX);
+    headers.insert(GRPC_RETRY_PUSHBACK_MS.clone(), HeaderValue::from(millis));
     response
 }
 
@@ -263,7 +289,13 @@ fn default_error(error: &Error, grpc: bool) -> Response<BoxBody> {
         _ => (StatusCode::INTERNAL_SERVER_ERROR, GRPC_INTERNAL, error.to_string()),
     };
     if grpc {
-        return grpc_status(code, &body);
+        let mut response = grpc_status(code, &body);
+        if code == GRPC_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(GRPC_RETRY_PUSHBACK_MS.clone(), HeaderValue::from(1000u64));
+        }
+        return response;
     }
     let mut response = Response::new(text_body(body));
     *response.status_mut() = status;
@@ -285,6 +317,23 @@ impl axum::response::IntoResponse for Error {
             _ => {}
         }
         error_response(&self, None, None, false).map(axum::body::Body::new)
+    }
+}
+
+/// `throttle.hit(..).await?` in a tonic handler: RESOURCE_EXHAUSTED (with
+/// `retry-after` metadata), UNAVAILABLE for a backend failure, INTERNAL for
+/// a configuration error.
+#[cfg(feature = "tonic")]
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        // Not the throttle's `on_throttled` response: a `Status` carries
+        // gRPC's own answer only (its code, message and metadata).
+        let response = match &error {
+            Error::Throttled(throttled) => throttled.with_headers(grpc_429(throttled)),
+            error => error_response(error, None, None, true),
+        };
+        tonic::Status::from_header_map(response.headers())
+            .unwrap_or_else(|| tonic::Status::internal(error.to_string()))
     }
 }
 

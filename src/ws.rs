@@ -452,10 +452,14 @@ impl WebSocketThrottle {
     fn target(&self, identity: Identity, options: GuardOptions) -> Target {
         let inner = &self.inner;
         let (Identity::Key(identity), Some(quotas)) = (identity, &inner.quotas) else {
-            return Target::Exempt;
+            return Target::Exempt {
+                throttle: Arc::clone(inner),
+            };
         };
         if inner.core.cost == 0 {
-            return Target::Exempt;
+            return Target::Exempt {
+                throttle: Arc::clone(inner),
+            };
         }
         let backend = match inner.core.resolve_backend(None) {
             Ok(backend) => backend,
@@ -494,7 +498,7 @@ impl WebSocketThrottle {
 /// What a guarded socket counts against.
 enum Target {
     /// Nothing: unlimited identity or rate, or cost 0.
-    Exempt,
+    Exempt { throttle: Arc<WsInner> },
     /// No backend could be resolved (a configuration error): every message
     /// is dropped with a notice, except in shadow mode.
     Unavailable { throttle: Arc<WsInner> },
@@ -700,7 +704,13 @@ where
                         return Poll::Ready(Some(Ok(message)));
                     }
                     match &*this.target {
-                        Target::Exempt => return Poll::Ready(Some(Ok(message))),
+                        Target::Exempt { throttle } => {
+                            throttle
+                                .core
+                                .metrics
+                                .decision(crate::metrics::Outcome::Exempt);
+                            return Poll::Ready(Some(Ok(message)));
+                        }
                         Target::Unavailable { throttle } => {
                             if throttle.core.shadow {
                                 return Poll::Ready(Some(Ok(message)));

@@ -706,6 +706,10 @@ impl ThrottleBackend for InMemoryBackend {
         BackendFuture::ready(Ok(()))
     }
 
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     fn uids(&self) -> Option<&Uids> {
         Some(&self.inner.uids)
     }

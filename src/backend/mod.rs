@@ -166,6 +166,13 @@ pub trait ThrottleBackend: Send + Sync + 'static {
         false
     }
 
+    /// A short name of the backend's kind (`memory`, `redis`; default
+    /// `custom`): the `backend` label of the `traffik_backend_seconds`
+    /// metric (feature `metrics`).
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
     /// The uids of the live throttles counting on this backend, which keep
     /// them unique: two throttles with one uid on one backend would share
     /// counters, so the second is refused. A backend whose clones share
@@ -210,6 +217,9 @@ impl<B: ThrottleBackend + ?Sized> ThrottleBackend for Arc<B> {
     }
     fn places_expire(&self) -> bool {
         (**self).places_expire()
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
     }
     fn uids(&self) -> Option<&Uids> {
         (**self).uids()

@@ -1031,6 +1031,10 @@ impl ThrottleBackend for RedisBackend {
         true
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     fn reset(&self) -> BoxFuture<Result<(), Error>> {
         let shared = self.inner.clone();
         Box::pin(async move { shared.reset().await })

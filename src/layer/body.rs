@@ -108,6 +108,16 @@ impl FromBoxBody for axum::body::Body {
     }
 }
 
+/// tonic's server body: what `Server::builder().layer(..)` wraps, and what
+/// a tonic service answers in (per service, through
+/// `tonic::service::LayerExt::named_layer`).
+#[cfg(feature = "tonic")]
+impl FromBoxBody for tonic::body::Body {
+    fn from_box_body(body: BoxBody) -> Self {
+        tonic::body::Body::new(body)
+    }
+}
+
 impl<E> FromBoxBody for UnsyncBoxBody<Bytes, E>
 where
     E: From<BoxError> + 'static,

@@ -11,6 +11,7 @@ use http::request::Parts;
 use super::{HttpInner, HttpThrottle, Identifier, RefundWhen};
 use crate::backend::{BoxFuture, DynBackend, IntoBackend, UidLease};
 use crate::identity::{AddressIdentity, IntoIdentity};
+use crate::metrics::ThrottleMetrics;
 use crate::pipeline::{quotas, BackendChoice, Core, DecisionFn, IdentifierFn, Limit, RateFn};
 use crate::rate::{IntoRate, IntoRates};
 use crate::response::{
@@ -366,6 +367,7 @@ impl<K> ThrottleBuilder<K> {
             BackendChoice::Fixed(backend) => register_uid(backend, &uid, id, generated)?,
             _ => None,
         };
+        let uid_for_metrics = Arc::clone(&uid);
         let policy = Policy {
             name: Arc::clone(&uid),
             headers: http.headers,
@@ -391,6 +393,7 @@ impl<K> ThrottleBuilder<K> {
             _uid_lease: uid_lease,
             lines: Arc::default(),
             falling_back: Default::default(),
+            metrics: ThrottleMetrics::new(&uid_for_metrics),
         };
         Ok((core, self.kind))
     }

@@ -343,7 +343,7 @@ impl HttpThrottle {
         async move {
             match input? {
                 Some(input) => core.decide_later(input, ask).await,
-                None => Ok(Admitted::exempt()),
+                None => Ok(core.exempt(ask)),
             }
         }
     }
@@ -382,7 +382,9 @@ impl HttpThrottle {
         async move {
             let admitted = admitted.await?;
             let decision = admitted.decision;
-            Ok(admitted.permit.map_or_else(|| Permit::empty(decision), |permit| *permit))
+            Ok(admitted
+                .permit
+                .map_or_else(|| Permit::empty(decision), |permit| *permit))
         }
     }
 
@@ -408,7 +410,7 @@ impl HttpInner {
     ) -> Answer {
         match self.input(request) {
             Ok(Some(input)) => self.core.run(input, lent, ask),
-            Ok(None) => Answer::Now(Ok(Admitted::exempt())),
+            Ok(None) => Answer::Now(Ok(self.core.exempt(ask))),
             Err(error) => Answer::Now(Err(error)),
         }
     }
