@@ -508,3 +508,48 @@ mod redis_backend {
         });
     }
 }
+
+/// The default `max_waiting` bounds what a flood can make a throttle hold:
+/// past 1,024 waiting requests, the next ones are refused at once.
+#[tokio::test(start_paused = true)]
+async fn waiting_requests_are_bounded_by_default() {
+    let throttle = HttpThrottle::builder()
+        .uid("bounded")
+        .rate("1/h")
+        .on_exceeded(Exceeded::Wait {
+            max: Duration::from_secs(24 * 3600),
+        })
+        .backend(
+            InMemoryBackend::builder()
+                .clock(traffik::clock::TokioClock::new())
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let request = || {
+        Request::get("/")
+            .extension(SocketAddr::from(([10, 0, 0, 7], 1)))
+            .body(())
+            .unwrap()
+    };
+    assert!(throttle.hit(&request()).await.is_ok());
+    let waiting: Vec<_> = (0..1_024)
+        .map(|_| {
+            let (throttle, request) = (throttle.clone(), request());
+            tokio::spawn(async move { throttle.hit(&request).await })
+        })
+        .collect();
+    // Let them all join the line.
+    tokio::task::yield_now().await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(1), throttle.hit(&request()))
+        .await
+        .expect("refused at once, not held");
+    assert!(matches!(refused, Err(Error::Throttled(_))));
+    assert!(waiting.iter().all(|task| !task.is_finished()));
+    for task in waiting {
+        task.abort();
+    }
+}

@@ -64,7 +64,7 @@ impl<K> ThrottleBuilder<K> {
             failure_mode: FailureMode::default(),
             shadow: false,
             exceeded: Exceeded::default(),
-            max_waiting: usize::MAX,
+            max_waiting: DEFAULT_MAX_WAITING,
             on_decision: None,
             errors: Vec::new(),
             kind,
@@ -218,10 +218,13 @@ impl<K> ThrottleBuilder<K> {
     }
 
     /// Under [`Exceeded::Wait`], the most hits this throttle holds at once,
-    /// over all keys (default: no bound). A hit that would wait while `n`
+    /// over all keys (default 1,024). A hit that would wait while `n`
     /// already do is rejected at once, as under [`Exceeded::Reject`]. Every
-    /// held request keeps its connection and its future: bound them so
-    /// that a flood cannot hold more than you can afford. Without
+    /// held request keeps its connection and its future: the default bounds
+    /// what a flood of clients can make the throttle hold, and
+    /// `usize::MAX` removes the bound. Waiters of one key wait in line and
+    /// are served in arrival order; only the first asks the backend, so
+    /// `n` waiters cost O(n) decisions and no CPU while they wait. Without
     /// `Exceeded::Wait` it has no effect; `max_waiting(0)` rejects like
     /// `Reject`. A WebSocket message holds its place until the guard is
     /// polled again after its wait (or dropped).
@@ -398,6 +401,9 @@ impl<K> ThrottleBuilder<K> {
         Ok((core, self.kind))
     }
 }
+
+/// How many requests a throttle holds under `Exceeded::Wait` by default.
+const DEFAULT_MAX_WAITING: usize = 1_024;
 
 /// Numbers for generated uids, in creation order.
 static NEXT_UID: AtomicUsize = AtomicUsize::new(1);
