@@ -1,8 +1,9 @@
 //! # traffik
 //!
-//! Rate limiting ("throttling") for Tower services: Axum routers, Hyper
-//! services and WebSocket message streams, with counters in memory or in
-//! Redis (Redis Cluster included). A Rust take on the Python library Traffik.
+//! Rate limiting ("throttling") for Tower services: Axum routers, Hyper and
+//! tonic services, and WebSocket message streams, with counters in memory
+//! or in Redis (Redis Cluster and Valkey included). A Rust take on the
+//! Python library Traffik. The [`guide`] walks through everything.
 //!
 //! ```
 //! # #[cfg(feature = "axum")]
@@ -46,15 +47,25 @@
 //! # #[cfg(not(feature = "axum"))] fn main() {}
 //! ```
 //!
-//! Data flows one way: request → [rule matching](MiddlewareThrottle) →
-//! [identity](Identity) → key → [backend](backend::ThrottleBackend) decision
-//! ([`Strategy`]) → pass through, or a 429 with `Retry-After`.
+//! Data flows one way, and the modules follow it:
+//!
+//! | step | where |
+//! |---|---|
+//! | rule matching: which throttles apply | [`ThrottleLayer`], [`MiddlewareThrottle`], [`body`] |
+//! | the throttle and its options | [`HttpThrottle`], [`WebSocketThrottle`] and [`ws`], [`rate`] |
+//! | who the request comes from | [`identity`] |
+//! | the counter it reads | [`key`] |
+//! | the decision: every rate at once, all or nothing | [`backend`], [`strategy`], [`clock`] |
+//! | what the request keeps | [`Reservation`] (a hit to refund), [`Permit`] (an in-flight place) |
+//! | the answer: pass through, or a 429 with `Retry-After` | [`response`], [`Error`] |
+//! | what operators see | [`metrics`] (feature `metrics`), `tracing` events |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod clock;
 mod error;
+pub mod guide;
 pub mod identity;
 pub mod key;
 mod layer;
@@ -69,6 +80,11 @@ pub mod response;
 pub mod strategy;
 mod throttle;
 pub mod ws;
+
+/// The README's code, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use error::{BackendError, BoxError, Error};
 pub use identity::{Identity, TrustedProxies};

@@ -422,30 +422,26 @@ impl Core {
         };
         let asked = Asked {
             backend,
-            key,
+            key: *key,
             quotas,
             ask,
             place,
             fallback: false,
         };
-        match self.ask_backend(&asked).into_ready() {
-            Ok(result) => self.settle(result, &asked),
+        self.ask_and_settle(&asked)
+    }
+
+    /// Asks the backend what `asked` says, and settles its answer, at once
+    /// or in a future that owns what it needs.
+    fn ask_and_settle(self: &Arc<Self>, asked: &Asked<'_>) -> Answer {
+        match self.ask_backend(asked).into_ready() {
+            Ok(result) => self.settle(result, asked),
             Err(pending) => {
                 let core = Arc::clone(self);
-                let backend = Arc::clone(backend);
-                let key = key.owned(&self.uid);
-                let quotas = Arc::clone(quotas);
+                let asked = asked.owned(&self.uid);
                 Answer::Later(Box::pin(async move {
                     let result = pending.await;
-                    let asked = Asked {
-                        backend: &backend,
-                        key: &key.as_key(),
-                        quotas: &quotas,
-                        ask,
-                        place,
-                        fallback: false,
-                    };
-                    core.settle(result, &asked).finish().await
+                    core.settle(result, &asked.borrowed()).finish().await
                 }))
             }
         }
@@ -456,11 +452,11 @@ impl Core {
     fn ask_backend(&self, asked: &Asked<'_>) -> BackendFuture {
         let answer = match self.limit {
             Limit::InFlight { max, lease } => {
-                asked.backend.acquire(asked.key, asked.place, max, lease)
+                asked.backend.acquire(&asked.key, asked.place, max, lease)
             }
             _ => asked
                 .backend
-                .decide(asked.key, asked.quotas, self.cost, asked.ask.op()),
+                .decide(&asked.key, asked.quotas, self.cost, asked.ask.op()),
         };
         if cfg!(feature = "metrics") {
             return timed(answer, asked.backend.kind());
@@ -541,17 +537,10 @@ impl Core {
                 let Some(slot) = WaitingSlot::take(self) else {
                     return Answer::Now(Err(self.throttled(&decisions, asked)));
                 };
-                let (backend, key, quotas) = (
-                    Arc::clone(asked.backend),
-                    asked.key.owned(&self.uid),
-                    Arc::clone(asked.quotas),
-                );
-                let (max, ask, place) = (*max, asked.ask, asked.place);
+                let (asked, max) = (asked.owned(&self.uid), *max);
                 Answer::Later(Box::pin(async move {
                     let core = Arc::clone(&slot.0);
-                    let admitted = core
-                        .wait_in_line(decision, &backend, &key, &quotas, max, ask, place)
-                        .await;
+                    let admitted = core.wait_in_line(decision, &asked, max).await;
                     drop(slot);
                     admitted
                 }))
@@ -564,25 +553,13 @@ impl Core {
     /// is allowed, at most `max` in all. At its turn it waits until the
     /// refusal said to retry (or, for an in-flight place, until a place of
     /// the key is given back in this instance, or a second), and asks again.
-    #[allow(clippy::too_many_arguments)]
     async fn wait_in_line(
         self: Arc<Self>,
         refused: Decision,
-        backend: &DynBackend,
-        key: &OwnedKey,
-        quotas: &Arc<[Quota]>,
+        owned: &AskedOwned,
         max: Duration,
-        ask: Ask,
-        place: u64,
     ) -> Result<Admitted, Error> {
-        let asked = Asked {
-            backend,
-            key: &key.as_key(),
-            quotas,
-            ask,
-            place,
-            fallback: false,
-        };
+        let asked = owned.borrowed();
         // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
         // it takes") must not overflow.
         let start = tokio::time::Instant::now();
@@ -591,7 +568,7 @@ impl Core {
             let decisions = Decisions::one(Duration::ZERO, decision);
             Err(self.throttled(&decisions, &asked))
         };
-        let turn = match tokio::time::timeout(left(), self.lines.turn(key)).await {
+        let turn = match tokio::time::timeout(left(), self.lines.turn(&owned.key)).await {
             Ok(turn) => turn,
             Err(_) => return refuse(refused),
         };
@@ -721,7 +698,7 @@ impl Core {
                     fallback: true,
                     ..*asked
                 };
-                return self.decide_on(&asked);
+                return self.ask_and_settle(&asked);
             }
             (FailureMode::Fallback(_), true) => {
                 tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik fallback backend failed too; letting the request through");
@@ -743,32 +720,6 @@ impl Core {
         match self.failure_mode {
             FailureMode::Closed => Answer::Now(Err(error)),
             _ => Answer::Now(Ok(Admitted::exempt())),
-        }
-    }
-
-    /// Asks the fallback backend described by `asked`, and settles its answer.
-    fn decide_on(self: &Arc<Self>, asked: &Asked<'_>) -> Answer {
-        match self.ask_backend(asked).into_ready() {
-            Ok(result) => self.settle(result, asked),
-            Err(pending) => {
-                let core = Arc::clone(self);
-                let backend = Arc::clone(asked.backend);
-                let key = asked.key.owned(&self.uid);
-                let quotas = Arc::clone(asked.quotas);
-                let (ask, place) = (asked.ask, asked.place);
-                Answer::Later(Box::pin(async move {
-                    let result = pending.await;
-                    let asked = Asked {
-                        backend: &backend,
-                        key: &key.as_key(),
-                        quotas: &quotas,
-                        ask,
-                        place,
-                        fallback: true,
-                    };
-                    core.settle(result, &asked).finish().await
-                }))
-            }
         }
     }
 
@@ -837,15 +788,53 @@ pub(crate) fn no_quotas() -> &'static Arc<[Quota]> {
 
 /// What one decision is about: the backend asked, the key, the rates, what
 /// the request asks for, and the id of the in-flight place it would take.
+#[derive(Clone, Copy)]
 struct Asked<'a> {
     backend: &'a DynBackend,
-    key: &'a Key<'a>,
+    key: Key<'a>,
     quotas: &'a Arc<[Quota]>,
     ask: Ask,
     /// 0 for a throttle with rates.
     place: u64,
     /// The backend asked is the failure mode's fallback.
     fallback: bool,
+}
+
+impl Asked<'_> {
+    /// What was asked, owned, for a future (the throttle's uid is `uid`).
+    fn owned(&self, uid: &Arc<str>) -> AskedOwned {
+        AskedOwned {
+            backend: Arc::clone(self.backend),
+            key: self.key.owned(uid),
+            quotas: Arc::clone(self.quotas),
+            ask: self.ask,
+            place: self.place,
+            fallback: self.fallback,
+        }
+    }
+}
+
+/// [`Asked`] owned.
+struct AskedOwned {
+    backend: DynBackend,
+    key: OwnedKey,
+    quotas: Arc<[Quota]>,
+    ask: Ask,
+    place: u64,
+    fallback: bool,
+}
+
+impl AskedOwned {
+    fn borrowed(&self) -> Asked<'_> {
+        Asked {
+            backend: &self.backend,
+            key: self.key.as_key(),
+            quotas: &self.quotas,
+            ask: self.ask,
+            place: self.place,
+            fallback: self.fallback,
+        }
+    }
 }
 
 /// A new in-flight place's id: random-looking and unique in the process,

@@ -1806,7 +1806,25 @@ async fn the_documented_acl_is_enough() {
             !peek(&redis, &key, &q, 1).await.unwrap().allowed,
             "{strategy}"
         );
+        // Several rates, and a refund.
+        let quotas = [quota("2/min", strategy), quota("5/h", strategy)];
+        let key = Key::new("several", strategy.name(), Scope::shared());
+        let hit = ThrottleBackend::decide(&redis, &key, &quotas, 1, Op::Hit)
+            .await
+            .unwrap();
+        assert!(hit.binding().allowed, "{strategy}");
+        let refund = Op::Refund { at: hit.at() };
+        ThrottleBackend::decide(&redis, &key, &quotas, 1, refund)
+            .await
+            .unwrap();
     }
+    // In-flight places: taken, renewed, given back.
+    let key = Key::new("places", "client", Scope::shared());
+    let lease = Duration::from_secs(30);
+    let taken = redis.acquire(&key, 7, 1, lease).await.unwrap();
+    assert!(taken.binding().allowed);
+    redis.renew(&key, 7, lease).await.unwrap();
+    redis.release(&key, 7).await.unwrap();
     redis.reset().await.unwrap();
     redis.close().await.unwrap();
     // Nothing outside the prefix is reachable for this user.

@@ -155,18 +155,28 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   decision; the cached `remaining` is the one of the original denial, with
 ///   `retry_after` and `reset_after` counted down.
 ///
+/// * **Several rates and refunds.** A throttle's rates are decided by one
+///   script, every rate's key in the same hash slot (a rate's key adds
+///   `:{limit}/{period_us}` when there are several): the script decides
+///   every rate, then writes only a hit every rate allows, or a refund. A
+///   refused hit writes nothing.
+/// * **In-flight places** (`.max_in_flight(n)`) are leases: a sorted set per
+///   key, `{prefix}:{{uid}:{identity}:{scope}}:if`, of the places held,
+///   scored by when their lease ends; held places are renewed, given-back
+///   ones removed, and those of a crashed app instance expire.
+///
 /// Redis commands used (for an ACL, tested): `PING`, `EVALSHA`, `SCRIPT
 /// LOAD`, `SCAN`, `UNLINK`, and inside the scripts `TIME`, `GET`, `SET`,
 /// `DEL`, `PEXPIRE`, `ZADD`, `ZCARD`, `ZCOUNT`, `ZRANGEBYSCORE`,
-/// `ZREMRANGEBYSCORE`, `ZREVRANGE`, `ZREVRANGEBYSCORE`, on keys `{prefix}:*`;
-/// on a cluster also `CLUSTER SLOTS`, and `SELECT` with a
+/// `ZREMRANGEBYSCORE`, `ZREVRANGE`, `ZREVRANGEBYSCORE`, `ZREM`, on keys
+/// `{prefix}:*`; on a cluster also `CLUSTER SLOTS`, and `SELECT` with a
 /// database other than 0 in the URL:
 ///
 /// ```text
 /// ACL SETUSER traffik on >password resetkeys ~traffik:* resetchannels -@all
 ///     +ping +evalsha +script|load +scan +unlink +time +get +set +del +pexpire
 ///     +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange
-///     +zrevrangebyscore            (+cluster|slots on a cluster)
+///     +zrevrangebyscore +zrem      (+cluster|slots on a cluster)
 /// ```
 ///
 /// ```no_run

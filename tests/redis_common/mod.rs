@@ -1,10 +1,10 @@
 //! What the Redis test suites (`redis`, `redis_cluster`) share.
 
-/// The README's least-privilege ACL, read from the README itself (so that
+/// The guide's least-privilege ACL, read from the guide itself (so that
 /// the two cannot drift apart): the grants of its `ACL SETUSER traffik`
 /// block, and the text that follows the block.
 pub fn readme_acl() -> (Vec<String>, &'static str) {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/guide/4-backends.md");
     let start = readme
         .find("ACL SETUSER traffik")
         .expect("the README's ACL block");
