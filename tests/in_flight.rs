@@ -1,7 +1,8 @@
 //! In-flight limits (`.max_in_flight(n)`): at most `n` requests of one
 //! client in progress at once, in memory and on Redis; places given back
 //! when the response body ends or is dropped; leases on Redis; waiting in
-//! line under `Exceeded::Wait`.
+//! line under `Exceeded::Wait`; WebSocket sockets held open per client
+//! (a permit moved into `on_upgrade`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -266,6 +267,163 @@ async fn a_client_that_disconnects_mid_response_gives_its_place_back() {
 }
 
 // ------------------------------------------------------------------------
+// WebSocket sockets: the handshake's permit lives as long as the socket.
+
+type ClientSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A real server whose `/ws` handler takes a place of `sockets` for the
+/// handshake and moves the permit into `on_upgrade`: held while the socket
+/// is open (an echo of text messages until the client closes).
+async fn sockets_server(sockets: HttpThrottle) -> SocketAddr {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    let handler = move |upgrade: WebSocketUpgrade, request: Request<Body>| {
+        let sockets = sockets.clone();
+        async move {
+            let permit = sockets.acquire(&request).await?;
+            Ok::<_, Error>(upgrade.on_upgrade(move |mut socket| async move {
+                let _permit = permit;
+                while let Some(Ok(message)) = socket.recv().await {
+                    if let Message::Text(text) = message {
+                        if socket.send(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }))
+        }
+    };
+    let app = Router::new().route("/ws", get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// Opens a socket to `addr` from the loopback address `from` (each
+/// `127.x.y.z` is a client of its own): the socket, or the handshake's
+/// HTTP answer when it was refused.
+async fn open_socket(
+    addr: SocketAddr,
+    from: [u8; 4],
+) -> Result<ClientSocket, http::Response<Option<Vec<u8>>>> {
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.bind(SocketAddr::from((from, 0))).unwrap();
+    let tcp = tcp.connect(addr).await.unwrap();
+    let handshake = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp);
+    match tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .expect("the handshake timed out")
+    {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(*response),
+        Err(other) => panic!("handshake failed: {other}"),
+    }
+}
+
+/// The socket answers (it is really open).
+async fn echoes(socket: &mut ClientSocket, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    socket.send(Message::text(text)).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("no echo")
+        .expect("the socket ended")
+        .unwrap();
+    assert_eq!(answer, Message::text(text));
+}
+
+/// Closes a socket the proper way: a close frame, then the server's.
+async fn close(mut socket: ClientSocket) {
+    use futures_util::StreamExt;
+    socket.close(None).await.unwrap();
+    while let Some(Ok(_)) = socket.next().await {}
+}
+
+/// Two sockets of one client open, a third one's handshake is a 429; other
+/// clients have places of their own; closing a socket lets a new one in
+/// (once the server has seen the close, which it does asynchronously).
+async fn sockets_are_limited_per_client(backend: impl traffik::backend::IntoBackend) {
+    let sockets = HttpThrottle::builder()
+        .uid("sockets")
+        .max_in_flight(2)
+        .shared_across_routes()
+        .backend(backend)
+        .build()
+        .unwrap();
+    let addr = sockets_server(sockets).await;
+    let client = [127, 0, 0, 1];
+    let mut first = open_socket(addr, client).await.expect("first socket");
+    let mut second = open_socket(addr, client).await.expect("second socket");
+    echoes(&mut first, "one").await;
+    echoes(&mut second, "two").await;
+    let refused = open_socket(addr, client)
+        .await
+        .expect_err("a third socket of the same client");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // Another client is not held back by the first one's sockets.
+    let other = open_socket(addr, [127, 0, 0, 2])
+        .await
+        .expect("another client's socket");
+    // The refusal took no place: the two open sockets still work.
+    echoes(&mut first, "still").await;
+    echoes(&mut second, "open").await;
+
+    close(first).await;
+    let mut third = None;
+    for _ in 0..200 {
+        match open_socket(addr, client).await {
+            Ok(socket) => {
+                third = Some(socket);
+                break;
+            }
+            Err(refused) => {
+                assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let mut third = third.expect("a closed socket gives its place back");
+    echoes(&mut third, "three").await;
+    // Two open again: the next one is refused.
+    let refused = open_socket(addr, client)
+        .await
+        .expect_err("two sockets open again");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A socket dropped without a close frame gives its place back too.
+    drop(second);
+    let mut fourth = None;
+    for _ in 0..200 {
+        if let Ok(socket) = open_socket(addr, client).await {
+            fourth = Some(socket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    echoes(
+        fourth
+            .as_mut()
+            .expect("a dropped socket gives its place back"),
+        "four",
+    )
+    .await;
+    drop((third, fourth, other));
+}
+
+#[tokio::test]
+async fn websocket_sockets_are_limited_per_client_in_memory() {
+    sockets_are_limited_per_client(InMemoryBackend::new()).await;
+}
+
+// ------------------------------------------------------------------------
 // Waiting in line.
 
 /// Counts the decisions asked of the in-memory backend.
@@ -431,6 +589,16 @@ mod redis_backend {
         let inside = Inside::default();
         let apps = vec![app(&uploads(a, 3), &inside), app(&uploads(b, 3), &inside)];
         exactly_max_inside(apps, inside, 24, 3).await;
+    }
+
+    /// The sockets of one client, with the places on Redis.
+    #[tokio::test]
+    async fn websocket_sockets_are_limited_per_client_on_redis() {
+        let Some(redis) = backend("sockets").await else {
+            return;
+        };
+        sockets_are_limited_per_client(redis.clone()).await;
+        redis.reset().await.unwrap();
     }
 
     /// A request held past one lease keeps its place (the lease is renewed).

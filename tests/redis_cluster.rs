@@ -14,9 +14,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use traffik::backend::{Op, RedisBackend, ThrottleBackend};
 use traffik::key::{Key, Scope};
-use traffik::{Decision, Error, Quota, Rate, Strategy};
+use traffik::{Decision, Error, HttpThrottle, Identity, Quota, Rate, Strategy};
 
 /// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
 const STRATEGIES: [Strategy; 5] = [
@@ -120,7 +123,11 @@ async fn masters() -> Vec<redis::aio::MultiplexedConnection> {
 }
 
 async fn count_on(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> usize {
-    let mut n = 0;
+    keys_on(conn, pattern).await.len()
+}
+
+async fn keys_on(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
     let mut cursor = 0u64;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -132,10 +139,10 @@ async fn count_on(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -
             .query_async(conn)
             .await
             .unwrap();
-        n += keys.len();
+        found.extend(keys);
         cursor = next;
         if cursor == 0 {
-            return n;
+            return found;
         }
     }
 }
@@ -390,4 +397,229 @@ async fn the_documented_acl_is_enough_on_a_cluster() {
             .await
             .unwrap();
     }
+}
+
+// ------------------------------------------------------------------------
+// Several rates, in-flight places and refunds on a cluster, through the
+// throttle.
+
+/// A request from the client named `client` (see [`by_client`]).
+fn request_from(client: &str) -> http::Request<()> {
+    http::Request::get("/")
+        .header("x-client", client)
+        .body(())
+        .unwrap()
+}
+
+/// A throttle on `redis` identifying requests by their `x-client` header,
+/// one counter per client for every route.
+fn by_client(redis: &RedisBackend, uid: String) -> traffik::HttpThrottleBuilder {
+    HttpThrottle::builder()
+        .uid(uid)
+        .shared_across_routes()
+        .identifier(|parts: &http::request::Parts| {
+            let client = parts.headers["x-client"].to_str().unwrap().to_owned();
+            async move { Identity::key(client) }
+        })
+        .backend(redis.clone())
+}
+
+/// Every key of `prefix` on every master, grouped by hash tag (the part in
+/// braces: one throttle key).
+async fn keys_by_tag(
+    masters: &mut [redis::aio::MultiplexedConnection],
+    prefix: &str,
+) -> (BTreeMap<String, Vec<String>>, Vec<usize>) {
+    let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut per_master = Vec::new();
+    for master in masters.iter_mut() {
+        let keys = keys_on(master, &format!("{prefix}:*")).await;
+        per_master.push(keys.len());
+        for key in keys {
+            let open = key.find('{').unwrap();
+            let close = open + key[open..].find('}').unwrap();
+            by_tag
+                .entry(key[open + 1..close].to_owned())
+                .or_default()
+                .push(key);
+        }
+    }
+    (by_tag, per_master)
+}
+
+async fn keyslot(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Two rates (`7/min` and `20/h`): 64 concurrent hits of one client admit
+/// exactly the 7 of the binding rate, for every strategy and several
+/// clients (several slots, several masters); each client's two rate keys
+/// are in one hash slot.
+#[tokio::test]
+async fn concurrent_hits_on_two_rates_admit_exactly_the_binding_limit_on_a_cluster() {
+    let Some(redis) = backend("cluster-rates").await else {
+        return;
+    };
+    const CLIENTS: usize = 4;
+    for strategy in STRATEGIES {
+        let throttle = by_client(&redis, format!("rates-{strategy}"))
+            .rates(["7/min", "20/h"])
+            .strategy(strategy)
+            .build()
+            .unwrap();
+        for client in 0..CLIENTS {
+            let name = format!("client-{client}");
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let (throttle, name) = (throttle.clone(), name.clone());
+                    tokio::spawn(async move {
+                        match throttle.hit(&request_from(&name)).await {
+                            Ok(decision) => {
+                                assert!(decision.allowed);
+                                assert!(decision.remaining < 7);
+                                true
+                            }
+                            Err(Error::Throttled(throttled)) => {
+                                let decision = throttled.decision();
+                                assert_eq!(decision.remaining, 0);
+                                // The per-minute rate binds.
+                                assert_eq!(decision.limit, 7);
+                                assert!(throttled.retry_after() <= Duration::from_secs(60));
+                                false
+                            }
+                            Err(other) => panic!("{strategy}: {other}"),
+                        }
+                    })
+                })
+                .collect();
+            let mut admitted = 0;
+            for task in tasks {
+                admitted += usize::from(task.await.unwrap());
+            }
+            assert_eq!(admitted, 7, "{strategy} {name}");
+            let peeked = throttle.peek(&request_from(&name)).await.unwrap();
+            assert!(!peeked.allowed && peeked.remaining == 0, "{strategy}");
+        }
+    }
+    // One throttle key per strategy and client, each with one Redis key per
+    // rate, both in the slot of its hash tag.
+    let mut masters = masters().await;
+    let (by_tag, per_master) = keys_by_tag(&mut masters, redis.prefix()).await;
+    assert_eq!(by_tag.len(), STRATEGIES.len() * CLIENTS, "{by_tag:?}");
+    assert!(
+        per_master.iter().filter(|&&n| n > 0).count() >= 2,
+        "keys on several masters: {per_master:?}"
+    );
+    for (tag, keys) in &by_tag {
+        assert_eq!(keys.len(), 2, "one key per rate: {keys:?}");
+        let tagged = keyslot(&mut masters[0], &format!("{{{tag}}}")).await;
+        for key in keys {
+            assert_eq!(keyslot(&mut masters[0], key).await, tagged, "{key}");
+        }
+    }
+    redis.close().await.unwrap();
+}
+
+/// `max_in_flight(3)` on a cluster: of 24 concurrent `acquire`s of one
+/// client exactly 3 get a permit; once they are dropped (the places are
+/// given back in the background), exactly 3 more get in.
+#[tokio::test]
+async fn in_flight_places_are_exact_on_a_cluster() {
+    let Some(redis) = backend("cluster-inflight").await else {
+        return;
+    };
+    const MAX: usize = 3;
+    let throttle = by_client(&redis, "uploads".to_owned())
+        .max_in_flight(MAX as u64)
+        .build()
+        .unwrap();
+    let acquire = |throttle: &HttpThrottle, name: &str| {
+        let permit = throttle.acquire(&request_from(name));
+        async move {
+            match permit.await {
+                Ok(permit) => Some(permit),
+                Err(Error::Throttled(throttled)) => {
+                    assert_eq!(throttled.decision().remaining, 0);
+                    None
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    };
+    // Several clients: places on several slots.
+    for client in 0..4 {
+        let name = format!("client-{client}");
+        let tasks: Vec<_> = (0..24)
+            .map(|_| tokio::spawn(acquire(&throttle, &name)))
+            .collect();
+        let mut permits = Vec::new();
+        for task in tasks {
+            permits.extend(task.await.unwrap());
+        }
+        assert_eq!(permits.len(), MAX, "{name}");
+        assert!(acquire(&throttle, &name).await.is_none(), "{name}");
+        drop(permits);
+        let mut again = Vec::new();
+        for _ in 0..500 {
+            if again.len() == MAX {
+                break;
+            }
+            match acquire(&throttle, &name).await {
+                Some(permit) => again.push(permit),
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        assert_eq!(again.len(), MAX, "{name}: the places came back");
+        assert!(
+            acquire(&throttle, &name).await.is_none(),
+            "{name}: no more than {MAX}"
+        );
+    }
+    drop(throttle);
+    redis.close().await.unwrap();
+}
+
+/// `reserve()` then `refund()` on a cluster gives the hit back, for every
+/// strategy, with one rate and with two.
+#[tokio::test]
+async fn a_refund_gives_the_place_back_on_a_cluster() {
+    let Some(redis) = backend("cluster-refund").await else {
+        return;
+    };
+    let sets: [&[&str]; 2] = [&["2/min"], &["2/min", "5/h"]];
+    for strategy in STRATEGIES {
+        for (s, rates) in sets.iter().enumerate() {
+            let throttle = by_client(&redis, format!("refund-{strategy}-{s}"))
+                .rates(rates.iter().copied())
+                .strategy(strategy)
+                .build()
+                .unwrap();
+            for client in 0..3 {
+                let request = request_from(&format!("client-{client}"));
+                let what = format!("{strategy} {rates:?} client {client}");
+                let first = throttle.reserve(&request).await.unwrap();
+                assert_eq!(first.decision().remaining, 1, "{what}");
+                let second = throttle.reserve(&request).await.unwrap();
+                assert_eq!(second.decision().remaining, 0, "{what}");
+                assert!(
+                    matches!(throttle.reserve(&request).await, Err(Error::Throttled(_))),
+                    "{what}"
+                );
+                first.refund().await.unwrap();
+                let peeked = throttle.peek(&request).await.unwrap();
+                assert!(peeked.allowed, "{what}: the place is back");
+                assert_eq!(peeked.remaining, 0, "{what}");
+                let hit = throttle.hit(&request).await.unwrap();
+                assert_eq!(hit.remaining, 0, "{what}");
+                assert!(throttle.hit(&request).await.is_err(), "{what}");
+                drop(second); // kept
+            }
+        }
+    }
+    redis.close().await.unwrap();
 }

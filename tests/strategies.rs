@@ -1,12 +1,19 @@
 //! Every strategy against a naive reference model written independently here,
-//! driven by random sequences of clock advances and hits of random cost
-//! through `Quota::decide`.
+//! driven by random sequences of clock advances, hits of random cost and
+//! refunds of earlier admitted hits through `Quota::decide` and
+//! `Quota::refund`, and, for several rates, through `strategy::decide`.
 //!
 //! The models keep the obvious state (tokens as exact fractions, counts per
 //! window, a list of timestamps, a theoretical arrival time) and find
 //! `retry_after` by searching for the first microsecond at which the model
 //! would admit the same hit, so they share no formula with the
-//! implementation.
+//! implementation. A refund undoes a hit as far as the model's state still
+//! holds it: tokens go back (capped at the capacity), a window's count goes
+//! down while that window is current (for the sliding window counter, the
+//! current or the previous window), log entries are removed, the
+//! theoretical arrival time moves back (not before now); a refund after the
+//! hit's window has passed changes nothing. Several rates are one model per
+//! rate, decided all or nothing.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -15,7 +22,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use traffik::clock::{Clock, ManualClock};
-use traffik::strategy::State;
+use traffik::strategy::{self, State};
 use traffik::{Decision, Quota, Rate, Strategy};
 
 /// Every strategy (`Strategy` is `#[non_exhaustive]` and keeps no public list).
@@ -110,9 +117,21 @@ trait Model {
     fn allows(&self, t: u64, cost: u64) -> bool;
     /// Hits at `t`: the decision, with the state updated.
     fn hit(&mut self, t: u64, cost: u64) -> Expected;
+    /// Gives back, at `t`, a hit of `cost` admitted at `at`: the decision
+    /// (always allowed), with the state updated.
+    fn refund(&mut self, t: u64, cost: u64, at: u64) -> Expected;
+    /// A copy (to decide a hit without counting it).
+    fn boxed(&self) -> Box<dyn Model>;
+    /// Whether a refund at `t` finds no current window (only a fixed
+    /// window has one): the case of the known bug
+    /// `fixed_window_refund_after_its_window_changes_nothing`.
+    fn refund_finds_no_window(&self, _t: u64) -> bool {
+        false
+    }
 }
 
 /// Tokens as exact fractions, refilled continuously at `limit / period`.
+#[derive(Clone)]
 struct BucketModel {
     limit: u64,
     period: u64,
@@ -135,18 +154,9 @@ impl BucketModel {
             }
         }
     }
-}
 
-impl Model for BucketModel {
-    fn allows(&self, t: u64, cost: u64) -> bool {
-        cost <= self.capacity && self.tokens_at(t) >= Ratio::int(cost)
-    }
-    fn hit(&mut self, t: u64, cost: u64) -> Expected {
-        let allowed = self.allows(t, cost);
-        let mut tokens = self.tokens_at(t);
-        if allowed {
-            tokens = tokens.sub(Ratio::int(cost));
-        }
+    /// Keeps `tokens` at `t`: the decision.
+    fn settle(&mut self, t: u64, tokens: Ratio, allowed: bool) -> Expected {
         self.tokens = tokens;
         self.last = Some(t);
         // Smallest whole number of microseconds after which the bucket is full.
@@ -161,8 +171,33 @@ impl Model for BucketModel {
     }
 }
 
+impl Model for BucketModel {
+    fn allows(&self, t: u64, cost: u64) -> bool {
+        cost <= self.capacity && self.tokens_at(t) >= Ratio::int(cost)
+    }
+    fn hit(&mut self, t: u64, cost: u64) -> Expected {
+        let allowed = self.allows(t, cost);
+        let mut tokens = self.tokens_at(t);
+        if allowed {
+            tokens = tokens.sub(Ratio::int(cost));
+        }
+        self.settle(t, tokens, allowed)
+    }
+    fn refund(&mut self, t: u64, cost: u64, _at: u64) -> Expected {
+        let tokens = self
+            .tokens_at(t)
+            .add(Ratio::int(cost))
+            .min(Ratio::int(self.capacity));
+        self.settle(t, tokens, true)
+    }
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+}
+
 /// A counter per window; a window opens at the first counted hit after the
 /// previous one ended (a refused hit changes nothing).
+#[derive(Clone)]
 struct FixedWindowModel {
     limit: u64,
     period: u64,
@@ -198,10 +233,37 @@ impl Model for FixedWindowModel {
             reset_after: Some(start + self.period - t),
         }
     }
+    fn refund(&mut self, t: u64, cost: u64, at: u64) -> Expected {
+        match &mut self.window {
+            // The hit counts in the current window: it goes.
+            Some((start, count)) if t < *start + self.period && at >= *start => {
+                *count = count.checked_sub(cost).expect("refunded more than counted");
+            }
+            // Its window has passed: nothing is held.
+            _ => {}
+        }
+        // With no current window, the one a hit now would open.
+        let (start, count) = match self.window {
+            Some((start, count)) if t < start + self.period => (start, count),
+            _ => (t, 0),
+        };
+        Expected {
+            allowed: true,
+            remaining: self.limit - count,
+            reset_after: Some(start + self.period - t),
+        }
+    }
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+    fn refund_finds_no_window(&self, t: u64) -> bool {
+        !matches!(self.window, Some((start, _)) if t < start + self.period)
+    }
 }
 
 /// Counts per aligned window `[k·P, (k+1)·P)`; the previous window weighs
 /// `(P - elapsed) / P`, exactly.
+#[derive(Clone)]
 struct CounterModel {
     limit: u64,
     period: u64,
@@ -233,6 +295,25 @@ impl Model for CounterModel {
         if allowed {
             *self.counts.entry(w).or_default() += cost;
         }
+        self.expected(t, allowed)
+    }
+    fn refund(&mut self, t: u64, cost: u64, at: u64) -> Expected {
+        let (w, hit) = (t / self.period, at / self.period);
+        // Counted in the current window or the previous one: it goes.
+        if hit == w || hit + 1 == w {
+            let count = self.counts.get_mut(&hit).expect("the hit's window");
+            *count = count.checked_sub(cost).expect("refunded more than counted");
+        }
+        self.expected(t, true)
+    }
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+}
+
+impl CounterModel {
+    fn expected(&self, t: u64, allowed: bool) -> Expected {
+        let w = t / self.period;
         let weighted = self.weighted(t);
         let limit = Ratio::int(self.limit);
         let remaining = if weighted <= limit {
@@ -263,6 +344,7 @@ impl Model for CounterModel {
 }
 
 /// Every admitted unit of cost, with its time; counts those in `(t - P, t]`.
+#[derive(Clone)]
 struct LogModel {
     limit: u64,
     period: u64,
@@ -287,11 +369,32 @@ impl Model for LogModel {
         if allowed {
             self.times.extend(std::iter::repeat_n(t, cost as usize));
         }
+        self.expected(t, allowed)
+    }
+    fn refund(&mut self, t: u64, cost: u64, at: u64) -> Expected {
+        let period = self.period;
+        self.times.retain(|&x| x + period > t);
+        // Its units still in the log go (all of them were logged at `at`).
+        for _ in 0..cost {
+            if let Some(i) = self.times.iter().position(|&x| x == at) {
+                self.times.remove(i);
+            }
+        }
+        self.expected(t, true)
+    }
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+}
+
+impl LogModel {
+    /// The decision once the log holds only live entries.
+    fn expected(&self, t: u64, allowed: bool) -> Expected {
         let reset = self
             .times
             .iter()
             .max()
-            .map_or(0, |&newest| newest + period - t);
+            .map_or(0, |&newest| newest + self.period - t);
         Expected {
             allowed,
             remaining: self.limit - self.times.len() as u64,
@@ -303,6 +406,7 @@ impl Model for LogModel {
 /// Virtual scheduling: a theoretical arrival time advanced by one emission
 /// interval `T = floor(P / L)` per cell; `c` cells at `t` conform when the
 /// last of them is due no later than `(capacity - 1)·T` ahead of `t`.
+#[derive(Clone)]
 struct GcraModel {
     interval: u64,
     capacity: u64,
@@ -321,6 +425,23 @@ impl Model for GcraModel {
         if allowed {
             tat += cost * self.interval;
         }
+        self.expected(t, tat, allowed)
+    }
+    fn refund(&mut self, t: u64, cost: u64, _at: u64) -> Expected {
+        // The arrival time moves back by the hit's cells, not before now.
+        let tat = self
+            .tat
+            .map_or(t, |tat| tat.saturating_sub(cost * self.interval).max(t));
+        self.expected(t, tat, true)
+    }
+    fn boxed(&self) -> Box<dyn Model> {
+        Box::new(self.clone())
+    }
+}
+
+impl GcraModel {
+    /// Keeps `tat` (not before `t`): the decision.
+    fn expected(&mut self, t: u64, tat: u64, allowed: bool) -> Expected {
         self.tat = Some(tat);
         // Cells of cost 1 that would still conform now, one after the other.
         let mut remaining = 0;
@@ -397,23 +518,76 @@ struct Op {
     raw: u64,
     cost: u8,
     cost_raw: u64,
+    /// 0-1: refund an earlier admitted hit (if any), 2: peek (several
+    /// rates), else hit.
+    action: u8,
 }
 
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
-    (0u8..10, any::<u64>(), 0u8..10, any::<u64>()).prop_map(|(advance, raw, cost, cost_raw)| Op {
-        advance,
-        raw,
-        cost,
-        cost_raw,
-    })
+    (0u8..10, any::<u64>(), 0u8..10, any::<u64>(), 0u8..8).prop_map(
+        |(advance, raw, cost, cost_raw, action)| Op {
+            advance,
+            raw,
+            cost,
+            cost_raw,
+            action,
+        },
+    )
+}
+
+impl Op {
+    fn refunds(&self) -> bool {
+        self.action < 2
+    }
+
+    /// How far the clock moves before this op.
+    fn advance(&self, period: u64, last_retry: u64) -> u64 {
+        match self.advance {
+            0 => 0,
+            1 => self.raw % 3,
+            2 => self.raw % (period + 1),
+            3 => self.raw % (3 * period + 1),
+            4 => period,
+            5 => period - 1,
+            6 => last_retry,
+            7 => last_retry.saturating_sub(1),
+            8 => (self.raw % 2_000) * 1_000,
+            _ => self.raw % 100,
+        }
+    }
+
+    fn cost(&self, limit: u64, capacity: u64) -> u64 {
+        match self.cost {
+            0..=4 => 1,
+            5..=7 => 1 + self.cost_raw % (limit + 1),
+            8 => limit + 1,
+            _ => 1 + self.cost_raw % (capacity + 1),
+        }
+    }
+
+    /// Which of `held` hits to refund.
+    fn pick(&self, held: usize) -> usize {
+        (self.cost_raw % held as u64) as usize
+    }
 }
 
 fn micros(t: u64) -> Duration {
     Duration::from_micros(t)
 }
 
-/// Runs `ops` through the quota and the model side by side.
-fn check(quota: Quota, start: u64, ops: &[Op]) {
+/// Which refunds the driver makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refunds {
+    /// Every refund drawn.
+    All,
+    /// Not a fixed window's refund made when its window has ended: the
+    /// known bug shown by `fixed_window_refund_after_its_window_changes_nothing`.
+    AvoidingTheFixedWindowBug,
+}
+
+/// Runs `ops` through the quota and the model side by side: hits, and
+/// refunds of hits admitted earlier (with the time they were decided).
+fn check(quota: Quota, start: u64, ops: &[Op], refunds: Refunds) {
     let limit = quota.limit();
     let capacity = quota.capacity();
     let period = quota.period_micros();
@@ -422,30 +596,36 @@ fn check(quota: Quota, start: u64, ops: &[Op]) {
     let clock = ManualClock::starting_at(micros(start));
     let mut state = State::new();
     let mut last_retry = 0u64;
+    // Admitted hits not refunded yet: (when, cost).
+    let mut held: Vec<(u64, u64)> = Vec::new();
 
     for (i, op) in ops.iter().enumerate() {
-        let by = match op.advance {
-            0 => 0,
-            1 => op.raw % 3,
-            2 => op.raw % (period + 1),
-            3 => op.raw % (3 * period + 1),
-            4 => period,
-            5 => period - 1,
-            6 => last_retry,
-            7 => last_retry.saturating_sub(1),
-            8 => (op.raw % 2_000) * 1_000,
-            _ => op.raw % 100,
-        };
-        clock.advance(micros(by));
+        clock.advance(micros(op.advance(period, last_retry)));
         let now = clock.now();
         let t = now.as_micros() as u64;
-        let cost = match op.cost {
-            0..=4 => 1,
-            5..=7 => 1 + op.cost_raw % (limit + 1),
-            8 => limit + 1,
-            _ => 1 + op.cost_raw % (capacity + 1),
-        };
 
+        if op.refunds() && !held.is_empty() {
+            let (at, cost) = held.remove(op.pick(held.len()));
+            if refunds == Refunds::AvoidingTheFixedWindowBug && model.refund_finds_no_window(t) {
+                continue;
+            }
+            let got = quota.refund(&mut state, now, cost, micros(at));
+            let want = model.refund(t, cost, at);
+            let ctx = format!(
+                "{strategy} {} (capacity {capacity}), op {i}: refund at t={t}µs of the hit at {at}µs of cost {cost}: got {got:?}, model {want:?}",
+                quota.rate()
+            );
+            assert!(got.allowed, "refund allowed: {ctx}");
+            assert_eq!(got.remaining, want.remaining, "remaining: {ctx}");
+            assert_eq!(got.limit, capacity, "limit: {ctx}");
+            if let Some(reset) = want.reset_after {
+                assert_eq!(got.reset_after, micros(reset), "reset_after: {ctx}");
+            }
+            assert_eq!(got.retry_after, Duration::ZERO, "retry_after: {ctx}");
+            continue;
+        }
+
+        let cost = op.cost(limit, capacity);
         let before = state.clone();
         let peeked = quota.peek(&state, now, cost);
         assert_eq!(state, before, "peek changed the state");
@@ -504,8 +684,214 @@ fn check(quota: Quota, start: u64, ops: &[Op]) {
         }
         if got.allowed {
             assert_eq!(got.retry_after, Duration::ZERO, "{ctx}");
+            held.push((t, cost));
         }
         last_retry = got.retry_after.as_micros() as u64;
+    }
+}
+
+/// The expected `retry_after` of one rate for a hit of `cost` at `t`
+/// (`None`: allowed), with the exact wait it stands for (`None` when the
+/// hit never fits).
+fn rate_retry(model: &dyn Model, quota: &Quota, t: u64, cost: u64) -> Option<(u64, Option<u64>)> {
+    let (capacity, period) = (quota.capacity(), quota.period_micros());
+    if cost > capacity {
+        return Some((period, None));
+    }
+    if model.allows(t, cost) {
+        return None;
+    }
+    let wait = model_wait(model, t, cost, capacity, period);
+    let retry = if quota.strategy() == Strategy::SlidingWindowCounter {
+        wait.min(period)
+    } else {
+        wait
+    };
+    Some((retry, Some(wait)))
+}
+
+/// The first microsecond after `t` (at least 1) at which every model
+/// admits `cost`, by binary search.
+fn models_wait(models: &[Box<dyn Model>], quotas: &[Quota], t: u64, cost: u64) -> u64 {
+    let all = |dt: u64| models.iter().all(|m| m.allows(t + dt, cost));
+    let mut hi = quotas
+        .iter()
+        .map(|q| (q.capacity() + cost + 2) * q.period_micros())
+        .max()
+        .unwrap();
+    assert!(all(hi), "the models never admit cost {cost} together");
+    let mut lo = 1;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if all(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
+
+/// Several rates through `strategy::decide` against one model per rate,
+/// decided all or nothing: a hit counts on every rate or on none; the
+/// binding decision is allowed only if every rate allows, with the
+/// smallest `remaining` and the largest `retry_after`. Peeks count
+/// nothing; refunds give back every rate's share of an admitted hit.
+fn check_rates(quotas: &[Quota], start: u64, ops: &[Op], refunds: Refunds) {
+    let mut models: Vec<Box<dyn Model>> = quotas.iter().map(model_for).collect();
+    let mut states = vec![State::new(); quotas.len()];
+    let clock = ManualClock::starting_at(micros(start));
+    let mut last_retry = 0u64;
+    let mut held: Vec<(Duration, u64)> = Vec::new();
+    let names: Vec<String> = quotas
+        .iter()
+        .map(|q| format!("{} {} (capacity {})", q.strategy(), q.rate(), q.capacity()))
+        .collect();
+
+    for (i, op) in ops.iter().enumerate() {
+        let q = &quotas[(op.raw % quotas.len() as u64) as usize];
+        clock.advance(micros(op.advance(q.period_micros(), last_retry)));
+        let now = clock.now();
+        let t = now.as_micros() as u64;
+
+        if op.refunds() && !held.is_empty() {
+            let (at, cost) = held.remove(op.pick(held.len()));
+            if refunds == Refunds::AvoidingTheFixedWindowBug
+                && models.iter().any(|m| m.refund_finds_no_window(t))
+            {
+                continue;
+            }
+            let got = strategy::decide(quotas, &mut states, now, cost, strategy::Op::Refund { at });
+            let ctx = format!(
+                "{names:?}, op {i}: refund at t={t}µs of the hit at {at:?} of cost {cost}: got {got:?}"
+            );
+            assert_eq!(got.at(), now, "{ctx}");
+            let at = at.as_micros() as u64;
+            for (r, model) in models.iter_mut().enumerate() {
+                let want = model.refund(t, cost, at);
+                let each = got.get(r).unwrap();
+                assert!(each.allowed, "rate {r}: {ctx}");
+                assert_eq!(each.remaining, want.remaining, "rate {r} remaining: {ctx}");
+                assert_eq!(each.limit, quotas[r].capacity(), "rate {r} limit: {ctx}");
+                if let Some(reset) = want.reset_after {
+                    assert_eq!(
+                        each.reset_after,
+                        micros(reset),
+                        "rate {r} reset_after: {ctx}"
+                    );
+                }
+                assert_eq!(each.retry_after, Duration::ZERO, "rate {r}: {ctx}");
+            }
+            let binding = got.binding();
+            assert!(binding.allowed, "{ctx}");
+            let least = got.iter().map(|d| d.remaining).min().unwrap();
+            assert_eq!(binding.remaining, least, "{ctx}");
+            continue;
+        }
+
+        let cost = match op.cost {
+            // Above the smallest capacity (maybe within the others).
+            8 => quotas.iter().map(Quota::capacity).min().unwrap() + 1,
+            9 => 1 + op.cost_raw % (quotas.iter().map(Quota::capacity).max().unwrap() + 1),
+            _ => op.cost(q.limit(), q.capacity()),
+        };
+        let peek = op.action == 2;
+        let all_allow = models.iter().all(|m| m.allows(t, cost));
+        let retries: Vec<Option<(u64, Option<u64>)>> = models
+            .iter()
+            .zip(quotas)
+            .map(|(m, q)| rate_retry(&**m, q, t, cost))
+            .collect();
+        let before = states.clone();
+        let op_ = if peek {
+            strategy::Op::Peek
+        } else {
+            strategy::Op::Hit
+        };
+        let got = strategy::decide(quotas, &mut states, now, cost, op_);
+        let ctx = format!(
+            "{names:?}, op {i}: {} at t={t}µs cost={cost}: got {got:?}",
+            if peek { "peek" } else { "hit" }
+        );
+        assert_eq!(got.at(), now, "{ctx}");
+        // Counted on every rate, or on none.
+        let wants: Vec<Expected> = models
+            .iter_mut()
+            .map(|m| {
+                if all_allow && !peek {
+                    m.hit(t, cost)
+                } else {
+                    m.boxed().hit(t, cost)
+                }
+            })
+            .collect();
+        if peek || !all_allow {
+            assert_eq!(
+                states, before,
+                "a peek or a refused hit changed a state: {ctx}"
+            );
+        }
+        for (r, want) in wants.iter().enumerate() {
+            let each = got.get(r).unwrap();
+            assert_eq!(each.allowed, want.allowed, "rate {r} allowed: {ctx}");
+            assert_eq!(each.remaining, want.remaining, "rate {r} remaining: {ctx}");
+            assert_eq!(each.limit, quotas[r].capacity(), "rate {r} limit: {ctx}");
+            if let Some(reset) = want.reset_after {
+                assert_eq!(
+                    each.reset_after,
+                    micros(reset),
+                    "rate {r} reset_after: {ctx}"
+                );
+            }
+            let retry = retries[r].map_or(0, |(retry, _)| retry);
+            assert_eq!(
+                each.retry_after,
+                micros(retry),
+                "rate {r} retry_after: {ctx}"
+            );
+        }
+        assert!(got.get(quotas.len()).is_none(), "{ctx}");
+
+        // The binding decision.
+        let binding = got.binding();
+        assert_eq!(binding.allowed, all_allow, "binding allowed: {ctx}");
+        let least = wants.iter().map(|w| w.remaining).min().unwrap();
+        assert_eq!(binding.remaining, least, "binding remaining: {ctx}");
+        let longest = retries
+            .iter()
+            .map(|r| r.map_or(0, |(retry, _)| retry))
+            .max()
+            .unwrap();
+        assert_eq!(
+            binding.retry_after,
+            micros(longest),
+            "binding retry_after: {ctx}"
+        );
+        // Its limit and reset are those of the rate that binds: the one that
+        // refused with the longest wait, else the one with the least left.
+        let binds = |d: &Decision| (d.allowed, std::cmp::Reverse(d.retry_after), d.remaining);
+        let key = got.iter().map(binds).min().unwrap();
+        assert!(
+            got.iter().any(|d| binds(d) == key
+                && (d.limit, d.reset_after) == (binding.limit, binding.reset_after)),
+            "binding limit and reset_after of no binding rate: {ctx}"
+        );
+        // The wait is exact when no rate's wait is capped: the first moment
+        // every rate admits the hit (each only gets more permissive).
+        let exact = retries
+            .iter()
+            .all(|r| r.is_none_or(|(retry, wait)| wait == Some(retry)));
+        if !all_allow && exact {
+            assert_eq!(
+                longest,
+                models_wait(&models, quotas, t, cost),
+                "binding retry_after is not the first moment every rate admits: {ctx}"
+            );
+        }
+        if !peek && all_allow {
+            held.push((now, cost));
+        }
+        last_retry = longest;
     }
 }
 
@@ -549,7 +935,7 @@ proptest! {
         start in 0u64..3_000_000,
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        check(quota(limit, period, Strategy::TokenBucket, burst), start, &ops);
+        check(quota(limit, period, Strategy::TokenBucket, burst), start, &ops, Refunds::All);
     }
 
     #[test]
@@ -559,7 +945,7 @@ proptest! {
         start in 0u64..3_000_000,
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        check(quota(limit, period, Strategy::FixedWindow, None), start, &ops);
+        check(quota(limit, period, Strategy::FixedWindow, None), start, &ops, Refunds::AvoidingTheFixedWindowBug);
     }
 
     #[test]
@@ -569,7 +955,7 @@ proptest! {
         start in 0u64..3_000_000,
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        check(quota(limit, period, Strategy::SlidingWindowCounter, None), start, &ops);
+        check(quota(limit, period, Strategy::SlidingWindowCounter, None), start, &ops, Refunds::All);
     }
 
     #[test]
@@ -579,7 +965,7 @@ proptest! {
         start in 0u64..3_000_000,
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        check(quota(limit, period, Strategy::SlidingWindowLog, None), start, &ops);
+        check(quota(limit, period, Strategy::SlidingWindowLog, None), start, &ops, Refunds::All);
     }
 
     #[test]
@@ -592,7 +978,7 @@ proptest! {
     ) {
         // GCRA admits at most one hit per microsecond.
         let period = period.max(limit);
-        check(quota(limit, period, Strategy::Gcra, burst), start, &ops);
+        check(quota(limit, period, Strategy::Gcra, burst), start, &ops, Refunds::All);
     }
 
     /// The same, for every strategy, with larger limits.
@@ -604,7 +990,153 @@ proptest! {
         start in 0u64..3_000_000,
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        check(quota(limit, period, strategy, None), start, &ops);
+        check(quota(limit, period, strategy, None), start, &ops, Refunds::AvoidingTheFixedWindowBug);
+    }
+}
+
+/// A rate for the several-rates tests: GCRA admits at most one hit per
+/// microsecond.
+fn rate_quota(strategy: Strategy, limit: u64, period: u64) -> Quota {
+    let period = if strategy == Strategy::Gcra {
+        period.max(limit)
+    } else {
+        period
+    };
+    quota(limit, period, strategy, None)
+}
+
+fn rates() -> impl proptest::strategy::Strategy<Value = Vec<(u64, u64)>> {
+    proptest::collection::vec(
+        (1u64..=12, proptest::sample::select(PERIODS.to_vec())),
+        2..=3,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(250))]
+
+    /// Two or three rates of one strategy (as a throttle's `.rates([..])`)
+    /// against one model per rate, decided all or nothing.
+    #[test]
+    fn several_rates_match_one_model_per_rate(
+        strategy in proptest::sample::select(STRATEGIES.to_vec()),
+        rates in rates(),
+        start in 0u64..3_000_000,
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        let quotas: Vec<Quota> = rates
+            .iter()
+            .map(|&(limit, period)| rate_quota(strategy, limit, period))
+            .collect();
+        check_rates(&quotas, start, &ops, Refunds::AvoidingTheFixedWindowBug);
+    }
+
+    /// The same with a strategy per rate (what a custom backend may pass
+    /// to `strategy::decide`).
+    #[test]
+    fn rates_of_mixed_strategies_match_one_model_per_rate(
+        rates in proptest::collection::vec(
+            (proptest::sample::select(STRATEGIES.to_vec()), 1u64..=12, proptest::sample::select(PERIODS.to_vec())),
+            2..=3,
+        ),
+        start in 0u64..3_000_000,
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        let quotas: Vec<Quota> = rates
+            .iter()
+            .map(|&(strategy, limit, period)| rate_quota(strategy, limit, period))
+            .collect();
+        check_rates(&quotas, start, &ops, Refunds::AvoidingTheFixedWindowBug);
+    }
+
+    /// Refunds of a fixed window's hits after their window has ended, which
+    /// the tests above leave out: they must change nothing.
+    #[test]
+    #[ignore = "bug: a fixed window refund made after the hit's window has ended opens an empty window starting at the refund (see fixed_window_refund_after_its_window_changes_nothing)"]
+    fn fixed_window_refunds_after_the_window_match_model(
+        limit in 1u64..=12,
+        period in proptest::sample::select(PERIODS.to_vec()),
+        start in 0u64..3_000_000,
+        ops in proptest::collection::vec(op(), 1..60),
+        rates in rates(),
+    ) {
+        check(quota(limit, period, Strategy::FixedWindow, None), start, &ops, Refunds::All);
+        let quotas: Vec<Quota> = rates
+            .iter()
+            .map(|&(limit, period)| rate_quota(Strategy::FixedWindow, limit, period))
+            .collect();
+        check_rates(&quotas, start, &ops, Refunds::All);
+    }
+}
+
+/// A refund after the hit's window has ended must change nothing (the
+/// documented contract of `Op::Refund` and `Reservation::refund`), and a
+/// fixed window starts at the first hit counted after the previous one
+/// ended. `fixed_window::refund` instead saves the window `(now, 0)` it
+/// finds for a key whose window has ended: the refund opens an empty window
+/// starting at the refund, so the next window ends a period after the
+/// refund, not after the next hit, and two hits that a 1/s window keeps a
+/// second apart get in 100 ms apart. The Redis script
+/// (`fixed_window.lua`) saves the same window, even for a key that has
+/// expired; the in-memory backend does so only while the expired key has
+/// not been swept yet.
+#[test]
+#[ignore = "bug: a fixed window refund made after the hit's window has ended opens an empty window starting at the refund"]
+fn fixed_window_refund_after_its_window_changes_nothing() {
+    let quota = q("1/s", Strategy::FixedWindow);
+    let mut state = State::new();
+    assert!(at(&quota, &mut state, 0, 1).allowed);
+    let before = state.clone();
+    // The hit's window [0, 1 s) has ended.
+    quota.refund(&mut state, micros(1_500_000), 1, micros(0));
+    let (mut refunded, mut untouched) = (state.clone(), before);
+    // Without the refund, the hit at 2.4 s opens [2.4 s, 3.4 s).
+    let first = at(&quota, &mut untouched, 2_400_000, 1);
+    assert!(first.allowed);
+    assert_eq!(first.reset_after, micros(S));
+    assert!(!at(&quota, &mut untouched, 2_500_000, 1).allowed);
+    // With it, the same.
+    let first = at(&quota, &mut refunded, 2_400_000, 1);
+    assert!(first.allowed);
+    assert_eq!(first.reset_after, micros(S), "the window starts at the hit");
+    assert!(
+        !at(&quota, &mut refunded, 2_500_000, 1).allowed,
+        "a second hit 100 ms after the first, on 1/s"
+    );
+}
+
+/// The same bug on a fresh key: a refund of nothing (a key whose state has
+/// expired and been deleted) opens an empty window too.
+#[test]
+#[ignore = "bug: a fixed window refund on a fresh (expired) key opens an empty window starting at the refund"]
+fn fixed_window_refund_on_a_fresh_key_changes_nothing() {
+    let quota = q("1/s", Strategy::FixedWindow);
+    let mut state = State::new();
+    quota.refund(&mut state, micros(1_500_000), 1, micros(0));
+    assert!(at(&quota, &mut state, 2_400_000, 1).allowed);
+    assert!(!at(&quota, &mut state, 2_500_000, 1).allowed);
+}
+
+/// Refunds by hand, one per strategy: a hit refunded at once leaves the
+/// key as if it had not been made.
+#[test]
+fn a_refund_at_once_undoes_the_hit() {
+    for strategy in STRATEGIES {
+        let quota = q("3/s", strategy);
+        let mut state = State::new();
+        assert!(at(&quota, &mut state, 10, 1).allowed);
+        let before = quota.peek(&state, micros(20), 1);
+        let hit = at(&quota, &mut state, 20, 2);
+        assert!(hit.allowed, "{strategy}");
+        assert_eq!(hit.remaining, 0, "{strategy}");
+        let refunded = quota.refund(&mut state, micros(20), 2, micros(20));
+        assert!(refunded.allowed, "{strategy}");
+        assert_eq!(
+            refunded.remaining, 2,
+            "{strategy}: the two of 3 left before"
+        );
+        assert_eq!(quota.peek(&state, micros(20), 1), before, "{strategy}");
+        assert!(at(&quota, &mut state, 20, 2).allowed, "{strategy}");
     }
 }
 
