@@ -293,7 +293,7 @@ async fn memory_and_redis_with_a_deny_cache_agree_on_several_rates_with_refunds(
 /// refund rather than a period after that hit. In memory while the
 /// expired key has not been swept yet (here: a long sweep interval).
 #[tokio::test]
-#[ignore = "bug: a fixed window refund after the hit's window has ended opens an empty window at the refund time"]
+
 async fn a_late_fixed_window_refund_changes_nothing_in_memory() {
     let clock = ManualClock::starting_at(Duration::from_secs(1_000));
     let memory = InMemoryBackend::builder()
@@ -322,7 +322,7 @@ async fn a_late_fixed_window_refund_changes_nothing_in_memory() {
 /// The same on Redis, on its own clock (the script saves the window it
 /// finds, `now 0`, even for a key that has expired).
 #[tokio::test]
-#[ignore = "bug: a fixed window refund after the hit's window has ended opens an empty window at the refund time"]
+
 async fn a_late_fixed_window_refund_changes_nothing_on_redis() {
     let Some(redis) = redis_backend("late", false).await else {
         return;

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -14,10 +13,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
-use traffik::backend::{InMemoryBackend, Op, ThrottleBackend};
+use traffik::backend::{InMemoryBackend, Op};
 use traffik::clock::ManualClock;
 use traffik::key::{Key, Scope};
-use traffik::strategy::{self, Decisions, State};
+use traffik::strategy::{self, State};
 use traffik::{Decision, Error, HttpThrottle, Quota, Rate, Strategy};
 
 const STRATEGIES: [Strategy; 5] = [
@@ -419,7 +418,10 @@ fn several_rates_with_a_burst_or_none_are_configuration_errors() {
 #[cfg(feature = "redis")]
 mod redis_backend {
     use super::*;
+    use std::sync::Arc;
     use traffik::backend::RedisBackend;
+    use traffik::backend::ThrottleBackend;
+    use traffik::strategy::Decisions;
 
     fn redis_url() -> String {
         std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

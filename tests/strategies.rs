@@ -1052,7 +1052,7 @@ proptest! {
     /// Refunds of a fixed window's hits after their window has ended, which
     /// the tests above leave out: they must change nothing.
     #[test]
-    #[ignore = "bug: a fixed window refund made after the hit's window has ended opens an empty window starting at the refund (see fixed_window_refund_after_its_window_changes_nothing)"]
+
     fn fixed_window_refunds_after_the_window_match_model(
         limit in 1u64..=12,
         period in proptest::sample::select(PERIODS.to_vec()),
@@ -1081,7 +1081,7 @@ proptest! {
 /// expired; the in-memory backend does so only while the expired key has
 /// not been swept yet.
 #[test]
-#[ignore = "bug: a fixed window refund made after the hit's window has ended opens an empty window starting at the refund"]
+
 fn fixed_window_refund_after_its_window_changes_nothing() {
     let quota = q("1/s", Strategy::FixedWindow);
     let mut state = State::new();
@@ -1108,7 +1108,7 @@ fn fixed_window_refund_after_its_window_changes_nothing() {
 /// The same bug on a fresh key: a refund of nothing (a key whose state has
 /// expired and been deleted) opens an empty window too.
 #[test]
-#[ignore = "bug: a fixed window refund on a fresh (expired) key opens an empty window starting at the refund"]
+
 fn fixed_window_refund_on_a_fresh_key_changes_nothing() {
     let quota = q("1/s", Strategy::FixedWindow);
     let mut state = State::new();

@@ -33,11 +33,13 @@ pub(super) fn step(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u64)
         ),
         words: [start, count],
         expires: end,
+        keep: false,
     }
 }
 
 /// Takes the hit made at `at` out of the count, if its window is still the
-/// current one.
+/// current one; with no current window, changes nothing (a refund does not
+/// start a window).
 pub(super) fn refund(
     quota: &Quota,
     stored: Option<[u64; 2]>,
@@ -48,7 +50,8 @@ pub(super) fn refund(
     let (start, count) = current(quota, stored, now);
     let now = now.max(start);
     let end = start.saturating_add(quota.period_micros());
-    let count = if at >= start {
+    let held = stored.is_some_and(|[stored_start, _]| stored_start == start);
+    let count = if held && at >= start {
         count.saturating_sub(cost)
     } else {
         count
@@ -57,6 +60,7 @@ pub(super) fn refund(
         decision: quota.decision(true, quota.limit().saturating_sub(count), end - now, 0),
         words: [start, count],
         expires: end,
+        keep: !held,
     }
 }
 

@@ -40,5 +40,6 @@ fn settled(quota: &Quota, tat: u64, now: u64, allowed: bool, retry: u64) -> Step
         decision: quota.decision(allowed, remaining, busy_until - now, retry),
         words: [tat, 0],
         expires: busy_until,
+        keep: false,
     }
 }

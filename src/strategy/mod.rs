@@ -319,7 +319,9 @@ pub(crate) fn decide_micros(
     if commit {
         for ((quota, state), step) in quotas.iter().zip(states.iter_mut()).zip(&steps) {
             quota.commit(state, step, cost, op);
-            expires = expires.max(Some(step.expires));
+            if !step.keep {
+                expires = expires.max(Some(step.expires));
+            }
         }
     }
     let at = Duration::from_micros(now);
@@ -339,6 +341,8 @@ pub(crate) struct Step {
     pub(crate) words: [u64; 2],
     /// When the state left becomes equivalent to a fresh one (microseconds).
     pub(crate) expires: u64,
+    /// Committing changes nothing (a refund the state no longer holds).
+    pub(crate) keep: bool,
 }
 
 /// Stored state of one key. Opaque, but convertible to and from plain
@@ -625,6 +629,9 @@ impl Quota {
     /// Writes what `step` leaves into `state`.
     #[inline]
     fn commit(&self, state: &mut State, step: &Step, cost: u64, op: Op) {
+        if step.keep {
+            return;
+        }
         if self.strategy != Strategy::SlidingWindowLog {
             state.0 = Repr::Words(step.words);
             return;

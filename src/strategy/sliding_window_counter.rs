@@ -103,5 +103,6 @@ fn settled(
         decision: quota.decision(allowed, remaining, reset, retry),
         words: [current, (prev << 32) | curr],
         expires: now + reset,
+        keep: false,
     }
 }

@@ -78,5 +78,6 @@ fn settled(
         ),
         words: [now, 0],
         expires,
+        keep: false,
     }
 }

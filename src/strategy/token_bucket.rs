@@ -25,6 +25,7 @@ pub(super) fn step(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u64)
         decision: quota.decision(allowed, units / period, reset, retry),
         words: [units, now.max(last)],
         expires: now + reset,
+        keep: false,
     }
 }
 
@@ -40,6 +41,7 @@ pub(super) fn refund(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u6
         decision: quota.decision(true, units / quota.period_micros(), reset, 0),
         words: [units, now.max(last)],
         expires: now + reset,
+        keep: false,
     }
 }
 

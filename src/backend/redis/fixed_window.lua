@@ -3,15 +3,16 @@
 -- src/strategy/fixed_window.rs.
 local ARITY = 2
 
--- The window `now` falls in: the stored one while it lasts, else a new one.
+-- The window `now` falls in: the stored one while it lasts (true), else a
+-- new one (false).
 local function window(stored, now, period)
   if stored then
     local s, c = string.match(stored, '^(%d+) (%d+)$')
     if s and now < tonumber(s) + period then
-      return tonumber(s), tonumber(c)
+      return tonumber(s), tonumber(c), true
     end
   end
-  return now, 0
+  return now, 0, false
 end
 
 -- The reply and the state a window holding `count` leaves.
@@ -48,16 +49,20 @@ local function decide(key, a, now, cost)
 end
 
 -- Takes the hit counted at `hit` out of the count, if its window is the
--- current one.
+-- current one; with no current window, changes nothing.
 local function refund(key, a, now, cost, hit)
   local limit, period = tonumber(a[1]), tonumber(a[2])
   local stored = load(key)
-  local start, count = window(stored, now, period)
-  if hit >= start then
+  -- No current window (it ended, or none was stored): nothing to give
+  -- back, and a refund does not start a window.
+  local start, count, held = window(stored, now, period)
+  if held and hit >= start then
     count = count - cost
     if count < 0 then
       count = 0
     end
   end
-  return settled({allowed = 1, retry = 0, stored = stored}, start, count, now, limit, period)
+  local r = settled({allowed = 1, retry = 0, stored = stored}, start, count, now, limit, period)
+  r.keep = not held
+  return r
 end

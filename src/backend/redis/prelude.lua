@@ -8,7 +8,7 @@
 -- reset (µs), retry (µs)} (numbers, or decimal strings where they may pass
 -- 2^53), with `stored` (the key existed), and `state` and `px` (the value to
 -- SET and its PX in milliseconds, or nil to delete the key) for the driver
--- to write when the decision commits. A script whose state is not one
+-- to write when the decision commits (`keep`: nothing to write). A script whose state is not one
 -- string sets `save` to its own writer.
 --
 -- Lua numbers are doubles, exact up to 2^53. Each script's everyday path
@@ -263,6 +263,9 @@ end
 -- Writes what a committed decision leaves: SET the state, or DEL the key
 -- once its state is equivalent to a fresh one.
 local save = function(key, r)
+  if r.keep then
+    return
+  end
   if r.state then
     redis.call('SET', key, r.state, 'PX', r.px)
   elseif r.stored then
