@@ -2,7 +2,7 @@
 //! concurrency, that reclaims expired keys by itself and never grows past a
 //! configurable number of keys.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -279,12 +279,10 @@ fn stored_parts(key: &Key<'_>, out: &mut KeyBuf) {
 /// Gives memory back after a sweep that left a table less than a quarter
 /// full (keeping room to double): a flood of keys that expired does not
 /// keep its peak memory. Small tables are left as they are.
-fn shrink<E: Entry>(table: &mut HashTable<E>, hasher: &RandomState) {
+fn shrink<E: Entry>(table: &mut HashTable<E>, hash: impl Fn(&[u8]) -> u64) {
     const SMALL: usize = 1024;
     if table.capacity() > SMALL && table.len() < table.capacity() / 4 {
-        table.shrink_to((table.len() * 2).max(SMALL), |entry| {
-            hasher.hash_one(entry.key())
-        });
+        table.shrink_to((table.len() * 2).max(SMALL), |entry| hash(entry.key()));
     }
 }
 
@@ -394,6 +392,15 @@ impl Shared {
         }
     }
 
+    /// The hash of a key's stored form (SipHash-1-3 under the backend's
+    /// secret).
+    #[inline]
+    fn hash(&self, stored: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(stored);
+        hasher.finish()
+    }
+
     /// A shard's lock. Nothing under it panics (no user code runs there), so
     /// a poisoned lock holds consistent tables.
     #[inline]
@@ -420,8 +427,8 @@ impl Shared {
         let before = map.words.len() + map.states.len();
         map.words.retain(|entry| entry.expires > now);
         map.states.retain(|entry| entry.expires > now);
-        shrink(&mut map.words, &self.hasher);
-        shrink(&mut map.states, &self.hasher);
+        shrink(&mut map.words, |key| self.hash(key));
+        shrink(&mut map.states, |key| self.hash(key));
         self.live_keys.fetch_sub(
             before - map.words.len() - map.states.len(),
             Ordering::Relaxed,
@@ -468,7 +475,7 @@ impl Shared {
         let read = self.now();
         let mut stored = KeyBuf::new();
         stored_form(key, quotas, &mut stored);
-        let hash = self.hasher.hash_one(&stored[..]);
+        let hash = self.hash(&stored);
         match quotas {
             [quota] if quota.strategy() != Strategy::SlidingWindowLog => {
                 self.decide_in::<WordEntry>(&stored, hash, read, quotas, cost, op)
@@ -549,8 +556,7 @@ impl Shared {
                 }
             }
             let entry = E::new(stored, states, expires);
-            E::table(&mut map)
-                .insert_unique(hash, entry, |entry| self.hasher.hash_one(entry.key()));
+            E::table(&mut map).insert_unique(hash, entry, |entry| self.hash(entry.key()));
             return Ok(decisions);
         }
     }
@@ -561,7 +567,7 @@ impl Shared {
         let mut stored = KeyBuf::new();
         stored.push(PLACES);
         stored_parts(key, &mut stored);
-        let hash = self.hasher.hash_one(&stored[..]);
+        let hash = self.hash(&stored);
         let mut map = self.lock((hash >> 32) as usize & self.shard_mask);
         let held = match map
             .places
@@ -578,7 +584,7 @@ impl Shared {
                     held: 1,
                 };
                 map.places
-                    .insert_unique(hash, entry, |entry| self.hasher.hash_one(&entry.key[..]));
+                    .insert_unique(hash, entry, |entry| self.hash(&entry.key));
                 Some(1)
             }
             None => None,
@@ -602,7 +608,7 @@ impl Shared {
         let mut stored = KeyBuf::new();
         stored.push(PLACES);
         stored_parts(key, &mut stored);
-        let hash = self.hasher.hash_one(&stored[..]);
+        let hash = self.hash(&stored);
         let mut map = self.lock((hash >> 32) as usize & self.shard_mask);
         if let Ok(mut entry) = map
             .places
@@ -841,7 +847,7 @@ mod tests {
     fn shard_of(backend: &InMemoryBackend, key: &Key<'_>, quota: &Quota) -> usize {
         let mut stored = KeyBuf::new();
         stored_form(key, std::slice::from_ref(quota), &mut stored);
-        (backend.inner.hasher.hash_one(&stored[..]) >> 32) as usize & backend.inner.shard_mask
+        (backend.inner.hash(&stored) >> 32) as usize & backend.inner.shard_mask
     }
 
     /// Identities whose keys live in shard `shard`, `n` of them.

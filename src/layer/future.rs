@@ -117,16 +117,16 @@ where
                 }
                 StateProj::Calling { future } => {
                     let mut response = ready!(future.poll(cx))?;
-                    this.admissions.apply(&mut response);
-                    if this.admissions.places.is_empty() {
+                    let places = this.admissions.apply(&mut response);
+                    if places.is_empty() {
                         return Poll::Ready(Ok(response.map(M::inner)));
                     }
-                    let places = std::mem::take(&mut this.admissions.places);
                     return Poll::Ready(Ok(response.map(|body| M::holding(body, places))));
                 }
                 StateProj::Done { response } => {
                     let mut response = *response.take().expect("polled after completion");
-                    this.admissions.apply(&mut response);
+                    // Traffik answered: the request is over, and so are its places.
+                    drop(this.admissions.apply(&mut response));
                     return Poll::Ready(Ok(response.map(M::made)));
                 }
             }

@@ -73,39 +73,54 @@ pub(crate) struct Refusal {
 /// rate-limit headers, and the hits to give back if its status says so
 /// (`.refund_when(..)`).
 #[derive(Default)]
-pub(crate) struct Admissions {
+pub(crate) struct Admissions(Option<Box<Kept>>);
+
+/// What [`Admissions`] holds, once a rule leaves something (most requests
+/// keep nothing, and move no more than a word).
+#[derive(Default)]
+struct Kept {
     headers: Vec<RateLimitInfo>,
     refunds: Vec<(Box<CountedHit>, RefundWhen)>,
     /// In-flight places, held until the response body is sent.
-    pub(crate) places: Places,
+    places: Places,
 }
 
 impl Admissions {
     #[inline]
     fn record(&mut self, admitted: Admitted, rule: &MiddlewareThrottle) {
-        if let Some(info) = admitted.headers {
-            self.headers.push(*info);
+        let refund_when = &rule.throttle.inner.refund_when;
+        if admitted.headers.is_none() && admitted.permit.is_none() && admitted.hit.is_none() {
+            return;
         }
-        if let (Some(hit), Some(refund_when)) = (admitted.hit, &rule.throttle.inner.refund_when) {
-            self.refunds.push((hit, Arc::clone(refund_when)));
+        let kept = self.0.get_or_insert_with(Box::default);
+        if let Some(info) = admitted.headers {
+            kept.headers.push(*info);
+        }
+        if let (Some(hit), Some(refund_when)) = (admitted.hit, refund_when) {
+            kept.refunds.push((hit, Arc::clone(refund_when)));
         }
         if let Some(permit) = admitted.permit {
-            self.places.push(*permit);
+            kept.places.push(*permit);
         }
     }
 
-    /// Adds the headers to the response, and gives back the hits whose
-    /// `.refund_when(..)` its status matches.
+    /// Adds the headers to the response, gives back the hits whose
+    /// `.refund_when(..)` its status matches, and returns the in-flight
+    /// places the response body is to hold.
     #[inline]
-    pub(crate) fn apply<B>(&mut self, response: &mut Response<B>) {
-        for info in &self.headers {
+    pub(crate) fn apply<B>(&mut self, response: &mut Response<B>) -> Places {
+        let Some(kept) = self.0.take() else {
+            return Places::new();
+        };
+        for info in &kept.headers {
             info.apply(response.headers_mut());
         }
-        for (hit, refund_when) in self.refunds.drain(..) {
+        for (hit, refund_when) in kept.refunds {
             if refund_when(response.status()) {
                 hit.refund_in_background();
             }
         }
+        kept.places
     }
 }
 

@@ -177,22 +177,37 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decisions {
     at: Duration,
-    each: SmallVec<[Decision; 1]>,
+    /// The decision the request gets.
+    binding: Decision,
+    /// Every rate's decision when there are several (empty for one).
+    each: Vec<Decision>,
 }
 
 impl Decisions {
     /// The decisions of each rate (at least one), decided at `at`.
+    ///
+    /// # Panics
+    ///
+    /// When `each` is empty.
     pub fn new(at: Duration, each: impl IntoIterator<Item = Decision>) -> Self {
-        let each: SmallVec<[Decision; 1]> = each.into_iter().collect();
-        assert!(!each.is_empty(), "Decisions::new needs a decision per rate");
-        Decisions { at, each }
+        let mut each: Vec<Decision> = each.into_iter().collect();
+        let binding = match each.as_slice() {
+            [] => panic!("Decisions::new needs a decision per rate"),
+            [one] => *one,
+            many => combined(many),
+        };
+        if each.len() == 1 {
+            each.clear();
+        }
+        Decisions { at, binding, each }
     }
 
     /// One rate's decision.
     pub fn one(at: Duration, decision: Decision) -> Self {
         Decisions {
             at,
-            each: SmallVec::from_buf([decision]),
+            binding: decision,
+            each: Vec::new(),
         }
     }
 
@@ -201,46 +216,32 @@ impl Decisions {
     /// it (`retry_after`); `limit` and `reset_after` are those of the rate
     /// that binds (the one that refused with the longest wait, else the one
     /// with the least left).
+    #[inline]
     pub fn binding(&self) -> Decision {
-        let [one] = self.each.as_slice() else {
-            return self.combined();
-        };
-        *one
+        self.binding
     }
 
     /// The index of the rate that binds (see [`binding`](Decisions::binding)).
     pub(crate) fn binding_index(&self) -> usize {
-        let binds = |(_, d): &(usize, &Decision)| {
-            (d.allowed, std::cmp::Reverse(d.retry_after), d.remaining)
-        };
-        self.each
-            .iter()
-            .enumerate()
-            .min_by_key(binds)
-            .map_or(0, |(index, _)| index)
-    }
-
-    fn combined(&self) -> Decision {
-        let mut decision = self.each[self.binding_index()];
-        decision.allowed = self.each.iter().all(|d| d.allowed);
-        decision.remaining = self.each.iter().map(|d| d.remaining).min().unwrap_or(0);
-        decision.retry_after = self
-            .each
-            .iter()
-            .map(|d| d.retry_after)
-            .max()
-            .unwrap_or_default();
-        decision
+        binding_index(&self.each)
     }
 
     /// The decision of the rate at `index`, in the throttle's order.
     pub fn get(&self, index: usize) -> Option<&Decision> {
-        self.each.get(index)
+        self.as_slice().get(index)
     }
 
     /// Every rate's decision, in the throttle's order.
     pub fn iter(&self) -> impl Iterator<Item = &Decision> {
-        self.each.iter()
+        self.as_slice().iter()
+    }
+
+    fn as_slice(&self) -> &[Decision] {
+        if self.each.is_empty() {
+            std::slice::from_ref(&self.binding)
+        } else {
+            &self.each
+        }
     }
 
     /// When the backend decided, on its own clock.
@@ -252,14 +253,37 @@ impl Decisions {
     /// waits and resets shortened by it.
     #[cfg(feature = "redis")]
     pub(crate) fn later_by(&self, elapsed: Duration) -> Decisions {
-        let mut later = self.clone();
-        later.at += elapsed;
-        for decision in &mut later.each {
+        let later = |mut decision: Decision| {
             decision.retry_after = decision.retry_after.saturating_sub(elapsed);
             decision.reset_after = decision.reset_after.saturating_sub(elapsed);
+            decision
+        };
+        Decisions {
+            at: self.at + elapsed,
+            binding: later(self.binding),
+            each: self.each.iter().copied().map(later).collect(),
         }
-        later
     }
+}
+
+/// The rate that binds among `each`: the one that refused with the longest
+/// wait, else the one with the least left (0 when `each` is empty).
+fn binding_index(each: &[Decision]) -> usize {
+    let binds =
+        |(_, d): &(usize, &Decision)| (d.allowed, std::cmp::Reverse(d.retry_after), d.remaining);
+    each.iter()
+        .enumerate()
+        .min_by_key(binds)
+        .map_or(0, |(index, _)| index)
+}
+
+/// The binding decision of several rates' (see [`Decisions::binding`]).
+fn combined(each: &[Decision]) -> Decision {
+    let mut decision = each[binding_index(each)];
+    decision.allowed = each.iter().all(|d| d.allowed);
+    decision.remaining = each.iter().map(|d| d.remaining).min().unwrap_or(0);
+    decision.retry_after = each.iter().map(|d| d.retry_after).max().unwrap_or_default();
+    decision
 }
 
 /// Decides `op` for a key holding `states`, one per quota (a fresh key:
@@ -295,6 +319,26 @@ pub(crate) fn decide_micros(
 ) -> (Decisions, Option<u64>) {
     assert_eq!(quotas.len(), states.len(), "one state per quota");
     let cost = cost.max(1);
+    if let ([quota], [state]) = (quotas, &mut *states) {
+        // One rate (the common case): the same steps, nothing to collect.
+        let step = match op {
+            Op::Hit | Op::Peek => quota.step(state, now, cost),
+            Op::Refund { at } => quota.refund_state(state, now, cost, at.as_micros() as u64),
+        };
+        let commit = match op {
+            Op::Hit => step.decision.allowed,
+            Op::Peek => false,
+            Op::Refund { .. } => true,
+        };
+        if commit {
+            quota.commit(state, &step, cost, op);
+        }
+        let expires = (commit && !step.keep).then_some(step.expires);
+        return (
+            Decisions::one(Duration::from_micros(now), step.decision),
+            expires,
+        );
+    }
     let steps: SmallVec<[Step; 1]> = match op {
         Op::Hit | Op::Peek => quotas
             .iter()
