@@ -56,6 +56,12 @@ pub(super) struct Cluster {
 /// each master during a reset).
 pub(super) struct NodeHandle(Arc<Node>);
 
+impl NodeHandle {
+    pub(super) fn address(&self) -> String {
+        self.0.address()
+    }
+}
+
 struct Router {
     /// The nodes given at build, asked for the slot map when no known node
     /// answers.
