@@ -44,7 +44,7 @@ const REFRESH_GAP: Duration = Duration::from_millis(20);
 /// late each time up to [`RECONNECT_MAX`]; each try also reads the slot map
 /// again, so that a replica taking over its slots is seen within that.
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_millis(200);
 
 /// A Redis Cluster connection (cheap to clone: the clones share it).
 #[derive(Clone)]
