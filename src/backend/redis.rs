@@ -643,12 +643,10 @@ impl Shared {
     /// `generation` is the connection the command timed out on: once it
     /// has been replaced, nothing is done.
     ///
-    /// A cluster connection is not replaced: it checks each master's
-    /// connection instead, and replaces the one that does not answer.
+    /// A cluster connection is not replaced: it notices a node that stopped
+    /// answering by itself, and reconnects that node alone.
     fn replace_connection(self: &Arc<Self>, generation: u64) {
-        let (conn, _) = self.current();
-        if let Conn::Cluster(cluster) = conn {
-            cluster.probe();
+        if matches!(self.current().0, Conn::Cluster(_)) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

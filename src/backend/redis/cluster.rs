@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -73,8 +73,6 @@ struct Router {
     strays: Mutex<HashMap<(String, u16), Arc<Node>>>,
     /// Wakes the refresh task.
     refresh: Arc<Notify>,
-    /// A check of every node's connection is under way.
-    probing: AtomicBool,
     /// Where the next refresh asks first (the nodes take turns).
     turn: AtomicUsize,
     /// The backend's prefix, in logs.
@@ -106,6 +104,8 @@ struct Node {
     generations: AtomicU64,
     /// A reconnection task is running.
     reconnecting: AtomicBool,
+    /// When the node last answered a command ([`now_us`]).
+    heard: AtomicU64,
 }
 
 type Connecting = Shared<BoxFuture<'static, Result<(MultiplexedConnection, u64), RedisError>>>;
@@ -169,7 +169,6 @@ impl Cluster {
             })),
             strays: Mutex::new(HashMap::new()),
             refresh: Arc::clone(&refresh),
-            probing: AtomicBool::new(false),
             turn: AtomicUsize::new(0),
             name: name.to_owned(),
         });
@@ -196,44 +195,6 @@ impl Cluster {
         }
         tokio::spawn(refresh_task(Arc::downgrade(&router), refresh));
         Ok(Cluster { router })
-    }
-
-    /// Checks every master's connection in the background (a `PING` within
-    /// the timeout), after a command timed out: the connection to a node that
-    /// stopped answering (a dead proxy or NAT entry, a host gone) is never
-    /// closed by itself. A node that does not answer fails its slots at once
-    /// until a new connection to it answers, or a replica takes them over.
-    pub(super) fn probe(&self) {
-        let router = Arc::clone(&self.router);
-        if router.probing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            router.probing.store(false, Ordering::Release);
-            return;
-        };
-        runtime.spawn(async move {
-            let masters = router.topology().masters.clone();
-            let checks = masters.iter().map(|node| {
-                let router = &router;
-                async move {
-                    let Some((mut conn, generation)) = node.connected() else {
-                        return;
-                    };
-                    let ping = redis::cmd("PING");
-                    let answered =
-                        tokio::time::timeout(router.timeout, conn.req_packed_command(&ping)).await;
-                    let failure = match answered {
-                        Ok(Ok(_)) => return,
-                        Ok(Err(error)) => error.to_string(),
-                        Err(_) => format!("no answer to PING within {:?}", router.timeout),
-                    };
-                    node.mark_down(router, generation, failure);
-                }
-            });
-            futures_util::future::join_all(checks).await;
-            router.probing.store(false, Ordering::Release);
-        });
     }
 
     /// The masters, as the slot map knows them.
@@ -276,10 +237,9 @@ impl ConnectionLike for Cluster {
                 _ => self.router.any_master()?,
             };
             let (mut conn, generation) = node.connection(&self.router).await?;
+            let flight = Flight::new(&self.router, &node, generation);
             let reply = conn.req_packed_commands(pipeline, offset, count).await;
-            if let Err(error) = &reply {
-                node.failed(&self.router, generation, error);
-            }
+            flight.land(&reply);
             reply
         })
     }
@@ -412,6 +372,7 @@ impl Router {
         loop {
             attempt += 1;
             let (mut conn, generation) = node.connection(self).await?;
+            let flight = Flight::new(self, &node, generation);
             let reply = if asking {
                 let mut pipeline = redis::pipe();
                 pipeline.cmd("ASKING").add_command(cmd.clone());
@@ -429,13 +390,10 @@ impl Router {
             } else {
                 conn.req_packed_command(cmd).await
             };
-            let error = match reply {
-                Ok(Value::ServerError(error)) => error,
-                Ok(value) => return Ok(value),
-                Err(error) => {
-                    node.failed(self, generation, &error);
-                    return Err(error);
-                }
+            flight.land(&reply);
+            let error = match reply? {
+                Value::ServerError(error) => error,
+                value => return Ok(value),
             };
             let kind = error.kind();
             if attempt >= MAX_ATTEMPTS {
@@ -486,10 +444,9 @@ impl Router {
     /// Sends a command to one node.
     async fn send(self: &Arc<Self>, node: &Arc<Node>, cmd: &Cmd) -> RedisResult<Value> {
         let (mut conn, generation) = node.connection(self).await?;
+        let flight = Flight::new(self, node, generation);
         let reply = conn.req_packed_command(cmd).await;
-        if let Err(error) = &reply {
-            node.failed(self, generation, error);
-        }
+        flight.land(&reply);
         reply
     }
 
@@ -714,6 +671,7 @@ impl Node {
             link: Mutex::new(Link::Idle),
             generations: AtomicU64::new(0),
             reconnecting: AtomicBool::new(false),
+            heard: AtomicU64::new(0),
         }
     }
 
@@ -798,14 +756,6 @@ impl Node {
         connecting
     }
 
-    /// Notes a command's failure: a broken connection (not a timeout, not
-    /// an error answer) marks the node unreachable.
-    fn failed(self: &Arc<Self>, router: &Arc<Router>, generation: u64, error: &RedisError) {
-        if error.is_io_error() && !error.is_timeout() {
-            self.mark_down(router, generation, error.to_string());
-        }
-    }
-
     /// Marks the node unreachable, if `generation` is still its connection:
     /// commands on its slots fail at once while a task reconnects it and
     /// reads the slot map again.
@@ -885,6 +835,75 @@ impl Node {
                 self.address()
             ),
         ))
+    }
+}
+
+/// Microseconds since the first use, for the nodes' last answers.
+fn now_us() -> u64 {
+    static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+    ORIGIN.elapsed().as_micros() as u64
+}
+
+/// A command sent to a node, until it is answered or abandoned. It notes
+/// the node's answers, and marks the node unreachable when its connection
+/// broke (an I/O error: not a timeout, not an error answer), or when the
+/// command waited about a whole timeout (the backend's own timeout drops it
+/// then) while the node answered nothing at all: a node that stopped
+/// answering, whose connection stays open (a host gone silent, a dead NAT
+/// entry), which the client never closes by itself.
+struct Flight<'a> {
+    router: &'a Arc<Router>,
+    node: &'a Arc<Node>,
+    generation: u64,
+    sent: u64,
+    landed: bool,
+}
+
+impl<'a> Flight<'a> {
+    fn new(router: &'a Arc<Router>, node: &'a Arc<Node>, generation: u64) -> Flight<'a> {
+        Flight {
+            router,
+            node,
+            generation,
+            sent: now_us(),
+            landed: false,
+        }
+    }
+
+    fn land<T>(mut self, reply: &RedisResult<T>) {
+        self.landed = true;
+        match reply {
+            Ok(_) => self.node.heard.store(now_us(), Ordering::Relaxed),
+            Err(error) if error.is_timeout() => self.check_silence(),
+            Err(error) if error.is_io_error() => {
+                self.node
+                    .mark_down(self.router, self.generation, error.to_string())
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn check_silence(&self) {
+        let waited = now_us().saturating_sub(self.sent);
+        let timeout = self.router.timeout.as_micros() as u64;
+        if waited >= timeout - timeout / 10 && self.node.heard.load(Ordering::Relaxed) < self.sent {
+            self.node.mark_down(
+                self.router,
+                self.generation,
+                format!(
+                    "no answer to anything for {:?}",
+                    Duration::from_micros(waited)
+                ),
+            );
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.check_silence();
+        }
     }
 }
 
