@@ -182,16 +182,13 @@ impl Cluster {
                 .await;
         // A master down at build fails its own slots (until a replica takes
         // over), like one down later; none reachable is an error.
-        if let Some(Err(error)) = connected
-            .iter()
-            .all(Result::is_err)
-            .then(|| connected.into_iter().next())
-            .flatten()
-        {
-            return Err(crate::Error::backend_with_source(
-                "could not connect to any Redis Cluster master",
-                error,
-            ));
+        if connected.iter().all(Result::is_err) {
+            if let Some(Err(error)) = connected.into_iter().next() {
+                return Err(crate::Error::backend_with_source(
+                    "could not connect to any Redis Cluster master",
+                    error,
+                ));
+            }
         }
         tokio::spawn(refresh_task(Arc::downgrade(&router), refresh));
         Ok(Cluster { router })
