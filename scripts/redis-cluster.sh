@@ -131,7 +131,11 @@ start() {
         || { cat "$DIR/create.log" >&2; log "cluster create failed"; exit 1; }
     for _ in $(seq 1 200); do
         if ready; then
-            log "cluster_state:ok on ${PORTS[*]} ($REPLICAS replica(s) per master; data in $DIR)"
+            if [ "$REPLICAS" -gt 0 ]; then
+                log "cluster_state:ok on ${PORTS[*]}, $REPLICAS replica(s) per master in sync (data in $DIR)"
+            else
+                log "cluster_state:ok on ${PORTS[*]} (data in $DIR)"
+            fi
             echo started
             return 0
         fi

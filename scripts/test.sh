@@ -30,7 +30,8 @@ if command -v redis-server >/dev/null 2>&1; then
     if [ -x scripts/redis-cluster.sh ]; then
         # Stopped on exit only when started here: a cluster already running
         # (someone else's) is used and left as it is.
-        if [ "$(scripts/redis-cluster.sh start)" = started ]; then
+        cluster="$(scripts/redis-cluster.sh start)"
+        if [ "$cluster" = started ]; then
             trap 'scripts/redis-cluster.sh stop || true' EXIT
         fi
     fi
