@@ -175,19 +175,21 @@ impl Cluster {
         router.refresh().await.map_err(|e| {
             crate::Error::backend_with_source("could not read the Redis Cluster's slot map", e)
         })?;
-        // Connect to every master now: the first hits find them ready.
+        // Connect to every master now: the first hits find them ready. A
+        // master down (or silent) at build fails its own slots until a
+        // replica takes over, like one down later, and is not waited for
+        // past half the connect timeout; none reachable is an error.
         let masters = router.topology().masters.clone();
-        let connected =
-            futures_util::future::join_all(masters.iter().map(|node| node.connection(&router)))
-                .await;
-        // A master down at build fails its own slots (until a replica takes
-        // over), like one down later; none reachable is an error.
-        if connected.iter().all(Result::is_err) {
-            if let Some(Err(error)) = connected.into_iter().next() {
-                return Err(crate::Error::backend_with_source(
-                    "could not connect to any Redis Cluster master",
-                    error,
-                ));
+        let connect_all =
+            futures_util::future::join_all(masters.iter().map(|node| node.connection(&router)));
+        if let Ok(connected) = tokio::time::timeout(connect_timeout / 2, connect_all).await {
+            if connected.iter().all(Result::is_err) {
+                if let Some(Err(error)) = connected.into_iter().next() {
+                    return Err(crate::Error::backend_with_source(
+                        "could not connect to any Redis Cluster master",
+                        error,
+                    ));
+                }
             }
         }
         tokio::spawn(refresh_task(Arc::downgrade(&router), refresh));
