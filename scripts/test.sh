@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, starting what it needs:
 #   - a Redis server on 127.0.0.1:6379 (or $REDIS_URL), installed with apt-get if missing;
-#   - a 3-master Redis Cluster on loopback ports (scripts/redis-cluster.sh), stopped on exit.
+#   - a 3-master Redis Cluster on loopback ports (scripts/redis-cluster.sh), stopped on exit
+#     when this script started it.
 # Without Redis (and without CI=true) the Redis tests skip with a loud message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +28,12 @@ if command -v redis-server >/dev/null 2>&1; then
         done
     fi
     if [ -x scripts/redis-cluster.sh ]; then
-        scripts/redis-cluster.sh start
-        trap 'scripts/redis-cluster.sh stop || true' EXIT
+        # Stopped on exit only when started here: a cluster already running
+        # (someone else's) is used and left as it is.
+        cluster="$(scripts/redis-cluster.sh start)"
+        if [ "$cluster" = started ]; then
+            trap 'scripts/redis-cluster.sh stop || true' EXIT
+        fi
     fi
 else
     echo "test.sh: WARNING: no redis-server available; Redis tests will skip (or fail under CI=true)" >&2

@@ -3,4 +3,5 @@
 #![doc = include_str!("../docs/strategies.svg")]
 #![doc = include_str!("../docs/guide/2-after-picture.md")]
 #![doc = include_str!("../docs/guide/3-features.md")]
-#![doc = include_str!("../docs/guide/4-backends.md")]
+#![doc = include_str!("../docs/guide/4-redis.md")]
+#![doc = include_str!("../docs/guide/5-beyond-http.md")]

@@ -10,15 +10,14 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use super::{BackendFuture, BoxFuture, ThrottleBackend, Uids};
 use breaker::{Breaker, Outcome};
+use cluster::Cluster;
 
 mod breaker;
+mod cluster;
 use crate::key::Key;
 use crate::strategy::{Decisions, Op, STRATEGIES};
 use crate::{Decision, Error, Quota, Strategy};
@@ -119,12 +118,16 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 ///   a period ≤ 2^50 (about 35 years). GCRA with its default burst takes
 ///   any limit.
 /// * **One connection.** A single multiplexed connection
-///   ([`redis::aio::ConnectionManager`], or a
-///   [`redis::cluster_async::ClusterConnection`]) that reconnects by itself
-///   after an outage, and is replaced in the background when a command
-///   times out on it (a connection left open but silent is never dropped by
-///   the client); no pool. Clones share it: `RedisBackend` is an `Arc`
-///   inside.
+///   ([`redis::aio::ConnectionManager`]) that reconnects by itself after an
+///   outage, and is replaced in the background when a command times out on
+///   it (a connection left open but silent is never dropped by the client);
+///   no pool. Clones share it: `RedisBackend` is an `Arc` inside. On a
+///   cluster, one multiplexed connection per node: each decision goes to
+///   its key's master, following `MOVED` and `ASK` by itself, while the
+///   slot map is read again in the background (nothing waits for it), so
+///   that a failover or a resharding costs no decision and slows no other
+///   slot; a master that cannot be reached fails the hits on its own slots
+///   at once until a replica takes them over.
 /// * **Bounded waits.** Every command is bounded by the response timeout
 ///   (default 1 s); failures and timeouts are [`Error::Backend`] naming Redis
 ///   and the cause, and the throttle's
@@ -169,14 +172,14 @@ fn strategy_tag(strategy: Strategy) -> &'static str {
 /// LOAD`, `SCAN`, `UNLINK`, and inside the scripts `TIME`, `GET`, `SET`,
 /// `DEL`, `PEXPIRE`, `ZADD`, `ZCARD`, `ZCOUNT`, `ZRANGEBYSCORE`,
 /// `ZREMRANGEBYSCORE`, `ZREVRANGE`, `ZREVRANGEBYSCORE`, `ZREM`, on keys
-/// `{prefix}:*`; on a cluster also `CLUSTER SLOTS`, and `SELECT` with a
-/// database other than 0 in the URL:
+/// `{prefix}:*`; on a cluster also `CLUSTER SLOTS` and `ASKING` (during a
+/// resharding), and `SELECT` with a database other than 0 in the URL:
 ///
 /// ```text
 /// ACL SETUSER traffik on >password resetkeys ~traffik:* resetchannels -@all
 ///     +ping +evalsha +script|load +scan +unlink +time +get +set +del +pexpire
 ///     +zadd +zcard +zcount +zrangebyscore +zremrangebyscore +zrevrange
-///     +zrevrangebyscore +zrem      (+cluster|slots on a cluster)
+///     +zrevrangebyscore +zrem      (+cluster|slots +asking on a cluster)
 /// ```
 ///
 /// ```no_run
@@ -230,11 +233,11 @@ struct Current {
 }
 
 /// The connection: one multiplexed connection to a server, or a cluster
-/// connection.
+/// connection (one per node, see [`cluster`]).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Cluster),
 }
 
 impl ConnectionLike for Conn {
@@ -701,7 +704,13 @@ impl Shared {
     /// NAT entry can leave behind.
     /// `generation` is the connection the command timed out on: once it
     /// has been replaced, nothing is done.
+    ///
+    /// A cluster connection is not replaced: it notices a node that stopped
+    /// answering by itself, and reconnects that node alone.
     fn replace_connection(self: &Arc<Self>, generation: u64) {
+        if matches!(self.current().0, Conn::Cluster(_)) {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -852,6 +861,61 @@ impl Shared {
         Ok(())
     }
 
+    /// Warns (once, at build) when Redis may evict traffik's keys to make
+    /// room: with `maxmemory` set and a `maxmemory-policy` other than
+    /// `noeviction` (the `allkeys-*` policies evict any key, the
+    /// `volatile-*` ones any key with a TTL, which every traffik key has).
+    /// An evicted counter starts again from zero: its key admits up to a
+    /// whole limit more. Read with `CONFIG GET` on the server or on every
+    /// master; a refusal (an ACL, a managed Redis) is ignored.
+    async fn warn_if_counters_can_be_evicted(&self) {
+        let mut config = redis::cmd("CONFIG");
+        config.arg("GET").arg("maxmemory*");
+        let conn = self.conn();
+        let answers: Vec<(String, Option<Value>)> = match &conn {
+            Conn::Single(_) => {
+                let mut conn = conn.clone();
+                let answer = self
+                    .bounded("CONFIG GET", config.query_async::<Value>(&mut conn))
+                    .await
+                    .ok();
+                vec![(self.opener.describe_target(), answer)]
+            }
+            Conn::Cluster(cluster) => {
+                let masters = cluster.masters();
+                let reads = masters.iter().map(|node| async {
+                    let answer = self
+                        .bounded("CONFIG GET", async {
+                            cluster.on_node(node, &config).await?.extract_error()
+                        })
+                        .await
+                        .ok();
+                    (node.address(), answer)
+                });
+                futures_util::future::join_all(reads).await
+            }
+        };
+        let evicting: Vec<String> = answers
+            .into_iter()
+            .filter_map(|(server, answer)| {
+                let settings = config_pairs(&answer?);
+                let policy = settings.get("maxmemory-policy")?;
+                let limited = settings.get("maxmemory").is_some_and(|bytes| bytes != "0");
+                (limited && policy != "noeviction").then(|| format!("{server}: {policy}"))
+            })
+            .collect();
+        if !evicting.is_empty() {
+            tracing::warn!(
+                prefix = self.prefix.as_str(),
+                policy = %evicting.join(", "),
+                "traffik: Redis may evict rate-limit counters when its memory is full \
+                 (maxmemory is set and maxmemory-policy is not noeviction): an evicted counter \
+                 starts again from zero, admitting up to a whole limit more; use noeviction, \
+                 or a Redis of its own for the counters"
+            );
+        }
+    }
+
     async fn reset(&self) -> Result<(), Error> {
         // Stored keys are `{prefix}:{...}`: matching the brace keeps a
         // backend whose prefix starts with this one ("app:t1" for "app") safe.
@@ -859,7 +923,13 @@ impl Shared {
         let conn = self.conn();
         let nodes = match &conn {
             Conn::Single(_) => vec![None],
-            Conn::Cluster(_) => self.masters().await?.into_iter().map(Some).collect(),
+            Conn::Cluster(cluster) => {
+                let masters = cluster.masters();
+                if masters.is_empty() {
+                    return Err(Error::backend("the Redis Cluster's slot map has no master"));
+                }
+                masters.into_iter().map(Some).collect()
+            }
         };
         for node in nodes {
             let mut cursor: u64 = 0;
@@ -871,14 +941,11 @@ impl Shared {
                     .arg("COUNT")
                     .arg(SCAN_COUNT);
                 let (next, keys): (u64, Vec<String>) = match (&conn, &node) {
-                    (Conn::Cluster(conn), Some((host, port))) => {
-                        let mut conn = conn.clone();
-                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
-                        });
+                    (Conn::Cluster(cluster), Some(node)) => {
                         let value = self
-                            .bounded("SCAN", conn.route_command(scan, routing))
+                            .bounded("SCAN", async {
+                                cluster.on_node(node, &scan).await?.extract_error()
+                            })
                             .await?;
                         redis::from_redis_value(value).map_err(|e| redis_error("SCAN", e.into()))?
                     }
@@ -887,15 +954,39 @@ impl Shared {
                         self.bounded("SCAN", scan.query_async(&mut conn)).await?
                     }
                 };
-                if !keys.is_empty() {
-                    // On a cluster the client splits UNLINK by slot.
-                    let mut conn = conn.clone();
-                    let _: i64 = self
-                        .bounded(
-                            "UNLINK",
-                            redis::cmd("UNLINK").arg(&keys).query_async(&mut conn),
-                        )
-                        .await?;
+                match &conn {
+                    Conn::Cluster(_) if !keys.is_empty() => {
+                        // One UNLINK per slot: a cluster refuses keys of
+                        // several slots in one command.
+                        let mut by_slot: HashMap<u16, Vec<&String>> = HashMap::new();
+                        for key in &keys {
+                            by_slot
+                                .entry(cluster::slot(key.as_bytes()))
+                                .or_default()
+                                .push(key);
+                        }
+                        let unlinks = by_slot.into_values().map(|keys| {
+                            let mut conn = conn.clone();
+                            async move {
+                                self.bounded(
+                                    "UNLINK",
+                                    redis::cmd("UNLINK").arg(keys).query_async::<i64>(&mut conn),
+                                )
+                                .await
+                            }
+                        });
+                        futures_util::future::try_join_all(unlinks).await?;
+                    }
+                    _ if !keys.is_empty() => {
+                        let mut conn = conn.clone();
+                        let _: i64 = self
+                            .bounded(
+                                "UNLINK",
+                                redis::cmd("UNLINK").arg(&keys).query_async(&mut conn),
+                            )
+                            .await?;
+                    }
+                    _ => {}
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -908,60 +999,28 @@ impl Shared {
         }
         Ok(())
     }
-
-    /// The address of every master, as the cluster client itself knows it:
-    /// a `PING` routed to all masters answers with each master's address
-    /// (the client's own endpoints, after its own handling of hostnames and
-    /// unknown endpoints), which routing by address then finds.
-    async fn masters(&self) -> Result<Vec<(String, u16)>, Error> {
-        let Conn::Cluster(mut conn) = self.conn() else {
-            return Ok(Vec::new());
-        };
-        let value = self
-            .bounded(
-                "PING",
-                conn.route_command(
-                    redis::cmd("PING"),
-                    // No response policy: one answer per master, by address.
-                    RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
-                ),
-            )
-            .await?;
-        let masters = parse_master_addresses(&value)?;
-        if masters.is_empty() {
-            return Err(Error::backend("the Redis cluster client knows no master"));
-        }
-        Ok(masters)
-    }
 }
 
-/// The `host:port` keys of a reply routed to every master with no response
-/// policy (a map from each master's address to its answer). A master that
-/// answered with an error is an error.
-fn parse_master_addresses(value: &Value) -> Result<Vec<(String, u16)>, Error> {
-    let malformed = || Error::backend(format!("unexpected reply from the masters: {value:?}"));
-    let Value::Map(entries) = value else {
-        return Err(malformed());
+/// The name/value pairs of a `CONFIG GET` reply (a flat array in RESP2, a
+/// map in RESP3).
+fn config_pairs(value: &Value) -> HashMap<String, String> {
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
     };
-    let mut masters = Vec::with_capacity(entries.len());
-    for (address, answer) in entries {
-        let address = match address {
-            Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            Value::SimpleString(text) => text.clone(),
-            _ => return Err(malformed()),
-        };
-        if let Value::ServerError(error) = answer {
-            return Err(Error::backend(format!(
-                "Redis master {address} refused PING: {error:?}"
-            )));
-        }
-        let Some((host, port)) = address.rsplit_once(':') else {
-            return Err(malformed());
-        };
-        let port = port.parse::<u16>().map_err(|_| malformed())?;
-        masters.push((host.to_owned(), port));
-    }
-    Ok(masters)
+    let pairs: Vec<(&Value, &Value)> = match value {
+        Value::Array(items) => items
+            .chunks_exact(2)
+            .map(|pair| (&pair[0], &pair[1]))
+            .collect(),
+        Value::Map(entries) => entries.iter().map(|(k, v)| (k, v)).collect(),
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| Some((text(name)?.to_ascii_lowercase(), text(value)?)))
+        .collect()
 }
 
 /// Escapes Redis glob characters so that a prefix matches only itself.
@@ -1254,6 +1313,8 @@ struct Opener {
     target: Target,
     timeout: Duration,
     connect_timeout: Duration,
+    /// The backend's prefix, in logs.
+    prefix: String,
 }
 
 /// Builder for [`RedisBackend`], from [`RedisBackend::builder`],
@@ -1353,7 +1414,12 @@ impl RedisBackendBuilder {
     ///
     /// On a Redis Cluster one breaker covers every node, so one master's
     /// failure would make hits on the healthy ones fail too: it is off there
-    /// unless set.
+    /// unless set. A cluster connection fails fast per node instead: a
+    /// master whose connection breaks, or that does not answer a `PING`
+    /// after a hit timed out, fails the hits on its own slots at once,
+    /// without a round trip, until it answers again or a replica has taken
+    /// its slots over (the slot map is read again meanwhile); hits on the
+    /// other masters' slots are not affected.
     ///
     /// The breaker warns once when it opens, and its refusals are
     /// [known outages](crate::BackendError::known_outage), which throttles
@@ -1406,6 +1472,7 @@ impl RedisBackendBuilder {
             target: self.target,
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
+            prefix: self.prefix.clone(),
         };
         let deadline = self.connect_timeout;
         let conn = match tokio::time::timeout(deadline, opener.open()).await {
@@ -1436,6 +1503,7 @@ impl RedisBackendBuilder {
             }),
         };
         backend.initialize().await?;
+        backend.inner.warn_if_counters_can_be_evicted().await;
         Ok(backend)
     }
 }
@@ -1467,20 +1535,10 @@ impl Opener {
                         "RedisBackend::cluster needs at least one node URL",
                     ));
                 }
-                let client = ClusterClient::builder(urls.iter().map(String::as_str))
-                    .connection_timeout(self.connect_timeout)
-                    .response_timeout(self.timeout)
-                    .build()
-                    .map_err(|e| {
-                        Error::configuration(format!(
-                            "invalid Redis Cluster URLs for RedisBackend: {e}"
-                        ))
-                    })?;
-                let conn = client
-                    .get_async_connection()
-                    .await
-                    .map_err(|e| redis_error("cluster connection", e))?;
-                Ok(Conn::Cluster(conn))
+                let cluster =
+                    Cluster::connect(urls, self.timeout, self.connect_timeout, &self.prefix)
+                        .await?;
+                Ok(Conn::Cluster(cluster))
             }
         }
     }
@@ -1719,31 +1777,6 @@ mod tests {
     #[test]
     fn glob_characters_are_escaped() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
-
-    #[test]
-    fn master_addresses_are_parsed() {
-        let entry =
-            |address: &str, answer: Value| (Value::BulkString(address.as_bytes().to_vec()), answer);
-        let pong = || Value::SimpleString("PONG".to_owned());
-        let reply = Value::Map(vec![
-            entry("127.0.0.1:7101", pong()),
-            entry("redis-b.internal:7102", pong()),
-            entry("::1:7103", pong()),
-        ]);
-        assert_eq!(
-            parse_master_addresses(&reply).unwrap(),
-            vec![
-                ("127.0.0.1".to_owned(), 7101),
-                ("redis-b.internal".to_owned(), 7102),
-                ("::1".to_owned(), 7103),
-            ]
-        );
-        // A reply of another shape, an address without a port, or a master
-        // that answered an error: errors.
-        assert!(parse_master_addresses(&Value::Int(1)).is_err());
-        let no_port = Value::Map(vec![entry("127.0.0.1", pong())]);
-        assert!(parse_master_addresses(&no_port).is_err());
     }
 
     #[test]

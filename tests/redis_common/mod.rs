@@ -4,7 +4,7 @@
 /// the two cannot drift apart): the grants of its `ACL SETUSER traffik`
 /// block, and the text that follows the block.
 pub fn readme_acl() -> (Vec<String>, &'static str) {
-    let readme = include_str!("../../docs/guide/4-backends.md");
+    let readme = include_str!("../../docs/guide/4-redis.md");
     let start = readme
         .find("ACL SETUSER traffik")
         .expect("the README's ACL block");

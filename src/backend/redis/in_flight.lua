@@ -10,22 +10,28 @@ if op == 'release' then
   return {1, 0, now}
 end
 local max, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
--- A place whose lease ended (held by an app instance that stopped renewing
--- it: a crash) is free again.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now))
 local ends = string.format('%d', now + lease)
+local expired = string.format('%d', now)
 -- The key lives as long as its latest lease.
 local ttl = string.format('%d', math.floor(lease / 1000) + 1)
 if op == 'renew' then
+  -- A place whose lease ended (held by an app instance that stopped
+  -- renewing it: a crash) is free again, and is not renewed.
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', expired)
   if redis.call('ZADD', key, 'XX', 'CH', ends, place) == 1 then
     redis.call('PEXPIRE', key, ttl)
   end
   return {1, 0, now}
 end
-local held = redis.call('ZCARD', key)
+-- Live places only. The new place is added before the ended ones are
+-- removed: on a Redis at its `maxmemory` with `noeviction`, a script's
+-- first write that may grow memory is refused (OOM), and a refusal writes
+-- nothing.
+local held = redis.call('ZCOUNT', key, '(' .. expired, '+inf')
 if held >= max then
   return {0, 0, now}
 end
 redis.call('ZADD', key, ends, place)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', expired)
 redis.call('PEXPIRE', key, ttl)
 return {1, max - held - 1, now}

@@ -83,8 +83,11 @@ local function refund(key, a, now, cost, hit)
   return settled({allowed = 1, retry = 0}, now, count, last, limit, p)
 end
 
+-- The new entries are added before the expired ones are removed: on a
+-- Redis at its `maxmemory` with `noeviction`, a script's first write that
+-- may grow memory is refused (OOM), but once a script has written, the
+-- rest of it is let through.
 save = function(key, r)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', r.expired)
   if r.add then
     local time = int(r.time)
     local first = redis.call('ZCOUNT', key, time, time)
@@ -101,6 +104,7 @@ save = function(key, r)
       redis.call('ZADD', key, unpack(args))
     end
   end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', r.expired)
   if r.px then
     redis.call('PEXPIRE', key, r.px)
   end
