@@ -6,8 +6,8 @@
 //! and with `.shared_across_routes()` (client only, tower_governor's key).
 //!
 //! ```sh
-//! cargo bench --bench layer
-//! cargo bench --bench layer -- --warm-up-time 1 --measurement-time 3   # quicker
+//! cargo bench -p traffik-benches --bench layer
+//! cargo bench -p traffik-benches --bench layer -- --warm-up-time 1 --measurement-time 3   # quicker
 //! ```
 //!
 //! Each iteration sends one request, built outside the timed section, with a

@@ -4,8 +4,8 @@
 //! hit through a scoped (dynamic) backend against a hit on a fixed one.
 //!
 //! ```sh
-//! cargo bench --bench memory
-//! cargo bench --bench memory -- --warm-up-time 1 --measurement-time 3   # quicker
+//! cargo bench -p traffik-benches --bench memory
+//! cargo bench -p traffik-benches --bench memory -- --warm-up-time 1 --measurement-time 3   # quicker
 //! ```
 //!
 //! Limits are chosen so that every decision is *allowed* (the common case of a

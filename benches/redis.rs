@@ -2,7 +2,7 @@
 //! (one multiplexed connection), with 1 and 64 callers in flight.
 //!
 //! ```sh
-//! REDIS_URL=redis://127.0.0.1:6379 cargo bench --features redis --bench redis
+//! REDIS_URL=redis://127.0.0.1:6379 cargo bench -p traffik-benches --features redis --bench redis
 //! scripts/bench-redis.sh     # this, plus redis-benchmark's ceiling for the same script
 //! ```
 //!

@@ -21,8 +21,8 @@ out="$(mktemp)"
 script="$(mktemp)"
 trap 'rm -f "$out" "$script"' EXIT
 
-echo "== cargo bench --features redis --bench redis $*"
-cargo bench --features redis --bench redis -- "$@" 2>&1 | tee "$out"
+echo "== cargo bench -p traffik-benches --features redis --bench redis $*"
+cargo bench -p traffik-benches --features redis --bench redis -- "$@" 2>&1 | tee "$out"
 
 # The script exactly as the backend sends it: prelude, newline, strategy body.
 { cat src/backend/redis/prelude.lua; printf '\n'; cat src/backend/redis/token_bucket.lua; } >"$script"

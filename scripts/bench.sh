@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the in-memory and layer criterion benches (benches/memory.rs,
-# benches/layer.rs) with short measurement times and prints the figures as
-# markdown tables, with traffik / governor ratios.
+# benches/layer.rs, in the workspace member traffik-benches) with short
+# measurement times and prints the figures as markdown tables, with traffik / governor ratios.
 #
 #   scripts/bench.sh                     # warm-up 1 s, measurement 3 s per case
 #   WARMUP=3 MEASURE=10 scripts/bench.sh # steadier figures
@@ -18,8 +18,8 @@ out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 
 for bench in memory layer; do
-    echo "== cargo bench --bench $bench -- --warm-up-time $WARMUP --measurement-time $MEASURE $*" >&2
-    cargo bench --bench "$bench" -- --warm-up-time "$WARMUP" --measurement-time "$MEASURE" "$@" 2>&1 \
+    echo "== cargo bench -p traffik-benches --bench $bench -- --warm-up-time $WARMUP --measurement-time $MEASURE $*" >&2
+    cargo bench -p traffik-benches --bench "$bench" -- --warm-up-time "$WARMUP" --measurement-time "$MEASURE" "$@" 2>&1 \
         | tee -a "$out" | grep -E "time:" >&2 || true
 done
 

@@ -9,13 +9,13 @@
 #   N=500 scripts/callgrind-layer.sh    # quicker
 #
 # Needs valgrind (apt-get install -y valgrind) and python3.
-# Code: examples/callgrind_layer.rs (its docs name the modes).
+# Code: benches/examples/callgrind_layer.rs (its docs name the modes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N="${N:-2000}"
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
-cargo build --release --example callgrind_layer >&2
+cargo build -p traffik-benches --release --example callgrind_layer >&2
 bin="${CARGO_TARGET_DIR:-target}/release/examples/callgrind_layer"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

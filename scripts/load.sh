@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP throughput of a minimal Axum app with and without traffik's
 # ThrottleLayer (in-memory, a limit never reached), loaded with wrk over
-# loopback: examples/load_server.rs.
+# loopback: benches/examples/load_server.rs.
 #
 #   scripts/load.sh                       # 10 s per run, 3 rounds, 64 connections
 #   DURATION=5 ROUNDS=1 scripts/load.sh
@@ -26,8 +26,8 @@ if ! command -v wrk >/dev/null; then
     apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
 fi
 
-cargo build --release --example load_server
-server_bin=target/release/examples/load_server
+cargo build -p traffik-benches --release --example load_server
+server_bin="${CARGO_TARGET_DIR:-target}/release/examples/load_server"
 
 cpus="$(nproc)"
 server_cpu=() wrk_cpu=() threads=()

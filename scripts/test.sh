@@ -39,4 +39,5 @@ else
     echo "test.sh: WARNING: no redis-server available; Redis tests will skip (or fail under CI=true)" >&2
 fi
 
-cargo test --all-features "$@"
+# The crate and the workspace members (benches/, integrations/).
+cargo test --workspace --all-features "$@"

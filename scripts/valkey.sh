@@ -172,11 +172,11 @@ run_tests() {
     local urls=() port
     for port in "${CLUSTER_PORTS[@]}"; do urls+=("redis://127.0.0.1:$port"); done
     log "cargo test: tests/redis.rs on 127.0.0.1:$VALKEY_PORT, tests/redis_cluster.rs on ${CLUSTER_PORTS[*]}"
-    # --all-features, as scripts/test.sh: CI reuses that build.
+    # --workspace --all-features, as scripts/test.sh: CI reuses that build.
     PATH="$SHIM:$PATH" \
         REDIS_URL="redis://127.0.0.1:$VALKEY_PORT" \
         REDIS_CLUSTER_URLS="$(IFS=,; echo "${urls[*]}")" \
-        cargo test --all-features --test redis --test redis_cluster "$@"
+        cargo test --workspace --all-features --test redis --test redis_cluster "$@"
 }
 
 case "${1:-}" in

@@ -4,10 +4,11 @@
 //! serves the text itself).
 //!
 //! ```sh
-//! cargo run --example metrics --features metrics            # demo, then keeps serving on PORT (default 3000)
-//! cargo run --example metrics --features metrics -- --once  # demo, then exits
+//! cargo run -p traffik-integrations --example metrics            # demo, then keeps serving on PORT (default 3000)
+//! cargo run -p traffik-integrations --example metrics -- --once  # demo, then exits
 //! ```
 
+#[path = "../../examples/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

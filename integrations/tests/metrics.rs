@@ -8,6 +8,7 @@
 //! registered at a throttle's first decision, so the throttle's first hit
 //! must happen while the guard is alive.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! the third call is RESOURCE_EXHAUSTED, with `retry-after` in its metadata.
 //!
 //! ```sh
-//! cargo run --features tonic --example grpc            # demo, then keeps serving on PORT (default 50051)
-//! cargo run --features tonic --example grpc -- --once  # demo on a free port, then exits
+//! cargo run -p traffik-integrations --example grpc            # demo, then keeps serving on PORT (default 50051)
+//! cargo run -p traffik-integrations --example grpc -- --once  # demo on a free port, then exits
 //! ```
 
 use tokio::net::TcpListener;

@@ -12,9 +12,9 @@
 //! hits and by a periodic task.
 //!
 //! ```sh
-//! cargo run --example custom_backend                       # demo, then keeps serving on PORT (default 3010)
-//! cargo run --example custom_backend -- --once             # demo, then exits
-//! cargo run --example custom_backend -- --once --db /tmp/traffik.sqlite3   # a file instead of :memory:
+//! cargo run -p traffik-integrations --example custom_backend              # demo, then keeps serving on PORT (default 3010)
+//! cargo run -p traffik-integrations --example custom_backend -- --once    # demo, then exits
+//! cargo run -p traffik-integrations --example custom_backend -- --once --db /tmp/traffik.sqlite3   # a file instead of :memory:
 //! ```
 //!
 //! # Blocking work: why `spawn_blocking`
@@ -31,6 +31,7 @@
 //! For an in-memory-only database you could instead decide inline and answer
 //! with `BackendFuture::ready`, as traffik's `InMemoryBackend` does.
 
+#[path = "../../examples/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 //! gRPC statuses (a gRPC client would read an HTTP error's text as a
 //! message frame).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;

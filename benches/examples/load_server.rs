@@ -5,8 +5,8 @@
 //! behind tower_governor's `GovernorLayer` instead, for comparison.
 //!
 //! ```sh
-//! cargo run --release --example load_server -- --layer traffik   # or: none, governor
-//! PORT=3001 cargo run --release --example load_server -- --layer none
+//! cargo run -p traffik-benches --release --example load_server -- --layer traffik   # or: none, governor
+//! PORT=3001 cargo run -p traffik-benches --release --example load_server -- --layer none
 //! ```
 //!
 //! `--threads N` sets the Tokio worker threads (default: the number of CPUs).

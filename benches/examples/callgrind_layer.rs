@@ -5,7 +5,7 @@
 //! which prints the table the README quotes.
 //!
 //! ```sh
-//! cargo run --release --example callgrind_layer -- MODE N
+//! cargo run -p traffik-benches --release --example callgrind_layer -- MODE N
 //! ```
 //!
 //! sends `N` requests (after 10 unmeasured ones, which pay one-time costs

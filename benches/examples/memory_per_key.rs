@@ -2,8 +2,8 @@
 //! expired keys.
 //!
 //! ```sh
-//! cargo run --release --example memory_per_key            # 1,000,000 keys
-//! cargo run --release --example memory_per_key -- 200000  # another count
+//! cargo run -p traffik-benches --release --example memory_per_key            # 1,000,000 keys
+//! cargo run -p traffik-benches --release --example memory_per_key -- 200000  # another count
 //! ```
 //!
 //! Inserts N distinct client keys (text `traffik:api:10.x.y.z:http:GET:/hello`)
