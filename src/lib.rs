@@ -61,6 +61,7 @@
 //! | what operators see | [`metrics`] (feature `metrics`), `tracing` events |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 pub mod clock;
