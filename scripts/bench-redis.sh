@@ -6,7 +6,7 @@
 #
 #   scripts/bench-redis.sh                 # REDIS_URL, default redis://127.0.0.1:6379
 #   TRAFFIK_BENCH_SECS=5 scripts/bench-redis.sh
-#   scripts/bench-redis.sh -- --quick      # extra arguments go to criterion
+#   scripts/bench-redis.sh --quick         # extra arguments go to criterion
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +24,13 @@ trap 'rm -f "$out" "$script"' EXIT
 echo "== cargo bench -p traffik-benches --features redis --bench redis $*"
 cargo bench -p traffik-benches --features redis --bench redis -- "$@" 2>&1 | tee "$out"
 
-# The script exactly as the backend sends it: prelude, newline, strategy body.
-{ cat src/backend/redis/prelude.lua; printf '\n'; cat src/backend/redis/token_bucket.lua; } >"$script"
+# The script exactly as the backend sends it: prelude, strategy body and
+# driver, joined by newlines (src/backend/redis.rs, `script`).
+{
+    cat src/backend/redis/prelude.lua; printf '\n'
+    cat src/backend/redis/token_bucket.lua; printf '\n'
+    cat src/backend/redis/driver.lua
+} >"$script"
 sha="$(redis-cli -u "$REDIS_URL" -x SCRIPT LOAD <"$script")"
 expected="$(sed -n 's/^redis-bench: token_bucket script sha //p' "$out" | head -n1)"
 if [ -n "$expected" ] && [ "$sha" != "$expected" ]; then
@@ -33,11 +38,12 @@ if [ -n "$expected" ] && [ "$sha" != "$expected" ]; then
     exit 1
 fi
 key='traffik-bench:{bench:redis-benchmark:http:GET:/hello}:tb'
-# ARGV: record, limit, period_us, capacity, cost: 1,000,000/s, as in the bench.
+# ARGV (driver.lua): op, cost, refunded hit's time (0), then the rate's limit,
+# period_us, capacity: a hit of 1 at 1,000,000/s, as in the bench.
 echo
-echo "== redis-benchmark -P 16 -n 200000 EVALSHA $sha 1 $key 1 1000000 1000000 1000000 1"
+echo "== redis-benchmark -P 16 -n 200000 EVALSHA $sha 1 $key hit 1 0 1000000 1000000 1000000"
 ceiling_line="$(redis-benchmark -u "$REDIS_URL" -P 16 -n 200000 -q \
-    EVALSHA "$sha" 1 "$key" 1 1000000 1000000 1000000 1 | tr '\r' '\n' | grep -E 'requests per second' | tail -n1)"
+    EVALSHA "$sha" 1 "$key" hit 1 0 1000000 1000000 1000000 | tr '\r' '\n' | grep -E 'requests per second' | tail -n1)"
 echo "$ceiling_line"
 redis-cli -u "$REDIS_URL" del "$key" >/dev/null
 
