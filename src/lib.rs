@@ -82,8 +82,8 @@ pub mod strategy;
 mod throttle;
 pub mod ws;
 
-/// The README's code, compiled as a doctest.
-#[cfg(doctest)]
+/// The README's code, compiled as a doctest (its quick start is an axum app).
+#[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
