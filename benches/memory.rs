@@ -1,7 +1,9 @@
 //! In-memory decisions: traffik's `InMemoryBackend::hit` for every
 //! strategy beside governor's keyed `check_key` (GCRA, default clock), at 1
-//! key and 100k keys, on 1 and 2 threads; one hot key on 16 threads; and a
-//! hit through a scoped (dynamic) backend against a hit on a fixed one.
+//! key and 100k keys, on 1 and 2 threads; one hot key on 16 threads; a
+//! decision with two rates beside one with one rate, and an in-flight place
+//! taken and given back; and a hit through a scoped (dynamic) backend
+//! against a hit on a fixed one.
 //!
 //! ```sh
 //! cargo bench -p traffik-benches --bench memory
@@ -208,7 +210,7 @@ fn decisions(c: &mut Criterion) {
 
 /// One hot key hammered by more threads than cores (16 on this project's 2
 /// vCPUs): lock holders get preempted, and waiters must not burn their time
-/// slices spinning. traffik's shard lock spins briefly, then yields.
+/// slices spinning (traffik's shards are `std::sync::Mutex`es).
 fn oversubscribed(c: &mut Criterion) {
     const THREADS: usize = 16;
     let mut group = c.benchmark_group("oversubscribed_16t");
@@ -318,5 +320,69 @@ fn scoped(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, oversubscribed, clocks, scoped);
+/// What several rates and in-flight places cost beside one decision, on 1
+/// thread at 1 and 100k keys: one rate, two rates decided all or nothing
+/// (one lock, one state per rate), and a place taken and given back (two
+/// calls, each a lock of the key's shard).
+fn rates_and_places(c: &mut Criterion) {
+    use traffik::backend::{Op, ThrottleBackend};
+    let per_second = Quota::new(
+        Rate::per_second(1_000_000_000).unwrap(),
+        Strategy::TokenBucket,
+    )
+    .unwrap();
+    let per_hour = Quota::new(
+        Rate::new(1_000_000_000, Duration::from_secs(3600)).unwrap(),
+        Strategy::TokenBucket,
+    )
+    .unwrap();
+    let one = [per_second.clone()];
+    let two = [per_second, per_hour];
+    let mut group = c.benchmark_group("rates_and_places");
+    for &n in &KEY_COUNTS {
+        let typed = keys(n);
+        for (name, quotas) in [("one_rate", &one[..]), ("two_rates", &two[..])] {
+            let memory = memory_backend();
+            for key in &typed {
+                assert!(
+                    memory
+                        .decide(key, quotas, 1, Op::Hit)
+                        .unwrap()
+                        .binding()
+                        .allowed
+                );
+            }
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter_custom(|iters| {
+                    threaded(1, n, iters, |i| {
+                        black_box(memory.decide(&typed[i], quotas, 1, Op::Hit).unwrap());
+                    })
+                })
+            });
+        }
+        let memory = memory_backend();
+        let lease = Duration::from_secs(30);
+        group.bench_function(BenchmarkId::new("place_take_and_give_back", n), |b| {
+            b.iter_custom(|iters| {
+                threaded(1, n, iters, |i| {
+                    let key = &typed[i];
+                    let taken = memory.acquire(key, 1, 1_000, lease).into_ready();
+                    assert!(matches!(taken, Ok(Ok(_))));
+                    let given = memory.release(key, 1).into_ready();
+                    assert!(matches!(given, Ok(Ok(()))));
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decisions,
+    oversubscribed,
+    rates_and_places,
+    clocks,
+    scoped
+);
 criterion_main!(benches);

@@ -71,6 +71,13 @@ if any(k.startswith("oversubscribed_16t/") for k in res):
     print("| traffik gcra | traffik token_bucket | governor String | traffik gcra / governor String |\n|---|---|---|---|")
     print(f"| {f(g('traffik_gcra'))} | {f(g('traffik_token_bucket'))} | {f(g('governor_string'))} "
           f"| {ratio(g('traffik_gcra'), g('governor_string'))} |")
+if any(k.startswith("rates_and_places/") for k in res):
+    print("\n### Several rates and in-flight places (in memory, 1 thread), ns\n")
+    print("| keys | one rate | two rates | two / one | place taken and given back | place / one rate |\n|---|---|---|---|---|---|")
+    for n in (1, 100000):
+        g = lambda k: res.get(f"rates_and_places/{k}/{n}")
+        one, two, place = g("one_rate"), g("two_rates"), g("place_take_and_give_back")
+        print(f"| {n:,} | {f(one)} | {f(two)} | {ratio(two, one)} | {f(place)} | {ratio(place, one)} |")
 if any(k.startswith("clock/") for k in res):
     print("\n### Clock reads and decisions without the system clock, ns\n")
     print("| case | ns |\n|---|---|")
