@@ -11,7 +11,9 @@
 //! configuration for `TRAFFIK_BENCH_SECS` seconds (default 2) and prints
 //! decisions/s with the p50 and p99 latency of single decisions, one line per
 //! configuration, starting with `redis-bench:` (scripts/bench-redis.sh reads
-//! them).
+//! them); the summary also measures a token-bucket throttle with two rates
+//! (one script, one round trip) and an in-flight place taken and given back
+//! (two round trips).
 //!
 //! Limits are chosen so that every decision is *allowed* (the common case):
 //! 1,000,000/s for token bucket and GCRA, 1,000,000,000/s for the fixed
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use tokio::runtime::Runtime;
-use traffik::backend::RedisBackend;
+use traffik::backend::{Op, RedisBackend, ThrottleBackend};
 use traffik::key::{Key, Scope};
 use traffik::{Quota, Rate, Strategy};
 
@@ -58,28 +60,54 @@ fn runtime() -> Runtime {
         .unwrap()
 }
 
-/// Runs `total` decisions from `in_flight` concurrent callers; returns the
-/// wall time and, if asked, every decision's latency.
+/// What each call of a run does.
+#[derive(Clone)]
+enum Work {
+    /// One decision of these rates (one script).
+    Decide(Vec<Quota>),
+    /// An in-flight place taken, then given back (two scripts).
+    Place,
+}
+
+/// Runs `total` calls of `work` from `in_flight` concurrent callers; returns
+/// the wall time and, if asked, every call's latency.
 async fn run(
     redis: &RedisBackend,
     key: Key<'static>,
-    quota: Quota,
+    work: Work,
     total: u64,
     in_flight: usize,
     latencies: bool,
 ) -> (Duration, Vec<Duration>) {
     let started = Instant::now();
     let per_caller = total.div_ceil(in_flight as u64);
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
+    let tasks: Vec<_> = (0..in_flight as u64)
+        .map(|caller| {
             let redis = redis.clone();
+            let work = work.clone();
             tokio::spawn(async move {
                 let mut samples =
                     Vec::with_capacity(if latencies { per_caller as usize } else { 0 });
-                for _ in 0..per_caller {
+                for i in 0..per_caller {
                     let t = Instant::now();
-                    let decision = redis.hit(&key, &quota, 1).await.expect("a decision");
-                    std::hint::black_box(decision);
+                    match &work {
+                        Work::Decide(quotas) => {
+                            let decisions =
+                                ThrottleBackend::decide(&redis, &key, quotas, 1, Op::Hit)
+                                    .await
+                                    .expect("a decision");
+                            assert!(decisions.binding().allowed);
+                        }
+                        Work::Place => {
+                            let place = caller << 32 | i;
+                            let taken = redis
+                                .acquire(&key, place, 1_000, Duration::from_secs(30))
+                                .await
+                                .expect("a place");
+                            assert!(taken.binding().allowed);
+                            redis.release(&key, place).await.expect("given back");
+                        }
+                    }
                     if latencies {
                         samples.push(t.elapsed());
                     }
@@ -141,7 +169,8 @@ fn main() {
         for in_flight in IN_FLIGHT {
             group.bench_function(BenchmarkId::new("in_flight", in_flight), |b| {
                 b.iter_custom(|iters| {
-                    let (wall, _) = rt.block_on(run(&redis, key, q, iters, in_flight, false));
+                    let work = Work::Decide(vec![q.clone()]);
+                    let (wall, _) = rt.block_on(run(&redis, key, work, iters, in_flight, false));
                     // `run` rounds up to whole batches per caller.
                     let done = iters.div_ceil(in_flight as u64) * in_flight as u64;
                     wall.mul_f64(iters as f64 / done as f64)
@@ -165,22 +194,42 @@ fn main() {
     );
     println!(
         "redis-bench: {:<24} {:>9} {:>14} {:>10} {:>10}",
-        "strategy", "in_flight", "decisions/s", "p50", "p99"
+        "case", "in_flight", "calls/s", "p50", "p99"
     );
-    for strategy in STRATEGIES {
-        let q = quota(strategy);
+    let token_bucket = quota(Strategy::TokenBucket);
+    let per_hour = Quota::new(
+        Rate::new(1_000_000_000, Duration::from_secs(3600)).unwrap(),
+        Strategy::TokenBucket,
+    )
+    .unwrap();
+    let mut cases: Vec<(String, Work)> = STRATEGIES
+        .into_iter()
+        .map(|strategy| {
+            (
+                strategy.name().to_owned(),
+                Work::Decide(vec![quota(strategy)]),
+            )
+        })
+        .collect();
+    cases.push((
+        "token_bucket_two_rates".to_owned(),
+        Work::Decide(vec![token_bucket, per_hour]),
+    ));
+    cases.push(("place_take_and_give_back".to_owned(), Work::Place));
+    for (name, work) in cases {
         for in_flight in IN_FLIGHT {
             rt.block_on(async {
                 // Calibrate a batch to about the wanted duration.
-                let (probe, _) = run(&redis, key, q, 2_000, in_flight, false).await;
+                let (probe, _) = run(&redis, key, work.clone(), 2_000, in_flight, false).await;
                 let rate = 2_000.0 / probe.as_secs_f64();
                 let total = ((rate * secs) as u64).max(1_000);
-                let (wall, mut samples) = run(&redis, key, q, total, in_flight, true).await;
+                let (wall, mut samples) =
+                    run(&redis, key, work.clone(), total, in_flight, true).await;
                 samples.sort_unstable();
                 let per_sec = samples.len() as f64 / wall.as_secs_f64();
                 println!(
                     "redis-bench: {:<24} {:>9} {:>14.0} {:>10.1?} {:>10.1?}",
-                    strategy.name(),
+                    name,
                     in_flight,
                     per_sec,
                     percentile(&samples, 0.50),
