@@ -28,6 +28,7 @@ mod table;
 pub use builder::InMemoryBackendBuilder;
 #[cfg(feature = "redis")]
 pub(crate) use places::PLACE_RETRY;
+use stored::Counts;
 use table::{Shard, ShardMap};
 
 /// Default cap on live keys.
@@ -204,9 +205,17 @@ impl Shared {
         }
     }
 
-    /// The hash of a key's stored form (SipHash-1-3 under the backend's
-    /// secret).
+    /// The hash of `key`'s stored form for `counts` (SipHash-1-3 under the
+    /// backend's secret), written part by part: no copy of the key is made.
     #[inline]
+    fn hash_key(&self, key: &Key<'_>, counts: Counts<'_>) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        stored::write_stored(key, counts, &mut hasher);
+        hasher.finish()
+    }
+
+    /// The hash of a stored copy of a key: the same as
+    /// [`hash_key`](Shared::hash_key) on its key.
     fn hash(&self, stored: &[u8]) -> u64 {
         let mut hasher = self.hasher.build_hasher();
         hasher.write(stored);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::stored::{stored_parts, KeyBuf, StoredKey, PLACES};
+use super::stored::{is_stored_form, stored_copy, Counts, StoredKey};
 use super::Shared;
 use crate::key::Key;
 use crate::strategy::Decisions;
@@ -23,15 +23,11 @@ impl Shared {
     /// Takes one of `max` places of `key`.
     pub(super) fn acquire(&self, key: &Key<'_>, max: u64) -> Decisions {
         let now = self.now();
-        let mut stored = KeyBuf::new();
-        stored.push(PLACES);
-        stored_parts(key, &mut stored);
-        let hash = self.hash(&stored);
+        let hash = self.hash_key(key, Counts::Places);
         let mut map = self.lock((hash >> 32) as usize & self.shard_mask);
-        let held = match map
-            .places
-            .find_mut(hash, |entry| entry.key[..] == stored[..])
-        {
+        let held = match map.places.find_mut(hash, |entry| {
+            is_stored_form(&entry.key, key, Counts::Places)
+        }) {
             Some(entry) if entry.held < max => {
                 entry.held += 1;
                 Some(entry.held)
@@ -39,7 +35,7 @@ impl Shared {
             Some(_) => None,
             None if max > 0 => {
                 let entry = PlaceEntry {
-                    key: StoredKey::from_slice(&stored),
+                    key: stored_copy(key, Counts::Places),
                     held: 1,
                 };
                 map.places
@@ -64,15 +60,11 @@ impl Shared {
 
     /// Gives back a place of `key`.
     pub(super) fn release(&self, key: &Key<'_>) {
-        let mut stored = KeyBuf::new();
-        stored.push(PLACES);
-        stored_parts(key, &mut stored);
-        let hash = self.hash(&stored);
+        let hash = self.hash_key(key, Counts::Places);
         let mut map = self.lock((hash >> 32) as usize & self.shard_mask);
-        if let Ok(mut entry) = map
-            .places
-            .find_entry(hash, |entry| entry.key[..] == stored[..])
-        {
+        if let Ok(mut entry) = map.places.find_entry(hash, |entry| {
+            is_stored_form(&entry.key, key, Counts::Places)
+        }) {
             entry.get_mut().held -= 1;
             if entry.get().held == 0 {
                 entry.remove();

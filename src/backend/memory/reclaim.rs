@@ -134,7 +134,7 @@ impl Shared {
 mod tests {
     use std::time::Duration;
 
-    use super::super::stored::{stored_form, KeyBuf};
+    use super::super::stored::Counts;
     use super::*;
     use crate::backend::InMemoryBackend;
     use crate::key::Key;
@@ -142,9 +142,10 @@ mod tests {
 
     /// The shard a client-only key of `quota`'s strategy lands in (as `decide`).
     fn shard_of(backend: &InMemoryBackend, key: &Key<'_>, quota: &Quota) -> usize {
-        let mut stored = KeyBuf::new();
-        stored_form(key, std::slice::from_ref(quota), &mut stored);
-        (backend.inner.hash(&stored) >> 32) as usize & backend.inner.shard_mask
+        let hash = backend
+            .inner
+            .hash_key(key, Counts::Rates(std::slice::from_ref(quota)));
+        (hash >> 32) as usize & backend.inner.shard_mask
     }
 
     /// Identities whose keys live in shard `shard`, `n` of them.

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use hashbrown::HashTable;
 
 use super::places::PlaceEntry;
-use super::stored::{stored_form, KeyBuf, StoredKey};
+use super::stored::{is_stored_form, stored_copy, Counts, StoredKey};
 use super::Shared;
 use crate::key::Key;
 use crate::strategy::{self, Decisions, Op, State, Strategy};
@@ -55,7 +55,7 @@ pub(super) struct StatesEntry {
 /// A table entry: a key, the states of its rates, and when they expire.
 pub(super) trait Entry: Sized {
     fn table(map: &mut ShardMap) -> &mut HashTable<Self>;
-    fn new(key: &[u8], states: Vec<State>, expires: u64) -> Self;
+    fn new(key: StoredKey, states: Vec<State>, expires: u64) -> Self;
     fn key(&self) -> &[u8];
     fn expires(&self) -> u64;
     /// Decides on the entry's states, keeping what the decision commits.
@@ -67,9 +67,9 @@ impl Entry for WordEntry {
     fn table(map: &mut ShardMap) -> &mut HashTable<Self> {
         &mut map.words
     }
-    fn new(key: &[u8], states: Vec<State>, expires: u64) -> Self {
+    fn new(key: StoredKey, states: Vec<State>, expires: u64) -> Self {
         WordEntry {
-            key: StoredKey::from_slice(key),
+            key,
             words: states[0].words().unwrap_or_default(),
             expires,
         }
@@ -98,9 +98,9 @@ impl Entry for StatesEntry {
     fn table(map: &mut ShardMap) -> &mut HashTable<Self> {
         &mut map.states
     }
-    fn new(key: &[u8], states: Vec<State>, expires: u64) -> Self {
+    fn new(key: StoredKey, states: Vec<State>, expires: u64) -> Self {
         StatesEntry {
-            key: StoredKey::from_slice(key),
+            key,
             states: states.into(),
             expires,
         }
@@ -137,21 +137,19 @@ impl Shared {
         // The clock is read first: the counter's latency overlaps the hashing
         // (and the lock is not held while it runs).
         let read = self.now();
-        let mut stored = KeyBuf::new();
-        stored_form(key, quotas, &mut stored);
-        let hash = self.hash(&stored);
+        let hash = self.hash_key(key, Counts::Rates(quotas));
         match quotas {
             [quota] if quota.strategy() != Strategy::SlidingWindowLog => {
-                self.decide_in::<WordEntry>(&stored, hash, read, quotas, cost, op)
+                self.decide_in::<WordEntry>(key, hash, read, quotas, cost, op)
             }
-            _ => self.decide_in::<StatesEntry>(&stored, hash, read, quotas, cost, op),
+            _ => self.decide_in::<StatesEntry>(key, hash, read, quotas, cost, op),
         }
     }
 
     #[inline]
     fn decide_in<E: Entry>(
         &self,
-        stored: &[u8],
+        key: &Key<'_>,
         hash: u64,
         mut read: u64,
         quotas: &[Quota],
@@ -173,7 +171,10 @@ impl Shared {
             if now >= map.next_sweep {
                 self.sweep(&mut map, now);
             }
-            if let Some(entry) = E::table(&mut map).find_mut(hash, |entry| entry.key() == stored) {
+            let counts = Counts::Rates(quotas);
+            if let Some(entry) =
+                E::table(&mut map).find_mut(hash, |entry| is_stored_form(entry.key(), key, counts))
+            {
                 self.give_back(reserved);
                 return Ok(entry.decide(quotas, now, cost, op));
             }
@@ -219,7 +220,7 @@ impl Shared {
                     }
                 }
             }
-            let entry = E::new(stored, states, expires);
+            let entry = E::new(stored_copy(key, counts), states, expires);
             E::table(&mut map).insert_unique(hash, entry, |entry| self.hash(entry.key()));
             return Ok(decisions);
         }
