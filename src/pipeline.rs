@@ -195,6 +195,7 @@ impl Core {
 
     /// The backend known now: the throttle's own, the layer's (`lent`), or
     /// the innermost scope's.
+    #[inline]
     fn backend_now<'b>(&'b self, lent: Option<&'b DynBackend>) -> Option<BackendRef<'b>> {
         match (&self.backend, lent) {
             (BackendChoice::Fixed(backend), _) | (BackendChoice::Inherit, Some(backend)) => {
@@ -237,16 +238,34 @@ impl Core {
         lent: Option<&DynBackend>,
         ask: Ask,
     ) -> Answer {
-        if let (Soon::Now(identity), Soon::Now(quotas)) = (&input.identity, &input.quotas) {
-            if let Some(backend) = self.backend_now(lent) {
-                let key = Key {
-                    throttle: &self.uid,
-                    identity: *identity,
-                    scope: input.scope,
-                };
-                return self.decide(&backend, &key, quotas, ask);
-            }
-        }
+        // Taken apart by value: nothing is left to drop on the way out.
+        let Input {
+            identity,
+            scope,
+            quotas,
+        } = input;
+        let input = match (identity, quotas) {
+            (Soon::Now(identity), Soon::Now(quotas)) => match self.backend_now(lent) {
+                Some(backend) => {
+                    let key = Key {
+                        throttle: &self.uid,
+                        identity,
+                        scope,
+                    };
+                    return self.decide(&backend, &key, quotas, ask);
+                }
+                None => Input {
+                    identity: Soon::Now(identity),
+                    scope,
+                    quotas: Soon::Now(quotas),
+                },
+            },
+            (identity, quotas) => Input {
+                identity,
+                scope,
+                quotas,
+            },
+        };
         let input = self.owned(input, lent);
         Answer::Later(Box::pin(Arc::clone(self).decide_later(input, ask)))
     }

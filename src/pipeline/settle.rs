@@ -43,7 +43,7 @@ impl Core {
     /// Applies the failure mode, shadow mode and waiting to the backend's
     /// answer: the common case (a hit allowed, no callback, nothing to
     /// keep) inline, the rest in [`settle_rest`](Core::settle_rest).
-    #[inline]
+    #[inline(always)]
     pub(super) fn settle(
         self: &Arc<Self>,
         result: Result<Decisions, Error>,
