@@ -238,33 +238,27 @@ impl Core {
         lent: Option<&DynBackend>,
         ask: Ask,
     ) -> Answer {
-        // Taken apart by value: nothing is left to drop on the way out.
+        // Taken apart, so that what is left to drop is known to hold no
+        // future on the way out.
         let Input {
             identity,
             scope,
             quotas,
         } = input;
-        let input = match (identity, quotas) {
-            (Soon::Now(identity), Soon::Now(quotas)) => match self.backend_now(lent) {
-                Some(backend) => {
-                    let key = Key {
-                        throttle: &self.uid,
-                        identity,
-                        scope,
-                    };
-                    return self.decide(&backend, &key, quotas, ask);
-                }
-                None => Input {
-                    identity: Soon::Now(identity),
+        if let (Soon::Now(identity), Soon::Now(quotas)) = (&identity, &quotas) {
+            if let Some(backend) = self.backend_now(lent) {
+                let key = Key {
+                    throttle: &self.uid,
+                    identity: *identity,
                     scope,
-                    quotas: Soon::Now(quotas),
-                },
-            },
-            (identity, quotas) => Input {
-                identity,
-                scope,
-                quotas,
-            },
+                };
+                return self.decide(&backend, &key, quotas, ask);
+            }
+        }
+        let input = Input {
+            identity,
+            scope,
+            quotas,
         };
         let input = self.owned(input, lent);
         Answer::Later(Box::pin(Arc::clone(self).decide_later(input, ask)))
