@@ -53,14 +53,14 @@ impl Core {
             self.note_recovery(&result, asked);
         }
         match result {
-            Ok(decisions)
+            Ok(ref decisions)
                 if self.on_decision.is_none()
                     && asked.ask == Ask::Hit
                     && asked.place == 0
                     && decisions.binding().allowed =>
             {
                 self.metrics.decision(Outcome::Allowed);
-                Answer::Now(Ok(self.admitted(&decisions, asked.quotas)))
+                Answer::Now(Ok(self.admitted(decisions, asked.quotas)))
             }
             result => self.settle_rest(result, asked),
         }
