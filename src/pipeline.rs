@@ -239,7 +239,9 @@ impl Core {
         ask: Ask,
     ) -> Answer {
         // Taken apart, so that what is left to drop is known to hold no
-        // future on the way out.
+        // future on the way out (dropping the whole input was an
+        // out-of-line call: 31 instructions per request,
+        // scripts/callgrind-layer.sh, mode ip).
         let Input {
             identity,
             scope,

@@ -171,7 +171,10 @@ impl MiddlewareThrottle {
     }
 
     /// The method and path filters. HEAD counts as GET (axum answers it
-    /// with the GET handler), so a rule on GET covers HEAD too.
+    /// with the GET handler), so a rule on GET covers HEAD too. Inlined
+    /// into the rule loop, the filters' work apart: a rule without filters
+    /// costs no call (30 instructions per request,
+    /// `scripts/callgrind-layer.sh`, mode ip).
     #[inline]
     pub(crate) fn matches(&self, request: &impl RequestHead) -> bool {
         let method = |methods: &Arc<[String]>| listed(methods, request.method());

@@ -43,6 +43,9 @@ impl Core {
     /// Applies the failure mode, shadow mode and waiting to the backend's
     /// answer: the common case (a hit allowed, no callback, nothing to
     /// keep) inline, the rest in [`settle_rest`](Core::settle_rest).
+    /// Always inlined, and the decisions borrowed, so that the backend's
+    /// answer is not copied on its way here (43 instructions per request,
+    /// `scripts/callgrind-layer.sh`, mode ip).
     #[inline(always)]
     pub(super) fn settle(
         self: &Arc<Self>,

@@ -626,6 +626,9 @@ impl Quota {
     }
 
     /// This quota's decision on `state`, and what counting it would leave.
+    /// Always inlined with [`commit`](Quota::commit): the step is not built
+    /// in memory and copied out (30 instructions per request with the
+    /// strategies' own steps inlined, `scripts/callgrind-layer.sh`, mode ip).
     #[inline(always)]
     pub(crate) fn step(&self, state: &State, now: u64, cost: u64) -> Step {
         let words = match &state.0 {

@@ -110,7 +110,9 @@ pub(super) fn stored_copy(key: &Key<'_>, counts: Counts<'_>) -> StoredKey {
 ///
 /// The fixed-size parts between two texts go to the sink in one piece
 /// ([`Head`]): a client-address key is two pieces (uid, head), which keeps
-/// the hasher's work close to one `write`.
+/// the hasher's work close to one `write` (112 fewer instructions per
+/// request than a piece per part, `scripts/callgrind-layer.sh`, mode ip).
+/// Always inlined, so that each sink's calls are direct.
 #[inline(always)]
 pub(super) fn write_stored(key: &Key<'_>, counts: Counts<'_>, sink: &mut impl Sink) {
     sink.put(key.throttle.as_bytes());
