@@ -342,7 +342,10 @@ impl Core {
     }
 
     /// Asks the backend what `asked` says, and settles its answer, at once
-    /// or in a future that owns what it needs.
+    /// or in a future that owns what it needs. Inlined: the answer of a
+    /// backend that answers at once is settled where it is read (34
+    /// instructions per request, `scripts/callgrind-layer.sh`, mode ip).
+    #[inline]
     fn ask_and_settle(self: &Arc<Self>, asked: &Asked<'_>) -> Answer {
         match self.ask_backend(asked).into_ready() {
             Ok(result) => self.settle(result, asked),
