@@ -253,6 +253,7 @@ impl<'a> Scope<'a> {
     }
 
     /// One counter per method and route (text `http:{METHOD}:{route}`).
+    #[inline]
     pub fn http(method: &Method, route: &'a str) -> Self {
         Scope(ScopeKind::Http {
             method: MethodName::of(method),

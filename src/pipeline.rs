@@ -8,6 +8,9 @@
 //! that owns what it needs; when every part is known and the backend
 //! answers at once (the in-memory backend), the whole path runs
 //! synchronously, without allocating.
+//!
+//! The path is here; settling the backend's answer is in `settle`, the
+//! failure and excess modes a throttle is built with in `modes`.
 
 use std::hash::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -16,102 +19,20 @@ use std::time::Duration;
 
 use http::request::Parts;
 
-use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, IntoBackend, UidLease};
+use crate::backend::{self, BackendFuture, BoxFuture, DynBackend, UidLease};
 use crate::key::{Key, KeyIdentity, OwnedIdentity, OwnedKey, OwnedScope, Scope};
 use crate::line::Lines;
 use crate::metrics::{Outcome, ThrottleMetrics};
 use crate::permit::Permit;
 use crate::reservation::CountedHit;
 use crate::response::{Policy, RateLimitInfo};
-use crate::strategy::{Decisions, Op};
-use crate::{Decision, Error, Identity, Quota, Rate, Strategy, Throttled};
+use crate::strategy::Op;
+use crate::{Decision, Error, Identity, Quota, Rate, Strategy};
 
-/// What happens when the backend fails (an error, a timeout, or its
-/// circuit breaker open while it cannot be reached).
-///
-/// ```
-/// use traffik::backend::InMemoryBackend;
-/// use traffik::{FailureMode, HttpThrottle};
-/// // While Redis is down, limit per app instance.
-/// let api = HttpThrottle::builder()
-///     .uid("api")
-///     .rate("100/min")
-///     .failure_mode(FailureMode::fallback(InMemoryBackend::new()))
-///     .build()
-///     .unwrap();
-/// # drop(api);
-/// ```
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub enum FailureMode {
-    /// Let the request through uncounted and log a `tracing::warn!` (default).
-    #[default]
-    Open,
-    /// Refuse the request: 503 with `Retry-After` (HTTP), drop the message
-    /// (WebSocket).
-    Closed,
-    /// Ask the same decision of another backend (see
-    /// [`FailureMode::fallback`]).
-    Fallback(DynBackend),
-}
+mod modes;
+mod settle;
 
-impl FailureMode {
-    /// On a failure, the same decision is asked of `backend`, typically an
-    /// [`InMemoryBackend`](crate::backend::InMemoryBackend): limits per app
-    /// instance during an outage of a shared store. If the fallback fails
-    /// too, the request is let through as under [`Open`](FailureMode::Open).
-    /// One `tracing::warn!` when the throttle starts falling back, one when
-    /// its backend answers again.
-    pub fn fallback(backend: impl IntoBackend) -> FailureMode {
-        FailureMode::Fallback(backend.into_backend())
-    }
-}
-
-impl std::fmt::Debug for FailureMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FailureMode::Open => f.write_str("Open"),
-            FailureMode::Closed => f.write_str("Closed"),
-            FailureMode::Fallback(backend) => {
-                f.debug_tuple("Fallback").field(&backend.prefix()).finish()
-            }
-        }
-    }
-}
-
-/// Two fallbacks are equal when they are the same backend object.
-impl PartialEq for FailureMode {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (FailureMode::Fallback(a), FailureMode::Fallback(b)) => Arc::ptr_eq(a, b),
-            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
-        }
-    }
-}
-
-/// What happens to a hit over the limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Exceeded {
-    /// Reject it: 429 for HTTP; for WebSocket, drop the message and send the
-    /// client a rate-limit notice (default).
-    #[default]
-    Reject,
-    /// Hold it until it is allowed, waiting at most `max` in all; a hit that
-    /// would need longer is rejected at once, and so is one that would wait
-    /// while [`max_waiting`](crate::ThrottleBuilder::max_waiting) hits
-    /// already do.
-    Wait {
-        /// The longest wait (`Duration::MAX`: as long as it takes).
-        max: Duration,
-    },
-    /// WebSocket: close the connection with code 1008 (policy violation) and
-    /// this reason. For HTTP it is the same as `Reject`.
-    Close {
-        /// The close reason sent to the client.
-        reason: String,
-    },
-}
+pub use modes::{Exceeded, FailureMode};
 
 pub(crate) type IdentifierFn =
     Arc<dyn Fn(&Parts) -> BoxFuture<Result<Identity, Error>> + Send + Sync>;
@@ -261,32 +182,6 @@ impl Answer {
     }
 }
 
-/// A hit's place among those waiting under [`Exceeded::Wait`], given back
-/// when the wait ends or the request is dropped.
-struct WaitingSlot(Arc<Core>);
-
-impl WaitingSlot {
-    /// A place, unless `max_waiting` hits wait already.
-    fn take(core: &Arc<Core>) -> Option<WaitingSlot> {
-        core.waiting
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < core.max_waiting).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| {
-                core.metrics.waiting(1.0);
-                WaitingSlot(Arc::clone(core))
-            })
-    }
-}
-
-impl Drop for WaitingSlot {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.waiting(-1.0);
-    }
-}
-
 impl Core {
     pub(crate) fn uid(&self) -> &str {
         &self.uid
@@ -300,6 +195,7 @@ impl Core {
 
     /// The backend known now: the throttle's own, the layer's (`lent`), or
     /// the innermost scope's.
+    #[inline]
     fn backend_now<'b>(&'b self, lent: Option<&'b DynBackend>) -> Option<BackendRef<'b>> {
         match (&self.backend, lent) {
             (BackendChoice::Fixed(backend), _) | (BackendChoice::Inherit, Some(backend)) => {
@@ -342,16 +238,30 @@ impl Core {
         lent: Option<&DynBackend>,
         ask: Ask,
     ) -> Answer {
-        if let (Soon::Now(identity), Soon::Now(quotas)) = (&input.identity, &input.quotas) {
+        // Taken apart, so that what is left to drop is known to hold no
+        // future on the way out (dropping the whole input was an
+        // out-of-line call: 31 instructions per request,
+        // scripts/callgrind-layer.sh, mode ip).
+        let Input {
+            identity,
+            scope,
+            quotas,
+        } = input;
+        if let (Soon::Now(identity), Soon::Now(quotas)) = (&identity, &quotas) {
             if let Some(backend) = self.backend_now(lent) {
                 let key = Key {
                     throttle: &self.uid,
                     identity: *identity,
-                    scope: input.scope,
+                    scope,
                 };
                 return self.decide(&backend, &key, quotas, ask);
             }
         }
+        let input = Input {
+            identity,
+            scope,
+            quotas,
+        };
         let input = self.owned(input, lent);
         Answer::Later(Box::pin(Arc::clone(self).decide_later(input, ask)))
     }
@@ -432,7 +342,10 @@ impl Core {
     }
 
     /// Asks the backend what `asked` says, and settles its answer, at once
-    /// or in a future that owns what it needs.
+    /// or in a future that owns what it needs. Inlined: the answer of a
+    /// backend that answers at once is settled where it is read (34
+    /// instructions per request, `scripts/callgrind-layer.sh`, mode ip).
+    #[inline]
     fn ask_and_settle(self: &Arc<Self>, asked: &Asked<'_>) -> Answer {
         match self.ask_backend(asked).into_ready() {
             Ok(result) => self.settle(result, asked),
@@ -470,272 +383,6 @@ impl Core {
             self.metrics.decision(Outcome::Exempt);
         }
         Admitted::exempt()
-    }
-
-    /// Applies the failure mode, shadow mode and waiting to the backend's
-    /// answer: the common case (a hit allowed, no callback, nothing to
-    /// keep) inline, the rest in [`settle_rest`](Core::settle_rest).
-    #[inline]
-    fn settle(self: &Arc<Self>, result: Result<Decisions, Error>, asked: &Asked<'_>) -> Answer {
-        if let FailureMode::Fallback(_) = self.failure_mode {
-            self.note_recovery(&result, asked);
-        }
-        match result {
-            Ok(decisions)
-                if self.on_decision.is_none()
-                    && asked.ask == Ask::Hit
-                    && asked.place == 0
-                    && decisions.binding().allowed =>
-            {
-                self.metrics.decision(Outcome::Allowed);
-                Answer::Now(Ok(self.admitted(&decisions, asked.quotas)))
-            }
-            result => self.settle_rest(result, asked),
-        }
-    }
-
-    #[inline(never)]
-    fn settle_rest(
-        self: &Arc<Self>,
-        result: Result<Decisions, Error>,
-        asked: &Asked<'_>,
-    ) -> Answer {
-        let decisions = match result {
-            Ok(decisions) => decisions,
-            Err(error) => return self.failed(error, asked),
-        };
-        if asked.ask == Ask::Peek {
-            return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
-        }
-        let decision = decisions.binding();
-        if let Some(on_decision) = &self.on_decision {
-            on_decision(&decision);
-        }
-        if decision.allowed {
-            self.metrics.decision(Outcome::Allowed);
-            return Answer::Now(Ok(self.admit(&decisions, asked)));
-        }
-        if self.shadow {
-            self.metrics.decision(Outcome::ShadowThrottled);
-            tracing::info!(
-                throttle = self.uid(),
-                key = %asked.key.shown(asked.backend.prefix()),
-                retry_after_ms = decision.retry_after.as_millis() as u64,
-                "shadow mode: request would be throttled"
-            );
-            return Answer::Now(Ok(self.admitted(&decisions, asked.quotas)));
-        }
-        let capacity = match self.limit {
-            Limit::InFlight { max, .. } => max,
-            _ => asked.quotas.iter().map(Quota::capacity).min().unwrap_or(0),
-        };
-        match &self.exceeded {
-            // A hit that costs more than a rate holds (a dynamic rate below
-            // the cost) is never admitted: no waiting for it.
-            Exceeded::Wait { max } if decision.retry_after <= *max && self.cost <= capacity => {
-                // Past `max_waiting` hits already waiting: rejected at once.
-                let Some(slot) = WaitingSlot::take(self) else {
-                    return Answer::Now(Err(self.throttled(&decisions, asked)));
-                };
-                let (asked, max) = (asked.owned(&self.uid), *max);
-                Answer::Later(Box::pin(async move {
-                    let core = Arc::clone(&slot.0);
-                    let admitted = core.wait_in_line(decision, &asked, max).await;
-                    drop(slot);
-                    admitted
-                }))
-            }
-            _ => Answer::Now(Err(self.throttled(&decisions, asked))),
-        }
-    }
-
-    /// Holds a refused hit in its key's line (see [`crate::line`]) until it
-    /// is allowed, at most `max` in all. At its turn it waits until the
-    /// refusal said to retry (or, for an in-flight place, until a place of
-    /// the key is given back in this instance, or a second), and asks again.
-    async fn wait_in_line(
-        self: Arc<Self>,
-        refused: Decision,
-        owned: &AskedOwned,
-        max: Duration,
-    ) -> Result<Admitted, Error> {
-        let asked = owned.borrowed();
-        // Durations, not instants: `Wait { max: Duration::MAX }` ("as long as
-        // it takes") must not overflow.
-        let start = tokio::time::Instant::now();
-        let left = || max.saturating_sub(start.elapsed());
-        let refuse = |decision: Decision| {
-            let decisions = Decisions::one(Duration::ZERO, decision);
-            Err(self.throttled(&decisions, &asked))
-        };
-        let turn = match tokio::time::timeout(left(), self.lines.turn(&owned.key)).await {
-            Ok(turn) => turn,
-            Err(_) => return refuse(refused),
-        };
-        // A request that waited behind others asks afresh: the slot it was
-        // told of went to them.
-        let mut decision = refused;
-        let mut ask_now = turn.waited;
-        loop {
-            if !ask_now {
-                if decision.retry_after > left() {
-                    return refuse(decision);
-                }
-                let wait = decision.retry_after.max(Duration::from_micros(1));
-                match self.limit {
-                    Limit::InFlight { .. } => {
-                        let _ = tokio::time::timeout(wait, turn.freed.notified()).await;
-                    }
-                    _ => tokio::time::sleep(wait).await,
-                }
-            }
-            ask_now = false;
-            let decisions = match self.ask_backend(&asked).await {
-                Ok(decisions) => decisions,
-                Err(error) => return self.failed(error, &asked).finish().await,
-            };
-            decision = decisions.binding();
-            if let Some(on_decision) = &self.on_decision {
-                on_decision(&decision);
-            }
-            if decision.allowed {
-                self.metrics.decision(Outcome::Allowed);
-                return Ok(self.admit(&decisions, &asked));
-            }
-        }
-    }
-
-    /// What an allowed hit gets: its headers, and what it keeps (the hit,
-    /// for a refund; the place, for an in-flight limit).
-    fn admit(self: &Arc<Self>, decisions: &Decisions, asked: &Asked<'_>) -> Admitted {
-        let mut admitted = self.admitted(decisions, asked.quotas);
-        if asked.ask == Ask::Reserve {
-            admitted.hit = Some(Box::new(CountedHit {
-                backend: Arc::clone(asked.backend),
-                key: asked.key.owned(&self.uid),
-                quotas: Arc::clone(asked.quotas),
-                cost: self.cost,
-                at: decisions.at(),
-            }));
-        }
-        if let Limit::InFlight { lease, .. } = self.limit {
-            admitted.permit = Some(Box::new(Permit::new(
-                admitted.decision,
-                self,
-                asked.backend,
-                asked.key.owned(&self.uid),
-                asked.place,
-                lease,
-            )));
-        }
-        admitted
-    }
-
-    #[inline]
-    fn admitted(&self, decisions: &Decisions, quotas: &[Quota]) -> Admitted {
-        Admitted {
-            decision: decisions.binding(),
-            headers: (self.policy.headers != crate::RateLimitHeaders::None)
-                .then(|| Box::new(RateLimitInfo::new(&self.policy, decisions, quotas))),
-            hit: None,
-            permit: None,
-        }
-    }
-
-    fn throttled(&self, decisions: &Decisions, asked: &Asked<'_>) -> Error {
-        self.metrics.decision(Outcome::Throttled);
-        let decision = decisions.binding();
-        tracing::debug!(
-            throttle = self.uid(),
-            key = %asked.key.shown(asked.backend.prefix()),
-            retry_after_ms = decision.retry_after.as_millis() as u64,
-            "request throttled"
-        );
-        Error::Throttled(Throttled::new(
-            RateLimitInfo::new(&self.policy, decisions, asked.quotas),
-            self.policy.clone(),
-        ))
-    }
-
-    /// What a request gets when the backend failed: its failure mode, or
-    /// the same decision asked of the fallback backend.
-    fn failed(self: &Arc<Self>, error: Error, asked: &Asked<'_>) -> Answer {
-        let fallback_next =
-            matches!(self.failure_mode, FailureMode::Fallback(_)) && !asked.fallback;
-        if asked.ask != Ask::Peek
-            && !(fallback_next && !self.shadow && !matches!(error, Error::Configuration(_)))
-        {
-            self.metrics.decision(Outcome::Error);
-        }
-        let key = asked.key.shown(asked.backend.prefix());
-        let chain = crate::error::Chain(&error);
-        if self.shadow {
-            // Shadow mode never rejects, whatever the failure mode; a quota
-            // the backend cannot hold is still an error to fix before the
-            // throttle leaves shadow mode.
-            if let Error::Configuration(_) = error {
-                tracing::error!(throttle = self.uid(), key = %key, error = %chain, "traffik cannot decide this request; letting it through (shadow mode)");
-            } else {
-                tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; letting the request through (shadow mode)");
-            }
-            return Answer::Now(Ok(Admitted::exempt()));
-        }
-        if let Error::Configuration(_) = error {
-            // Not an outage: a quota the backend cannot hold (e.g. too large
-            // for Redis's exact arithmetic). Failing open would silently turn
-            // the throttle off.
-            tracing::error!(throttle = self.uid(), key = %key, error = %chain, "traffik cannot decide this request");
-            return Answer::Now(Err(error));
-        }
-        let known = matches!(&error, Error::Backend(backend) if backend.is_known_outage());
-        match (&self.failure_mode, asked.fallback) {
-            (FailureMode::Fallback(fallback), false) => {
-                if !self.falling_back.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; deciding on the fallback backend until it answers again");
-                }
-                let asked = Asked {
-                    backend: fallback,
-                    fallback: true,
-                    ..*asked
-                };
-                return self.ask_and_settle(&asked);
-            }
-            (FailureMode::Fallback(_), true) => {
-                tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik fallback backend failed too; letting the request through");
-                return Answer::Now(Ok(Admitted::exempt()));
-            }
-            _ => {}
-        }
-        let what = match self.failure_mode {
-            FailureMode::Closed => "refusing the request (FailureMode::Closed)",
-            _ => "letting the request through (FailureMode::Open)",
-        };
-        if known {
-            // Reported once, when the outage began (a warning from the
-            // backend), not once per request.
-            tracing::debug!(throttle = self.uid(), key = %key, error = %chain, "traffik backend is down; {what}");
-        } else {
-            tracing::warn!(throttle = self.uid(), key = %key, error = %chain, "traffik backend failed; {what}");
-        }
-        match self.failure_mode {
-            FailureMode::Closed => Answer::Now(Err(error)),
-            _ => Answer::Now(Ok(Admitted::exempt())),
-        }
-    }
-
-    /// Notes that the throttle's own backend answered again after it fell
-    /// back (once, with a `tracing::warn!`).
-    fn note_recovery(&self, result: &Result<Decisions, Error>, asked: &Asked<'_>) {
-        if result.is_ok()
-            && !asked.fallback
-            && self.falling_back.load(Ordering::Relaxed)
-            && self.falling_back.swap(false, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                throttle = self.uid(),
-                "traffik backend answers again; no longer deciding on the fallback backend"
-            );
-        }
     }
 }
 

@@ -88,18 +88,27 @@ struct Kept {
 impl Admissions {
     #[inline]
     fn record(&mut self, admitted: Admitted, rule: &MiddlewareThrottle) {
-        let refund_when = &rule.throttle.inner.refund_when;
-        if admitted.headers.is_none() && admitted.permit.is_none() && admitted.hit.is_none() {
+        // Taken apart: an admission that keeps nothing leaves nothing to
+        // drop (19 instructions per request, scripts/callgrind-layer.sh,
+        // mode ip).
+        let Admitted {
+            headers,
+            hit,
+            permit,
+            ..
+        } = admitted;
+        if headers.is_none() && permit.is_none() && hit.is_none() {
             return;
         }
+        let refund_when = &rule.throttle.inner.refund_when;
         let kept = self.0.get_or_insert_with(Box::default);
-        if let Some(info) = admitted.headers {
+        if let Some(info) = headers {
             kept.headers.push(*info);
         }
-        if let (Some(hit), Some(refund_when)) = (admitted.hit, refund_when) {
+        if let (Some(hit), Some(refund_when)) = (hit, refund_when) {
             kept.refunds.push((hit, Arc::clone(refund_when)));
         }
-        if let Some(permit) = admitted.permit {
+        if let Some(permit) = permit {
             kept.places.push(*permit);
         }
     }

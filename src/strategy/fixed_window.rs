@@ -5,6 +5,7 @@
 
 use super::{Quota, Step};
 
+#[inline]
 pub(super) fn step(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Step {
     let period = quota.period_micros();
     let (start, count) = current(quota, stored, now);

@@ -5,6 +5,7 @@
 
 use super::{Quota, Step};
 
+#[inline]
 pub(super) fn step(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Step {
     let interval = quota.emission_interval();
     let tolerance = quota.capacity() * interval;

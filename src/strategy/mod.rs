@@ -626,19 +626,19 @@ impl Quota {
     }
 
     /// This quota's decision on `state`, and what counting it would leave.
-    #[inline]
+    /// Always inlined with [`commit`](Quota::commit): the step is not built
+    /// in memory and copied out (30 instructions per request with the
+    /// strategies' own steps inlined, `scripts/callgrind-layer.sh`, mode ip).
+    #[inline(always)]
     pub(crate) fn step(&self, state: &State, now: u64, cost: u64) -> Step {
         let words = match &state.0 {
-            Repr::Fresh => None,
             Repr::Words(words) => Some(*words),
-            Repr::Log(log) => {
-                return match self.strategy {
-                    Strategy::SlidingWindowLog => sliding_window_log::step(self, log, now, cost),
-                    // A log under another strategy: a quota rebuilt with
-                    // another strategy starts afresh.
-                    _ => self.step(&State::new(), now, cost),
-                };
+            Repr::Log(log) if self.strategy == Strategy::SlidingWindowLog => {
+                return sliding_window_log::step(self, log, now, cost);
             }
+            // A fresh key, or a log under another strategy: a quota
+            // rebuilt with another strategy starts afresh.
+            Repr::Fresh | Repr::Log(_) => None,
         };
         match self.strategy {
             Strategy::TokenBucket => token_bucket::step(self, words, now, cost),
@@ -671,7 +671,7 @@ impl Quota {
     }
 
     /// Writes what `step` leaves into `state`.
-    #[inline]
+    #[inline(always)]
     fn commit(&self, state: &mut State, step: &Step, cost: u64, op: Op) {
         if step.keep {
             return;

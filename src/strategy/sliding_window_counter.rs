@@ -8,6 +8,7 @@
 
 use super::{Quota, Step};
 
+#[inline]
 pub(super) fn step(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Step {
     let p = quota.period_micros();
     let limit = quota.limit();

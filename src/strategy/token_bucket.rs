@@ -7,6 +7,7 @@
 
 use super::{Quota, Step};
 
+#[inline]
 pub(super) fn step(quota: &Quota, stored: Option<[u64; 2]>, now: u64, cost: u64) -> Step {
     // Plain u64 arithmetic: `Quota::new` keeps capacity × period ≤ 2^62, and
     // sums that could pass it saturate before being capped at `full`.

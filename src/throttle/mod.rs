@@ -78,6 +78,7 @@ impl<B> RequestHead for Request<B> {
 
 /// The route a request counts under: axum's `MatchedPath` when present, else
 /// the URI path.
+#[inline]
 pub(crate) fn route_of<'a>(extensions: &'a Extensions, uri: &'a Uri) -> &'a str {
     #[cfg(feature = "axum")]
     if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
