@@ -336,7 +336,7 @@ fn rates_and_places(c: &mut Criterion) {
         Strategy::TokenBucket,
     )
     .unwrap();
-    let one = [per_second.clone()];
+    let one = [per_second];
     let two = [per_second, per_hour];
     let mut group = c.benchmark_group("rates_and_places");
     for &n in &KEY_COUNTS {

@@ -169,7 +169,7 @@ fn main() {
         for in_flight in IN_FLIGHT {
             group.bench_function(BenchmarkId::new("in_flight", in_flight), |b| {
                 b.iter_custom(|iters| {
-                    let work = Work::Decide(vec![q.clone()]);
+                    let work = Work::Decide(vec![q]);
                     let (wall, _) = rt.block_on(run(&redis, key, work, iters, in_flight, false));
                     // `run` rounds up to whole batches per caller.
                     let done = iters.div_ceil(in_flight as u64) * in_flight as u64;
