@@ -20,7 +20,7 @@ bin="${CARGO_TARGET_DIR:-target}/release/examples/callgrind_layer"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-for mode in bare pass none ip default governor ip429 governor429 \
+for mode in bare pass none ip default two governor ip429 governor429 \
             rbare rpass rnone rip rdefault rgovernor; do
     valgrind --tool=callgrind --toggle-collect='callgrind_layer::measured*' \
         --callgrind-out-file="$out/$mode.out" "$bin" "$mode" "$N" 2>"$out/$mode.log" >/dev/null
@@ -39,6 +39,9 @@ for name, p in (("`tower::service_fn`", ""), ("axum `Router`", "r")):
     over = lambda m: c[p + m] - bare
     print(f"| {name} | {bare:,} | +{over('pass'):,} | +{over('none'):,} | +{over('ip'):,} | +{over('default'):,} "
           f"| +{over('governor'):,} | {over('ip') / over('governor'):.2f}× |")
+print()
+print(f"Two rates decided all or nothing (one rule keyed by client), `service_fn`: "
+      f"+{c['two'] - c['bare']:,} against +{c['ip'] - c['bare']:,} for one rate.")
 print()
 print(f"Rejections (429), `service_fn`: traffik {c['ip429']:,} instructions a request, "
       f"tower_governor {c['governor429']:,}.")

@@ -23,6 +23,7 @@
 //!   tower_governor's key);
 //! - `default`: one rule, traffik's default key (client, method, route);
 //! - `governor`: tower_governor's `GovernorLayer`, `PeerIpKeyExtractor`;
+//! - `two`: as `ip`, with two rates decided all or nothing;
 //! - `ip429`, `governor429`: every request over its limit, answered 429.
 //!
 //! Limits are never reached except in the `429` modes.
@@ -80,13 +81,16 @@ impl<S: Service<R>, R> Service<R> for Pass<S> {
     }
 }
 
-/// traffik's layer: no rule, or one rule at `rate`.
-fn traffik(rate: Option<&str>, per_ip: bool) -> ThrottleLayer {
+/// traffik's layer: no rule (no rates), or one rule with `rates`.
+fn traffik(rates: &[&str], per_ip: bool) -> ThrottleLayer {
     let layer = ThrottleLayer::new(InMemoryBackend::new());
-    let Some(rate) = rate else {
+    if rates.is_empty() {
         return layer;
+    }
+    let mut builder = match rates {
+        [rate] => HttpThrottle::builder().rate(*rate),
+        rates => HttpThrottle::builder().rates(rates.iter().copied()),
     };
-    let mut builder = HttpThrottle::builder().rate(rate);
     if per_ip {
         builder = builder.shared_across_routes();
     }
@@ -156,8 +160,9 @@ fn main() {
         Some(rest) => (true, rest.to_string()),
         None => (false, mode),
     };
-    let never = Some("1000000000/s");
-    let spent = Some("1/day");
+    let never: &[&str] = &["1000000000/s"];
+    let never_two: &[&str] = &["1000000000/s", "60000000000/min"];
+    let spent: &[&str] = &["1/day"];
     macro_rules! go {
         ($layer:expr) => {
             if router {
@@ -178,9 +183,10 @@ fn main() {
         ),
         "bare" => run(&rt, tower::service_fn(hello), n),
         "pass" => go!(PassLayer),
-        "none" => go!(traffik(None, true)),
+        "none" => go!(traffik(&[], true)),
         "ip" => go!(traffik(never, true)),
         "default" => go!(traffik(never, false)),
+        "two" => go!(traffik(never_two, true)),
         "governor" => go!(governor(false)),
         "ip429" => go!(traffik(spent, true)),
         "governor429" => go!(governor(true)),

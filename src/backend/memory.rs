@@ -43,7 +43,7 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// * Each key is stored with its parts (throttle, identity, scope, and the
 ///   strategies it is decided with), so two different keys never share a
 ///   counter; short keys (a client address and a short route) are stored
-///   inline, in a 48-byte table entry with their state and expiry. Keys
+///   inline, in a 56-byte table entry with their state and expiry. Keys
 ///   are hashed with SipHash-1-3 under a random secret of each backend, so
 ///   a client cannot aim many keys at one place of the table.
 /// * Expired keys are reclaimed by the backend itself: each shard sweeps its

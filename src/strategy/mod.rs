@@ -319,48 +319,27 @@ pub(crate) fn decide_micros(
 ) -> (Decisions, Option<u64>) {
     assert_eq!(quotas.len(), states.len(), "one state per quota");
     let cost = cost.max(1);
+    let at = Duration::from_micros(now);
+    // A fast exit for one rate (the common case): its step stays in
+    // registers, and no list of decisions is allocated: 404 fewer
+    // instructions a request (`scripts/callgrind-layer.sh`, mode ip: +1,365
+    // with it, +1,769 without).
     if let ([quota], [state]) = (quotas, &mut *states) {
-        // One rate (the common case): the same steps, nothing to collect.
-        let step = match op {
-            Op::Hit | Op::Peek => quota.step(state, now, cost),
-            Op::Refund { at } => quota.refund_state(state, now, cost, at.as_micros() as u64),
-        };
-        let commit = match op {
-            Op::Hit => step.decision.allowed,
-            Op::Peek => false,
-            Op::Refund { .. } => true,
-        };
+        let step = op_step(quota, state, now, cost, op);
+        let commit = commits(op, step.decision.allowed);
         if commit {
             quota.commit(state, &step, cost, op);
         }
         let expires = (commit && !step.keep).then_some(step.expires);
-        return (
-            Decisions::one(Duration::from_micros(now), step.decision),
-            expires,
-        );
+        return (Decisions::one(at, step.decision), expires);
     }
-    let steps: SmallVec<[Step; 1]> = match op {
-        Op::Hit | Op::Peek => quotas
-            .iter()
-            .zip(states.iter())
-            .map(|(quota, state)| quota.step(state, now, cost))
-            .collect(),
-        Op::Refund { at } => {
-            let at = at.as_micros() as u64;
-            quotas
-                .iter()
-                .zip(states.iter_mut())
-                .map(|(quota, state)| quota.refund_state(state, now, cost, at))
-                .collect()
-        }
-    };
-    let commit = match op {
-        Op::Hit => steps.iter().all(|step| step.decision.allowed),
-        Op::Peek => false,
-        Op::Refund { .. } => true,
-    };
+    let steps: SmallVec<[Step; 2]> = quotas
+        .iter()
+        .zip(states.iter_mut())
+        .map(|(quota, state)| op_step(quota, state, now, cost, op))
+        .collect();
     let mut expires = None;
-    if commit {
+    if commits(op, steps.iter().all(|step| step.decision.allowed)) {
         for ((quota, state), step) in quotas.iter().zip(states.iter_mut()).zip(&steps) {
             quota.commit(state, step, cost, op);
             if !step.keep {
@@ -368,12 +347,29 @@ pub(crate) fn decide_micros(
             }
         }
     }
-    let at = Duration::from_micros(now);
-    let decisions = match steps.as_slice() {
-        [one] => Decisions::one(at, one.decision),
-        many => Decisions::new(at, many.iter().map(|step| step.decision)),
-    };
+    let decisions = Decisions::new(at, steps.iter().map(|step| step.decision));
     (decisions, expires)
+}
+
+/// One rate's step for `op`: what a hit or a peek would count, or what a
+/// refund would give back.
+#[inline(always)]
+fn op_step(quota: &Quota, state: &mut State, now: u64, cost: u64, op: Op) -> Step {
+    match op {
+        Op::Hit | Op::Peek => quota.step(state, now, cost),
+        Op::Refund { at } => quota.refund_state(state, now, cost, at.as_micros() as u64),
+    }
+}
+
+/// Whether `op` keeps its steps: a hit when every rate allows it, a refund
+/// always, a peek never.
+#[inline(always)]
+fn commits(op: Op, all_allowed: bool) -> bool {
+    match op {
+        Op::Hit => all_allowed,
+        Op::Peek => false,
+        Op::Refund { .. } => true,
+    }
 }
 
 /// One rate's decision at a time, and the state it leaves when committed:

@@ -25,7 +25,7 @@ pub(super) struct Shard(pub(super) Mutex<ShardMap>);
 /// A shard's tables.
 pub(super) struct ShardMap {
     /// One rate decided by a strategy with a two-word state (the common
-    /// case): 48-byte entries.
+    /// case): 56-byte entries.
     pub(super) words: HashTable<WordEntry>,
     /// Sliding-window logs and keys with several rates.
     pub(super) states: HashTable<StatesEntry>,
@@ -241,6 +241,6 @@ mod tests {
 
     #[test]
     fn entries_are_small() {
-        assert_eq!(std::mem::size_of::<WordEntry>(), 48);
+        assert_eq!(std::mem::size_of::<WordEntry>(), 56);
     }
 }
