@@ -9,8 +9,9 @@
 #   scripts/valkey.sh start     # valkey-server on 127.0.0.1:$VALKEY_PORT (default 6390),
 #                               # no persistence; reuses a Valkey already answering there
 #   scripts/valkey.sh stop      # stops the server that `start` started, nothing else
-#   scripts/valkey.sh test      # start, then tests/redis.rs on it and tests/redis_cluster.rs
-#                               # on a 3-master Valkey cluster (127.0.0.1:7201-7203), then stop;
+#   scripts/valkey.sh test      # start, then every test file that uses Redis on it, the cluster
+#                               # tests on a 3-master Valkey cluster (127.0.0.1:7201-7203) and
+#                               # clusters of their own, then stop;
 #                               # extra arguments go to cargo test
 #
 # VALKEY_SERVER: a valkey-server to use instead of the wheel's.
@@ -171,12 +172,14 @@ run_tests() {
 
     local urls=() port
     for port in "${CLUSTER_PORTS[@]}"; do urls+=("redis://127.0.0.1:$port"); done
-    log "cargo test: tests/redis.rs on 127.0.0.1:$VALKEY_PORT, tests/redis_cluster.rs on ${CLUSTER_PORTS[*]}"
+    log "cargo test: every test file that uses Redis, on 127.0.0.1:$VALKEY_PORT, the cluster tests on ${CLUSTER_PORTS[*]}"
     # --workspace --all-features, as scripts/test.sh: CI reuses that build.
     PATH="$SHIM:$PATH" \
         REDIS_URL="redis://127.0.0.1:$VALKEY_PORT" \
         REDIS_CLUSTER_URLS="$(IFS=,; echo "${urls[*]}")" \
-        cargo test --workspace --all-features --test redis --test redis_cluster "$@"
+        cargo test --workspace --all-features --test redis --test redis_cluster \
+            --test rates --test in_flight --test backends_agree --test dynamic_backend --test websocket \
+            --test redis_memory --test redis_failover "$@"
 }
 
 case "${1:-}" in

@@ -143,10 +143,22 @@ pub(crate) fn is_standard_method(method: &Method) -> bool {
 
 impl<'a> Key<'a> {
     /// The key of `identity` (an identifier's text) for the throttle `throttle`.
+    ///
+    /// A text that spells a client address exactly as an address key writes
+    /// it (`10.0.0.1`, `2001:db8::/64`) is that address: the key is equal
+    /// to [`Key::client`]'s and shares its counter on every backend, as its
+    /// text does.
+    ///
+    /// ```
+    /// use traffik::key::{Key, Scope};
+    ///
+    /// let client = Key::client("api", "10.0.0.1".parse().unwrap(), 64, Scope::shared());
+    /// assert_eq!(Key::new("api", "10.0.0.1", Scope::shared()), client);
+    /// ```
     pub fn new(throttle: &'a str, identity: &'a str, scope: Scope<'a>) -> Self {
         Key {
             throttle,
-            identity: KeyIdentity::Text(identity),
+            identity: KeyIdentity::text(identity),
             scope,
         }
     }
@@ -181,14 +193,7 @@ impl<'a> Key<'a> {
         out.write_char(':')?;
         write_escaped(out, self.throttle)?;
         out.write_char(':')?;
-        match self.identity {
-            KeyIdentity::Address {
-                ip: ip @ IpAddr::V6(_),
-                prefix,
-            } if prefix < 128 => write!(out, "{ip}/{prefix}")?,
-            KeyIdentity::Address { ip, .. } => write!(out, "{ip}")?,
-            KeyIdentity::Text(text) => out.write_str(text)?,
-        }
+        self.identity.write(out)?;
         match self.scope.0 {
             ScopeKind::Shared => out.write_str(":http:*"),
             ScopeKind::Http { method, route } => {
@@ -225,7 +230,26 @@ impl<'a> Key<'a> {
     }
 }
 
-impl KeyIdentity<'_> {
+impl<'a> KeyIdentity<'a> {
+    /// An identifier's text: the client address it spells, when it is
+    /// exactly the text of an address key (see [`Key::new`]), else the text.
+    pub(crate) fn text(text: &'a str) -> Self {
+        spelled_address(text).unwrap_or(KeyIdentity::Text(text))
+    }
+
+    /// The identity's part of the key's text: a text as it is, an address
+    /// as `10.0.0.1`, or, masked IPv6, as `2001:db8::/64`.
+    fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        match *self {
+            KeyIdentity::Address {
+                ip: ip @ IpAddr::V6(_),
+                prefix,
+            } if prefix < 128 => write!(out, "{ip}/{prefix}"),
+            KeyIdentity::Address { ip, .. } => write!(out, "{ip}"),
+            KeyIdentity::Text(text) => out.write_str(text),
+        }
+    }
+
     /// A client address, already masked (the prefix length matters for
     /// IPv6 only: an IPv4 address keeps 128, so that equal keys compare
     /// equal).
@@ -244,6 +268,28 @@ impl KeyIdentity<'_> {
             KeyIdentity::Text(text) => OwnedIdentity::Text(text.into()),
         }
     }
+}
+
+/// The address key whose identity text is `text`, if there is one: the
+/// text must read back the same (canonical, IPv6 masked to its prefix), as
+/// [`Key::client`] would write it.
+fn spelled_address(text: &str) -> Option<KeyIdentity<'static>> {
+    // Most identities hold a character no address text has: they end here.
+    let address_bytes = |b: u8| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'/');
+    if text.is_empty() || text.len() > 43 || !text.bytes().all(address_bytes) {
+        return None;
+    }
+    let (ip, prefix) = match text.split_once('/') {
+        None => (text.parse::<IpAddr>().ok()?, 128),
+        Some((ip, prefix)) => (
+            IpAddr::V6(ip.parse().ok()?),
+            prefix.parse().ok().filter(|prefix| *prefix < 128)?,
+        ),
+    };
+    let identity = KeyIdentity::address(crate::identity::mask(ip, prefix), prefix);
+    let mut written = String::with_capacity(text.len());
+    identity.write(&mut written).ok()?;
+    (written == text).then_some(identity)
 }
 
 impl<'a> Scope<'a> {
@@ -394,6 +440,31 @@ impl fmt::Display for Shown<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_that_spells_a_client_key_is_that_key() {
+        let client =
+            |ip: &str, prefix| Key::client("api", ip.parse().unwrap(), prefix, Scope::shared());
+        let text = |identity| Key::new("api", identity, Scope::shared());
+        assert_eq!(text("10.0.0.1"), client("10.0.0.1", 64));
+        assert_eq!(text("2001:db8::/64"), client("2001:db8::5", 64));
+        assert_eq!(text("2001:db8::1"), client("2001:db8::1", 128));
+        // Texts no client key writes stay texts, and keep their text.
+        for other in [
+            "user-42",
+            "",
+            "::A00:1",
+            "2001:db8::1/64",
+            "2001:db8::/128",
+            "10.0.0.1/32",
+            "::ffff:10.0.0.1",
+            "cafe",
+        ] {
+            let key = text(other);
+            assert_eq!(key.identity, KeyIdentity::Text(other), "{other:?}");
+            assert_eq!(key.text("p"), format!("p:api:{other}:http:*"));
+        }
+    }
 
     #[test]
     fn keys_name_every_method_and_count_head_as_get() {

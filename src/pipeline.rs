@@ -297,7 +297,7 @@ impl Core {
             Soon::Now(identity) => identity,
             Soon::Later(future) => match future.await? {
                 Identity::Unlimited => return Ok(self.exempt(ask)),
-                Identity::Key(key) => OwnedIdentity::Text(key.into()),
+                Identity::Key(key) => KeyIdentity::text(&key).into_owned(),
             },
         };
         let quotas = match input.quotas {

@@ -679,3 +679,17 @@ async fn every_strategy_shares_one_count_of_keys_and_one_cap() {
     backend.purge_expired();
     assert!(backend.is_empty(), "{} keys left", backend.len());
 }
+
+/// An identifier that returns a client address as text counts on that
+/// client's counter, in memory as on Redis (where both are the same text).
+#[test]
+fn a_text_identity_spelling_an_address_shares_its_counter() {
+    let backend = InMemoryBackend::new();
+    let once = quota("1/min", Strategy::TokenBucket);
+    let text = Key::new("api", "10.0.0.1", Scope::shared());
+    let client = Key::client("api", "10.0.0.1".parse().unwrap(), 64, Scope::shared());
+    assert!(backend.hit(&text, &once, 1).unwrap().allowed);
+    assert!(!backend.hit(&client, &once, 1).unwrap().allowed);
+    let other = Key::new("api", "10.0.0.2", Scope::shared());
+    assert!(backend.hit(&other, &once, 1).unwrap().allowed);
+}
