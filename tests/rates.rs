@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::extract::ws::Message;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -17,7 +18,7 @@ use traffik::backend::{InMemoryBackend, Op};
 use traffik::clock::ManualClock;
 use traffik::key::{Key, Scope};
 use traffik::strategy::{self, State};
-use traffik::{Decision, Error, HttpThrottle, Quota, Rate, Strategy};
+use traffik::{Decision, Error, HttpThrottle, Quota, Rate, Strategy, WebSocketThrottle};
 
 const STRATEGIES: [Strategy; 5] = [
     Strategy::TokenBucket,
@@ -82,11 +83,24 @@ fn check_composed(quotas: &[Quota], steps: &[Step]) {
                 let hit = matches!(step, Step::Hit(_));
                 let op = if hit { Op::Hit } else { Op::Peek };
                 let got = strategy::decide(quotas, &mut states, now, cost, op);
-                let each: Vec<Decision> = quotas
+                let mut each: Vec<Decision> = quotas
                     .iter()
                     .zip(&model)
                     .map(|(q, s)| q.peek(s, now, cost))
                     .collect();
+                if hit && !each.iter().all(|d| d.allowed) {
+                    // Refused: a rate that would have allowed the hit took
+                    // nothing, and says what it still holds: `cost` more
+                    // than counting would have left, back to full no later.
+                    for (would, got) in each.iter_mut().zip(got.iter()) {
+                        if would.allowed {
+                            assert_eq!(got.remaining, would.remaining + cost, "{step:?}");
+                            assert!(got.allowed && got.retry_after.is_zero());
+                            assert!(got.reset_after <= would.reset_after, "{step:?}");
+                            *would = *got;
+                        }
+                    }
+                }
                 let expected = binding(&each);
                 assert_eq!(got.binding(), expected, "{step:?} at {now:?}");
                 assert_eq!(got.iter().copied().collect::<Vec<_>>(), each);
@@ -386,6 +400,303 @@ async fn several_rates_through_a_layer_list_every_policy() {
     let refused = call(app.clone()).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()["retry-after"], "1");
+}
+
+fn parsed(text: &str) -> Rate {
+    text.parse().unwrap()
+}
+
+/// `GET /` through `app` from `peer`, with `headers`.
+async fn call_from(
+    app: &Router,
+    peer: [u8; 4],
+    headers: &[(&str, &str)],
+) -> http::Response<axum::body::Body> {
+    use tower::ServiceExt;
+    let mut request = Request::get("/");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .extension(axum::extract::ConnectInfo(SocketAddr::from((peer, 1))))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    app.clone().oneshot(request).await.unwrap()
+}
+
+fn header<'a>(response: &'a http::Response<axum::body::Body>, name: &str) -> &'a str {
+    response.headers()[name].to_str().unwrap()
+}
+
+/// A dynamic rate giving several rates (an array per tier): a hit counts on
+/// every rate or on none, the 429 waits for the rate that binds, and the
+/// headers list each rate as its own policy.
+#[tokio::test]
+async fn a_dynamic_rate_with_several_rates_is_decided_all_or_nothing() {
+    let clock = ManualClock::new();
+    let api = HttpThrottle::builder()
+        .uid("tiers")
+        .dynamic_rate(|parts: &http::request::Parts| {
+            let pro = parts.headers.contains_key("x-pro");
+            async move {
+                if pro {
+                    [parsed("4/s"), parsed("6/min")]
+                } else {
+                    [parsed("2/s"), parsed("3/min")]
+                }
+            }
+        })
+        .headers(traffik::RateLimitHeaders::Ietf)
+        .backend(InMemoryBackend::builder().clock(clock.clone()).build())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route_layer(api.layer());
+    let free = [10, 0, 0, 5];
+
+    let first = call_from(&app, free, &[]).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        header(&first, "ratelimit-policy"),
+        r#""tiers-1";q=2;w=1, "tiers-2";q=3;w=60"#
+    );
+    assert_eq!(
+        header(&first, "ratelimit"),
+        r#""tiers-1";r=1;t=1, "tiers-2";r=2;t=20"#
+    );
+    assert_eq!(call_from(&app, free, &[]).await.status(), StatusCode::OK);
+    // The per-second rate refuses; the per-minute one keeps its last place.
+    for _ in 0..5 {
+        let refused = call_from(&app, free, &[]).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&refused, "retry-after"), "1");
+        assert_eq!(
+            header(&refused, "ratelimit-policy"),
+            r#""tiers-1";q=2;w=1, "tiers-2";q=3;w=60"#
+        );
+    }
+    clock.advance(Duration::from_secs(1));
+    // The five refused hits took nothing from the per-minute rate.
+    let third = call_from(&app, free, &[]).await;
+    assert_eq!(third.status(), StatusCode::OK);
+    // Now the per-minute rate binds: 0.95 of a token at 3/min is 19 s away,
+    // though the per-second rate would allow.
+    let refused = call_from(&app, free, &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), "19");
+    assert!(
+        header(&refused, "ratelimit").ends_with(r#", "tiers-2";r=0;t=59"#),
+        "{refused:?}"
+    );
+    clock.advance(Duration::from_secs(19));
+    assert_eq!(call_from(&app, free, &[]).await.status(), StatusCode::OK);
+
+    // The other tier's rates, each its own policy too.
+    let pro = call_from(&app, [10, 0, 0, 6], &[("x-pro", "1")]).await;
+    assert_eq!(pro.status(), StatusCode::OK);
+    assert_eq!(
+        header(&pro, "ratelimit-policy"),
+        r#""tiers-1";q=4;w=1, "tiers-2";q=6;w=60"#
+    );
+}
+
+/// A dynamic rate may give a `Vec` of any length: one rate is one policy
+/// named by the uid, several are `{uid}-1`, `{uid}-2`…
+#[tokio::test]
+async fn a_dynamic_rate_may_give_a_vec_of_rates() {
+    let clock = ManualClock::new();
+    let api = HttpThrottle::builder()
+        .uid("plans")
+        .dynamic_rate(|parts: &http::request::Parts| {
+            let plans: Vec<Rate> = match parts.headers.get("x-plan").map(|v| v.as_bytes()) {
+                Some(b"three") => vec![parsed("1/s"), parsed("5/min"), parsed("10/h")],
+                _ => vec![parsed("2/min")],
+            };
+            async move { plans }
+        })
+        .headers(traffik::RateLimitHeaders::Ietf)
+        .backend(InMemoryBackend::builder().clock(clock.clone()).build())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route_layer(api.layer());
+
+    let one = call_from(&app, [10, 0, 1, 1], &[]).await;
+    assert_eq!(header(&one, "ratelimit-policy"), r#""plans";q=2;w=60"#);
+    let three = call_from(&app, [10, 0, 1, 2], &[("x-plan", "three")]).await;
+    assert_eq!(
+        header(&three, "ratelimit-policy"),
+        r#""plans-1";q=1;w=1, "plans-2";q=5;w=60, "plans-3";q=10;w=3600"#
+    );
+    assert_eq!(
+        header(&three, "ratelimit"),
+        r#""plans-1";r=0;t=1, "plans-2";r=4;t=12, "plans-3";r=9;t=360"#
+    );
+    // The per-second rate binds and refuses: the other two count nothing
+    // either, as the next allowed hit shows (one more taken from each, less
+    // a second's refill).
+    let refused = call_from(&app, [10, 0, 1, 2], &[("x-plan", "three")]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), "1");
+    clock.advance(Duration::from_secs(1));
+    let next = call_from(&app, [10, 0, 1, 2], &[("x-plan", "three")]).await;
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(
+        header(&next, "ratelimit"),
+        r#""plans-1";r=0;t=1, "plans-2";r=3;t=23, "plans-3";r=8;t=719"#
+    );
+}
+
+/// On a hit one rate refuses, the headers give each other rate what it
+/// still holds (the hit took nothing from it): `Decision::remaining` is
+/// "hits of cost 1 still allowed right now after this decision".
+#[tokio::test]
+async fn a_refused_hit_reports_what_the_other_rates_still_hold() {
+    let api = HttpThrottle::builder()
+        .uid("held")
+        .rates(["1/s", "5/min"])
+        .headers(traffik::RateLimitHeaders::Ietf)
+        .backend(InMemoryBackend::builder().clock(ManualClock::new()).build())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route_layer(api.layer());
+    let allowed = call_from(&app, [10, 0, 2, 1], &[]).await;
+    assert_eq!(
+        header(&allowed, "ratelimit"),
+        r#""held-1";r=0;t=1, "held-2";r=4;t=12"#
+    );
+    let refused = call_from(&app, [10, 0, 2, 1], &[]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        r#""held-1";r=0;t=1, "held-2";r=4;t=12"#
+    );
+}
+
+// ------------------------------------------------------------------------
+// Several rates on a WebSocket throttle.
+
+/// An in-memory socket: what the client sends comes from a channel, what
+/// the guard sends back is recorded.
+struct MockSocket {
+    incoming: tokio::sync::mpsc::UnboundedReceiver<Message>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Message>>>,
+}
+
+impl futures_util::Stream for MockSocket {
+    type Item = Result<Message, std::convert::Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl futures_util::Sink<Message> for MockSocket {
+    type Error = std::convert::Infallible;
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.sent.lock().unwrap().push(item);
+        Ok(())
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn ws_notice(retry_after: u64) -> String {
+    format!(r#"{{"type":"rate_limit","error":"Too many messages","retry_after":{retry_after}}}"#)
+}
+
+/// The client sends `texts`, then a ping (never a hit) as a marker; returns
+/// the texts the handler received, and the texts the client got back.
+async fn exchange<S>(
+    guarded: &mut S,
+    client: &tokio::sync::mpsc::UnboundedSender<Message>,
+    sent: &std::sync::Mutex<Vec<Message>>,
+    texts: &[&str],
+) -> (Vec<String>, Vec<String>)
+where
+    S: futures_util::Stream<Item = Result<Message, std::convert::Infallible>> + Unpin,
+{
+    use futures_util::StreamExt;
+    for text in texts {
+        client.send(Message::Text((*text).into())).unwrap();
+    }
+    client.send(Message::Ping(Default::default())).unwrap();
+    let mut delivered = Vec::new();
+    loop {
+        match guarded.next().await {
+            Some(Ok(Message::Text(text))) => delivered.push(text.as_str().to_owned()),
+            Some(Ok(Message::Ping(_))) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let replies = std::mem::take(&mut *sent.lock().unwrap())
+        .into_iter()
+        .map(|m| match m {
+            Message::Text(text) => text.as_str().to_owned(),
+            other => panic!("unexpected reply {other:?}"),
+        })
+        .collect();
+    (delivered, replies)
+}
+
+/// `.rates([..])` on a WebSocket throttle: a message refused by one rate is
+/// dropped and not counted by the other, and the notice waits for the rate
+/// that binds.
+#[tokio::test]
+async fn websocket_rates_do_not_count_a_message_another_rate_refused() {
+    let clock = ManualClock::new();
+    let ws_t = WebSocketThrottle::builder()
+        .uid("ws-rates")
+        .rates(["2/s", "3/min"])
+        .backend(InMemoryBackend::builder().clock(clock.clone()).build())
+        .build()
+        .unwrap();
+    let (client, incoming) = tokio::sync::mpsc::unbounded_channel();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let socket = MockSocket {
+        incoming,
+        sent: std::sync::Arc::clone(&sent),
+    };
+    let mut guarded = ws_t.guard(socket, "alice");
+
+    let (delivered, replies) =
+        exchange(&mut guarded, &client, &sent, &["1", "2", "3", "4", "5"]).await;
+    assert_eq!(delivered, ["1", "2"]);
+    assert_eq!(replies, [ws_notice(1), ws_notice(1), ws_notice(1)]);
+
+    clock.advance(Duration::from_secs(1));
+    // The per-minute rate still has its third place: the three dropped
+    // messages took none. Then it binds, 19 s away (0.95 of a token at 3/min).
+    let (delivered, replies) = exchange(&mut guarded, &client, &sent, &["6", "7"]).await;
+    assert_eq!(delivered, ["6"]);
+    assert_eq!(replies, [ws_notice(19)]);
+
+    clock.advance(Duration::from_secs(19));
+    let (delivered, replies) = exchange(&mut guarded, &client, &sent, &["8"]).await;
+    assert_eq!(delivered, ["8"]);
+    assert!(replies.is_empty(), "{replies:?}");
 }
 
 #[test]

@@ -416,7 +416,11 @@ struct GcraModel {
 impl Model for GcraModel {
     fn allows(&self, t: u64, cost: u64) -> bool {
         let tat = self.tat.unwrap_or(t).max(t);
-        let last_cell_due = tat + (cost - 1) * self.interval;
+        // No cell (cost 0: what a rate holds while another refuses) conforms.
+        let Some(cells_after_first) = cost.checked_sub(1) else {
+            return true;
+        };
+        let last_cell_due = tat + cells_after_first * self.interval;
         cost <= self.capacity && last_cell_due <= t + (self.capacity - 1) * self.interval
     }
     fn hit(&mut self, t: u64, cost: u64) -> Expected {
@@ -814,12 +818,15 @@ fn check_rates(quotas: &[Quota], start: u64, ops: &[Op], refunds: Refunds) {
             if peek { "peek" } else { "hit" }
         );
         assert_eq!(got.at(), now, "{ctx}");
-        // Counted on every rate, or on none.
+        // Counted on every rate, or on none; on a refused hit, a rate that
+        // would have allowed it says what it still holds (a hit of cost 0).
         let wants: Vec<Expected> = models
             .iter_mut()
             .map(|m| {
                 if all_allow && !peek {
                     m.hit(t, cost)
+                } else if !peek && m.allows(t, cost) {
+                    m.boxed().hit(t, 0)
                 } else {
                     m.boxed().hit(t, cost)
                 }

@@ -338,14 +338,29 @@ pub(crate) fn decide_micros(
         .zip(states.iter_mut())
         .map(|(quota, state)| op_step(quota, state, now, cost, op))
         .collect();
+    let all_allowed = steps.iter().all(|step| step.decision.allowed);
     let mut expires = None;
-    if commits(op, steps.iter().all(|step| step.decision.allowed)) {
+    if commits(op, all_allowed) {
         for ((quota, state), step) in quotas.iter().zip(states.iter_mut()).zip(&steps) {
             quota.commit(state, step, cost, op);
             if !step.keep {
                 expires = expires.max(Some(step.expires));
             }
         }
+    }
+    if op == Op::Hit && !all_allowed {
+        // A refused hit counts on no rate: the rates that would have
+        // allowed it report what they still hold (their step at cost 0),
+        // not what counting it would have left.
+        let each = quotas.iter().zip(states.iter()).zip(&steps);
+        let decisions = each.map(|((quota, state), step)| {
+            if step.decision.allowed {
+                quota.step(state, now, 0).decision
+            } else {
+                step.decision
+            }
+        });
+        return (Decisions::new(at, decisions), expires);
     }
     let decisions = Decisions::new(at, steps.iter().map(|step| step.decision));
     (decisions, expires)

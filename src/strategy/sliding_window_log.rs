@@ -23,7 +23,8 @@ pub(super) fn step(quota: &Quota, log: &VecDeque<u64>, now: u64, cost: u64) -> S
         let must_expire = (count + cost - limit) as usize;
         (log[first + must_expire - 1] + p).saturating_sub(now)
     };
-    let (count, newest) = if allowed {
+    // Cost 0 (what a rate holds while another refuses): the log as it is.
+    let (count, newest) = if allowed && cost > 0 {
         (count + cost, Some(now))
     } else {
         (count, log.back().copied().filter(|_| count > 0))

@@ -11,12 +11,13 @@
 -- Returns {at, then allowed, remaining, reset_after_us, retry_after_us for
 -- each rate}.
 local op, cost, hit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local results, commit = {}, op ~= 'peek'
+local results, args, commit = {}, {}, op ~= 'peek'
 for i = 1, #KEYS do
   local a = {}
   for j = 1, ARITY do
     a[j] = ARGV[3 + (i - 1) * ARITY + j]
   end
+  args[i] = a
   local r
   if op == 'refund' then
     r = refund(KEYS[i], a, now, cost, hit)
@@ -27,6 +28,15 @@ for i = 1, #KEYS do
     end
   end
   results[i] = r
+end
+-- A refused hit counts on no rate: the rates that would have allowed it
+-- report what they still hold (their decision at cost 0).
+if op == 'hit' and not commit then
+  for i = 1, #KEYS do
+    if results[i].allowed == 1 then
+      results[i] = decide(KEYS[i], args[i], now, 0)
+    end
+  end
 end
 local reply = {at}
 for i = 1, #KEYS do

@@ -47,9 +47,11 @@ local function decide(key, a, now, cost)
   local r = {allowed = 0, retry = 0}
   if cost <= limit and count + cost <= limit then
     r.allowed, r.add, r.time = 1, cost, now
-    return settled(r, now, count + cost, now, limit, p)
-  end
-  if cost > limit then
+    if cost > 0 then
+      return settled(r, now, count + cost, now, limit, p)
+    end
+    -- Cost 0 (what a rate holds while another refuses): the log as it is.
+  elseif cost > limit then
     r.retry = p
   else
     local must_expire = count + cost - limit
