@@ -355,6 +355,131 @@ fn invalid_trusted_proxy() {
     assert!(message.contains("10.0.0.0/33"), "{message}");
 }
 
+/// `.trusted_proxies(..)` and `.ipv6_prefix(..)` shape the default identity:
+/// with a custom identifier they would do nothing, so `build()` refuses
+/// them, in either order, naming the fix.
+#[test]
+fn trusted_proxies_or_ipv6_prefix_with_an_identifier_is_refused_at_build() {
+    let proxies = || TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+    let identifier = |_: &http::request::Parts| async { Identity::key("user") };
+    let expected = ".trusted_proxies(..) and .ipv6_prefix(..) shape the default identity, which a \
+                    custom .identifier(..) replaces: call proxies.client_identity(parts) (or \
+                    Identity::client(parts)) inside the identifier instead";
+    let builds = [
+        HttpThrottle::builder()
+            .uid("er-proxies-id")
+            .rate("1/s")
+            .trusted_proxies(proxies())
+            .identifier(identifier)
+            .build(),
+        HttpThrottle::builder()
+            .uid("er-id-proxies")
+            .rate("1/s")
+            .identifier(identifier)
+            .trusted_proxies(proxies())
+            .build(),
+        HttpThrottle::builder()
+            .uid("er-id-v6")
+            .rate("1/s")
+            .identifier(identifier)
+            .ipv6_prefix(48)
+            .build(),
+    ];
+    for result in builds {
+        assert_eq!(config_message(result), expected);
+    }
+    // Each alone is fine.
+    assert!(HttpThrottle::builder()
+        .uid("er-proxies-alone")
+        .rate("1/s")
+        .trusted_proxies(proxies())
+        .build()
+        .is_ok());
+    assert!(HttpThrottle::builder()
+        .uid("er-id-alone")
+        .rate("1/s")
+        .identifier(identifier)
+        .build()
+        .is_ok());
+}
+
+// ------------------------------------------------ Identity::client as fallback
+
+/// An identifier keying on an API key, else on the client address through
+/// `Identity::client(parts)`: each address counts on its own (ports and
+/// addresses inside one IPv6 /64 are one client), apart from the API keys,
+/// and a request with neither is the anonymous-connection 500.
+#[tokio::test]
+async fn identity_client_as_a_fallback_counts_per_client_address() {
+    let memory = InMemoryBackend::new();
+    let t = HttpThrottle::builder()
+        .uid("er-fallback")
+        .limit(2)
+        .minutes(1)
+        .identifier(|parts: &http::request::Parts| {
+            let key = parts
+                .headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let client = Identity::client(parts);
+            async move { key.map(|key| Ok(Identity::key(key))).unwrap_or(client) }
+        })
+        .shared_across_routes()
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let app = Router::new().route("/c", get(ok).route_layer(t.layer()));
+    let from = |peer: &str| at("/c", peer);
+
+    // The identity is the client's address, as the default one keys it.
+    let parts = |peer: &str| from(peer).into_parts().0;
+    assert_eq!(
+        Identity::client(&parts("10.0.0.1:1")).unwrap(),
+        Identity::key("10.0.0.1")
+    );
+    assert_eq!(
+        Identity::client(&parts("[2001:db8:1:2::a]:1")).unwrap(),
+        Identity::key("2001:db8:1:2::/64")
+    );
+
+    // One client, two ports: one counter.
+    assert_eq!(send(&app, from("10.0.0.1:1000")).await.status, 200);
+    assert_eq!(send(&app, from("10.0.0.1:2000")).await.status, 200);
+    assert_eq!(send(&app, from("10.0.0.1:3000")).await.status, 429);
+    // Another client has its own.
+    assert_eq!(
+        statuses(&app, 3, || from("10.0.0.2:1000")).await,
+        [200, 200, 429]
+    );
+    // Two addresses in one IPv6 /64 are one client.
+    assert_eq!(send(&app, from("[2001:db8:1:2::a]:1")).await.status, 200);
+    assert_eq!(send(&app, from("[2001:db8:1:2::b]:1")).await.status, 200);
+    assert_eq!(send(&app, from("[2001:db8:1:2::c]:1")).await.status, 429);
+    // An API key counts apart from the address it comes from.
+    let keyed = || request("GET", "/c", Some("10.0.0.1:1"), &[("x-api-key", "k1")]);
+    assert_eq!(statuses(&app, 3, keyed).await, [200, 200, 429]);
+    assert_eq!(memory.len(), 4);
+
+    // `hit` sees the same identities.
+    assert!(t.hit(&from("10.0.0.3:1")).await.unwrap().allowed);
+    assert_eq!(t.hit(&from("10.0.0.3:2")).await.unwrap().remaining, 0);
+
+    // No key and no address: the fallback's error answers the request.
+    let reply = send(&app, request("GET", "/c", None, &[])).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        reply.body.contains("into_make_service_with_connect_info"),
+        "{}",
+        reply.body
+    );
+    let anonymous = t.hit(&request("GET", "/c", None, &[])).await;
+    assert!(
+        matches!(anonymous, Err(Error::AnonymousConnection)),
+        "{anonymous:?}"
+    );
+}
+
 // ------------------------------------------------------- anonymous connections
 
 #[tokio::test]

@@ -267,8 +267,26 @@ fn bad_unit_is_an_error() {
             message.contains("\"100/min\""),
             "shows an example: {message}"
         );
+        assert!(
+            message.contains(ACCEPTED_UNITS),
+            "lists the accepted units: {message}"
+        );
+    }
+    // The list is true: every unit it names parses, and so do the plurals
+    // of the words.
+    for unit in [
+        "us", "ms", "s", "sec", "second", "m", "min", "minute", "h", "hr", "hour", "d", "day",
+    ] {
+        assert!(format!("1/{unit}").parse::<Rate>().is_ok(), "{unit}");
+        if unit.len() > 2 {
+            assert!(format!("1/{unit}s").parse::<Rate>().is_ok(), "{unit}s");
+        }
     }
 }
+
+/// The units a bad-unit message lists, as `src/rate.rs` writes them.
+const ACCEPTED_UNITS: &str =
+    "(accepted: us, ms, s, sec, second, m, min, minute, h, hr, hour, d, day, and their plurals)";
 
 #[test]
 fn missing_separator_is_an_error() {
