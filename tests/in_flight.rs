@@ -4,6 +4,9 @@
 //! line under `Exceeded::Wait`; WebSocket sockets held open per client
 //! (a permit moved into `on_upgrade`).
 
+#[cfg(feature = "redis")]
+mod redis_proxy;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 use traffik::backend::{BackendFuture, BoxFuture, InMemoryBackend, Op, ThrottleBackend, Uids};
 use traffik::key::Key;
-use traffik::{Error, Exceeded, HttpThrottle, MiddlewareThrottle, Quota, ThrottleLayer};
+use traffik::{
+    Error, Exceeded, HttpThrottle, HttpThrottleBuilder, MiddlewareThrottle, Quota,
+    RateLimitHeaders, ThrottleLayer, Throttled,
+};
 
 /// A handler that counts the requests inside it and holds each until told.
 #[derive(Clone, Default)]
@@ -539,6 +545,7 @@ async fn an_in_flight_waiter_gets_the_next_place() {
 #[cfg(feature = "redis")]
 mod redis_backend {
     use super::*;
+    use crate::redis_proxy::SilentProxy;
     use traffik::backend::RedisBackend;
 
     fn redis_url() -> String {
@@ -549,12 +556,16 @@ mod redis_backend {
         backend_with(test, false).await
     }
 
+    /// This process's prefix for `test`.
+    fn prefix(test: &str) -> String {
+        format!("traffik-test-inflight-{test}-{}", std::process::id())
+    }
+
     /// A backend on `REDIS_URL` with this process's prefix for `test`;
     /// `persistent`: a second one keeps the first one's keys.
     async fn backend_with(test: &str, persistent: bool) -> Option<RedisBackend> {
-        let prefix = format!("traffik-test-inflight-{test}-{}", std::process::id());
         match RedisBackend::builder(redis_url())
-            .prefix(prefix)
+            .prefix(prefix(test))
             .persistent(persistent)
             .build()
             .await
@@ -675,6 +686,157 @@ mod redis_backend {
             redis_reset(&throttle).await;
         });
     }
+
+    // Leases through real servers on loopback sockets. A lease ends by
+    // Redis's clock (its `TIME`), which no paused Tokio clock moves: these
+    // wait in real time, a few short leases.
+
+    /// Serves `app` with connect info on a loopback port, on the current
+    /// runtime.
+    async fn serve(app: Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        addr
+    }
+
+    /// Sends `GET path` over a connection of its own; the response is left
+    /// to read.
+    async fn send_get(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+    }
+
+    /// The whole response (the server closes the connection after it).
+    async fn response(mut stream: tokio::net::TcpStream) -> String {
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        text
+    }
+
+    /// `GET path`: the response's status.
+    async fn status_of(addr: SocketAddr, path: &str) -> u16 {
+        let text = response(send_get(addr, path).await).await;
+        let status = text.get(9..12).and_then(|code| code.parse().ok());
+        let status = status.unwrap_or_else(|| panic!("a status line: {text:?}"));
+        if status == 429 {
+            assert!(
+                text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+                "{text}"
+            );
+        }
+        status
+    }
+
+    fn one_place(backend: RedisBackend, lease: Duration) -> HttpThrottle {
+        HttpThrottle::builder()
+            .uid("server")
+            .max_in_flight(1)
+            .lease(lease)
+            .shared_across_routes()
+            .backend(backend)
+            .build()
+            .unwrap()
+    }
+
+    /// Through a real server: a request in progress for several leases keeps
+    /// its place (renewed while the request runs), and gives it back as
+    /// soon as its response has been sent, long before its lease would end.
+    #[tokio::test]
+    async fn through_a_server_a_long_request_keeps_its_place_past_its_lease() {
+        let Some(redis) = backend("server-renew").await else {
+            return;
+        };
+        let lease = Duration::from_millis(600);
+        let gate = Gate::new();
+        let addr = serve(gated_app(&one_place(redis.clone(), lease), &gate)).await;
+        let long = send_get(addr, "/hold").await;
+        gate.inside().await;
+        tokio::time::sleep(lease * 5 / 2).await;
+        assert_eq!(status_of(addr, "/work").await, 429, "still held");
+        gate.let_out(1);
+        let done = response(long).await;
+        assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+        assert!(done.ends_with("done"), "{done}");
+        // Renewed every 200 ms, the lease has 400 ms or more to run: a
+        // place free within 300 ms was given back.
+        let ended = std::time::Instant::now();
+        while status_of(addr, "/work").await != 200 {
+            assert!(ended.elapsed() < lease / 2, "the place was not given back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        redis.reset().await.unwrap();
+    }
+
+    /// Through real servers: an app instance that crashes while one of its
+    /// requests holds a place (its Redis connection goes dead, then the
+    /// instance with its tasks: no renewal, no release reaches Redis) loses
+    /// the place within one lease. Another instance refuses the client
+    /// until then, and lets it in after.
+    #[tokio::test]
+    async fn through_a_server_the_place_of_a_crashed_instance_comes_back_after_its_lease() {
+        let test = "server-crash";
+        let Some(redis) = backend_with(test, true).await else {
+            return;
+        };
+        let proxy = SilentProxy::start(&redis_url())
+            .await
+            .expect("REDIS_URL names a TCP server");
+        let lease = Duration::from_millis(600);
+        let survivor = serve(gated_app(&one_place(redis.clone(), lease), &Gate::new())).await;
+
+        let crashing = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let gate = Gate::new();
+        let doomed = {
+            let (url, gate) = (proxy.url().to_owned(), gate.clone());
+            crashing.spawn(async move {
+                let redis = RedisBackend::builder(url)
+                    .prefix(prefix(test))
+                    .build()
+                    .await
+                    .unwrap();
+                serve(gated_app(&one_place(redis, lease), &gate)).await
+            })
+        };
+        let doomed = doomed.await.unwrap();
+        let _held = send_get(doomed, "/hang").await;
+        gate.inside().await;
+        assert_eq!(status_of(survivor, "/work").await, 429);
+
+        proxy.go_silent();
+        crashing.shutdown_background();
+        let crash = std::time::Instant::now();
+        // Its last renewal was 200 ms ago at most: held 400 ms more.
+        assert_eq!(
+            status_of(survivor, "/work").await,
+            429,
+            "held until its lease ends"
+        );
+        while status_of(survivor, "/work").await != 200 {
+            assert!(
+                crash.elapsed() < lease + Duration::from_millis(1_500),
+                "the place never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis.reset().await.unwrap();
+    }
 }
 
 /// The default `max_waiting` bounds what a flood can make a throttle hold:
@@ -720,4 +882,503 @@ async fn waiting_requests_are_bounded_by_default() {
     for task in waiting {
         task.abort();
     }
+}
+
+// ------------------------------------------------------------------------
+// Places given back by cancelled requests and failed inner services.
+
+/// Handlers that say when a request is inside (`entered`) and hold it until
+/// the gate lets it out (`open`, in arrival order), or forever (`/hang`).
+#[derive(Clone)]
+struct Gate {
+    entered: Arc<tokio::sync::Semaphore>,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            entered: Arc::new(tokio::sync::Semaphore::new(0)),
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    /// A handler: inside until the gate opens.
+    async fn hold(&self) -> &'static str {
+        self.entered.add_permits(1);
+        self.open.acquire().await.unwrap().forget();
+        "done"
+    }
+
+    /// A handler that never answers.
+    async fn hang(&self) -> &'static str {
+        self.entered.add_permits(1);
+        std::future::pending().await
+    }
+
+    /// Waits until one more request is inside a handler.
+    async fn inside(&self) {
+        self.entered.acquire().await.unwrap().forget();
+    }
+
+    /// Lets the first `n` held requests out.
+    fn let_out(&self, n: usize) {
+        self.open.add_permits(n);
+    }
+}
+
+/// A throttle of `max` places per client, shared by every route.
+fn places(uid: &str, max: u64) -> HttpThrottleBuilder {
+    HttpThrottle::builder()
+        .uid(uid)
+        .max_in_flight(max)
+        .shared_across_routes()
+        .backend(InMemoryBackend::new())
+}
+
+/// `/hold` (held until the gate opens), `/hang` (never answers) and
+/// `/work` (answers at once) behind `throttle.layer()`.
+fn gated_app(throttle: &HttpThrottle, gate: &Gate) -> Router {
+    let (hold, hang) = (gate.clone(), gate.clone());
+    Router::new()
+        .route("/hold", get(move || async move { hold.hold().await }))
+        .route("/hang", get(move || async move { hang.hang().await }))
+        .route("/work", get(|| async { "done" }))
+        .route_layer(throttle.layer())
+}
+
+/// `GET path` from 10.0.0.8 through `app`.
+async fn call(app: Router, path: &str) -> http::Response<Body> {
+    let request = Request::get(path)
+        .extension(ConnectInfo(SocketAddr::from(([10, 0, 0, 8], 1))))
+        .body(Body::empty())
+        .unwrap();
+    app.oneshot(request).await.unwrap()
+}
+
+/// The status and the whole body (which gives the place back).
+async fn read(response: http::Response<Body>) -> (StatusCode, String) {
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A request whose task is aborted while its handler works (the client
+/// gave up, the server shut the connection) gives its place back.
+#[tokio::test]
+async fn a_request_cancelled_in_progress_gives_its_place_back() {
+    let gate = Gate::new();
+    let app = gated_app(&places("cancel", 1).build().unwrap(), &gate);
+    let cancelled = tokio::spawn(call(app.clone(), "/hang"));
+    gate.inside().await;
+    let (status, _) = read(call(app.clone(), "/work").await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the place is held");
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        read(call(app, "/work").await).await,
+        (StatusCode::OK, "done".to_owned())
+    );
+}
+
+/// A request dropped by a timeout around the service (the future dropped
+/// unfinished, as `tower::timeout` does) gives its place back.
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_by_a_timeout_gives_its_place_back() {
+    let gate = Gate::new();
+    let app = gated_app(&places("timeout", 1).build().unwrap(), &gate);
+    let (timed_out, while_held) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), call(app.clone(), "/hang")),
+        async {
+            gate.inside().await;
+            read(call(app.clone(), "/work").await).await.0
+        }
+    );
+    assert!(timed_out.is_err(), "the request never answers");
+    assert_eq!(while_held, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(read(call(app, "/work").await).await.0, StatusCode::OK);
+}
+
+/// A request cancelled while a later rule of the layer still decides (an
+/// async hook) gives back the place an earlier rule gave it.
+#[tokio::test]
+async fn a_request_cancelled_while_a_later_rule_decides_gives_its_place_back() {
+    let stalled = Arc::new(tokio::sync::Semaphore::new(0));
+    let hook_entered = Arc::clone(&stalled);
+    let later = HttpThrottle::builder()
+        .uid("later")
+        .rate("1000/s")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/work", get(|| async { "done" }))
+        .layer(
+            ThrottleLayer::new(InMemoryBackend::new())
+                .rule(MiddlewareThrottle::new(places("first", 1).build().unwrap()))
+                .rule(MiddlewareThrottle::new(later).hook(move |parts| {
+                    let stall = parts.headers.contains_key("x-stall");
+                    let entered = Arc::clone(&hook_entered);
+                    async move {
+                        if stall {
+                            entered.add_permits(1);
+                            std::future::pending::<()>().await;
+                        }
+                        true
+                    }
+                })),
+        );
+    let stalled_request = Request::get("/work")
+        .header("x-stall", "1")
+        .extension(ConnectInfo(SocketAddr::from(([10, 0, 0, 8], 1))))
+        .body(Body::empty())
+        .unwrap();
+    let cancelled = tokio::spawn(app.clone().oneshot(stalled_request));
+    stalled.acquire().await.unwrap().forget();
+    assert_eq!(
+        read(call(app.clone(), "/work").await).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    assert_eq!(read(call(app, "/work").await).await.0, StatusCode::OK);
+}
+
+/// An inner service that fails (its `Err` reaches the caller unchanged)
+/// gives the request's place back.
+#[tokio::test]
+async fn an_inner_service_error_gives_its_place_back() {
+    use tower::Layer;
+    let gate = Gate::new();
+    let inner = {
+        let gate = gate.clone();
+        tower::service_fn(move |request: Request<Body>| {
+            let gate = gate.clone();
+            async move {
+                if request.uri().path() == "/fail" {
+                    gate.hold().await;
+                    return Err(std::io::Error::other("the inner service failed"));
+                }
+                Ok(http::Response::new(Body::from("done")))
+            }
+        })
+    };
+    let service = places("inner-error", 1)
+        .build()
+        .unwrap()
+        .layer()
+        .layer(inner);
+    let send = |path: &str| {
+        let request = Request::get(path)
+            .extension(ConnectInfo(SocketAddr::from(([10, 0, 0, 8], 1))))
+            .body(Body::empty())
+            .unwrap();
+        service.clone().oneshot(request)
+    };
+    let failing = tokio::spawn(send("/fail"));
+    gate.inside().await;
+    let refused = send("/ok").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    gate.let_out(1);
+    let error = failing.await.unwrap().unwrap_err();
+    assert_eq!(error.to_string(), "the inner service failed");
+    let admitted = send("/ok").await.unwrap();
+    assert_eq!(read(admitted).await, (StatusCode::OK, "done".to_owned()));
+}
+
+/// An error response (a handler's 500) holds its place like any response,
+/// until its body has been read or dropped, then gives it back.
+#[tokio::test]
+async fn an_error_response_gives_its_place_back_with_its_body() {
+    let app = Router::new()
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
+        .route("/work", get(|| async { "done" }))
+        .route_layer(places("error-response", 1).build().unwrap().layer());
+    let failed = call(app.clone(), "/fail").await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // Its body not read yet: the request is still in progress.
+    assert_eq!(
+        read(call(app.clone(), "/work").await).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        read(failed).await,
+        (StatusCode::INTERNAL_SERVER_ERROR, "boom".to_owned())
+    );
+    assert_eq!(
+        read(call(app.clone(), "/work").await).await.0,
+        StatusCode::OK
+    );
+    // Dropped unread, too.
+    drop(call(app.clone(), "/fail").await);
+    assert_eq!(read(call(app, "/work").await).await.0, StatusCode::OK);
+}
+
+// ------------------------------------------------------------------------
+// The in-flight 429: custom response, rate-limit headers, shadow mode.
+
+/// Over the limit, the throttle's `on_throttled` answers, told of the
+/// in-flight decision (limit, nothing remaining, no window, retry in 1 s),
+/// with `Retry-After: 1` and `Cache-Control: no-store` added, and the
+/// rate-limit headers of an in-flight limit (no window, no reset) on the
+/// 429 and on admitted responses, in either header format.
+#[tokio::test]
+async fn an_in_flight_429_has_the_custom_response_and_the_rate_limit_headers() {
+    for mode in [RateLimitHeaders::Ietf, RateLimitHeaders::Legacy] {
+        let gate = Gate::new();
+        let throttle = places("busy", 2)
+            .headers(mode)
+            .on_throttled(|t: &Throttled| {
+                let body = format!(
+                    "{}: {} of {} places free, window {:?}, retry in {}s",
+                    t.throttle(),
+                    t.decision().remaining,
+                    t.decision().limit,
+                    t.window(),
+                    t.retry_after_secs()
+                );
+                http::Response::builder()
+                    .status(StatusCode::TOO_MANY_REQUESTS)
+                    .header("x-busy", "yes")
+                    .body(body)
+                    .unwrap()
+            })
+            .build()
+            .unwrap();
+        let app = gated_app(&throttle, &gate);
+        let first = tokio::spawn(call(app.clone(), "/hold"));
+        gate.inside().await;
+        let second = tokio::spawn(call(app.clone(), "/hold"));
+        gate.inside().await;
+
+        let refused = call(app.clone(), "/work").await;
+        let headers = refused.headers().clone();
+        let (status, body) = read(refused).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{mode:?}");
+        assert_eq!(body, "busy: 0 of 2 places free, window 0ns, retry in 1s");
+        assert_eq!(headers["x-busy"], "yes");
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(headers["cache-control"], "no-store");
+        let limit_headers = |headers: &http::HeaderMap| -> Vec<(String, String)> {
+            let names: &[&str] = match mode {
+                RateLimitHeaders::Ietf => &["ratelimit-policy", "ratelimit"],
+                _ => &[
+                    "x-ratelimit-limit",
+                    "x-ratelimit-remaining",
+                    "x-ratelimit-reset",
+                ],
+            };
+            names
+                .iter()
+                .map(|name| {
+                    let value = headers
+                        .get(*name)
+                        .unwrap_or_else(|| panic!("{name} in {headers:?}"));
+                    (name.to_string(), value.to_str().unwrap().to_owned())
+                })
+                .collect()
+        };
+        let expected = |remaining: u64| -> Vec<(String, String)> {
+            let pairs = match mode {
+                RateLimitHeaders::Ietf => vec![
+                    ("ratelimit-policy", "\"busy\";q=2".to_owned()),
+                    ("ratelimit", format!("\"busy\";r={remaining}")),
+                ],
+                _ => vec![
+                    ("x-ratelimit-limit", "2".to_owned()),
+                    ("x-ratelimit-remaining", remaining.to_string()),
+                    ("x-ratelimit-reset", "0".to_owned()),
+                ],
+            };
+            pairs
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect()
+        };
+        assert_eq!(limit_headers(&headers), expected(0), "{mode:?}");
+
+        gate.let_out(2);
+        let first = first.await.unwrap();
+        assert_eq!(limit_headers(first.headers()), expected(1), "{mode:?}");
+        assert_eq!(read(first).await.0, StatusCode::OK);
+        let second = second.await.unwrap();
+        assert_eq!(limit_headers(second.headers()), expected(0), "{mode:?}");
+        assert_eq!(read(second).await.0, StatusCode::OK);
+        // Both places back: the next request has one left after its own.
+        let next = call(app, "/work").await;
+        assert_eq!(limit_headers(next.headers()), expected(1), "{mode:?}");
+        assert_eq!(read(next).await.0, StatusCode::OK);
+    }
+}
+
+/// Shadow mode: a request over the in-flight limit is let through (the
+/// decision, not allowed, only reported) and holds no place: the place it
+/// did not take is free for the next request once the one inside ends,
+/// and its own end gives back nobody's place.
+#[tokio::test]
+async fn in_shadow_mode_a_request_over_the_in_flight_limit_is_let_through_without_a_place() {
+    let decisions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let throttle = places("shadow", 1)
+        .shadow(true)
+        .on_decision({
+            let decisions = Arc::clone(&decisions);
+            move |decision| decisions.lock().unwrap().push(decision.allowed)
+        })
+        .build()
+        .unwrap();
+    let (a, b) = (Gate::new(), Gate::new());
+    let (hold_a, hold_b) = (a.clone(), b.clone());
+    let app = Router::new()
+        .route("/a", get(move || async move { hold_a.hold().await }))
+        .route("/b", get(move || async move { hold_b.hold().await }))
+        .route("/work", get(|| async { "done" }))
+        .route_layer(throttle.layer());
+    let allowed = || decisions.lock().unwrap().clone();
+
+    let first = tokio::spawn(call(app.clone(), "/a"));
+    a.inside().await;
+    // Over the limit, let in all the same.
+    let over = tokio::spawn(call(app.clone(), "/b"));
+    b.inside().await;
+    assert_eq!(allowed(), [true, false]);
+
+    a.let_out(1);
+    assert_eq!(read(first.await.unwrap()).await.0, StatusCode::OK);
+    // The request over the limit, still inside, holds no place.
+    let third = tokio::spawn(call(app.clone(), "/a"));
+    a.inside().await;
+    assert_eq!(allowed(), [true, false, true]);
+
+    // Its end gives back no place: the third still holds the only one.
+    b.let_out(1);
+    assert_eq!(read(over.await.unwrap()).await.0, StatusCode::OK);
+    assert_eq!(
+        read(call(app.clone(), "/work").await).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(allowed(), [true, false, true, false]);
+
+    a.let_out(1);
+    assert_eq!(read(third.await.unwrap()).await.0, StatusCode::OK);
+    assert_eq!(read(call(app, "/work").await).await.0, StatusCode::OK);
+    assert_eq!(allowed(), [true, false, true, false, true]);
+}
+
+/// In a handler, `acquire` in shadow mode over the limit returns a permit
+/// whose decision says "not allowed" and that gives back no place.
+#[tokio::test]
+async fn in_shadow_mode_acquire_over_the_limit_returns_a_permit_that_holds_no_place() {
+    let throttle = places("shadow-acquire", 1).shadow(true).build().unwrap();
+    let request = request([10, 0, 0, 8]);
+    let held = throttle.acquire(&request).await.unwrap();
+    assert!(held.decision().allowed);
+    let over = throttle.acquire(&request).await.unwrap();
+    assert!(!over.decision().allowed);
+    assert_eq!(over.decision().remaining, 0);
+    drop(over);
+    // Still full: dropping the shadow permit freed nothing.
+    assert!(!throttle.acquire(&request).await.unwrap().decision().allowed);
+    drop(held);
+    assert!(throttle.acquire(&request).await.unwrap().decision().allowed);
+}
+
+// ------------------------------------------------------------------------
+// In memory, a key's place entry goes when its last place is given back.
+
+/// Bytes allocated and not yet freed, per thread: the in-memory backend
+/// keeps no public count of its place entries (`len()` counts rate keys
+/// only), so their memory is what shows whether they are removed.
+struct CountingAllocator;
+
+thread_local! {
+    static LIVE_BYTES: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn count(delta: isize) {
+    let _ = LIVE_BYTES.try_with(|live| live.set(live.get() + delta));
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let pointer = unsafe { std::alloc::System.alloc(layout) };
+        if !pointer.is_null() {
+            count(layout.size() as isize);
+        }
+        pointer
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let pointer = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !pointer.is_null() {
+            count(layout.size() as isize);
+        }
+        pointer
+    }
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(pointer, layout) };
+        count(-(layout.size() as isize));
+    }
+    unsafe fn realloc(&self, pointer: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        let moved = unsafe { std::alloc::System.realloc(pointer, layout, size) };
+        if !moved.is_null() {
+            count(size as isize - layout.size() as isize);
+        }
+        moved
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn live_bytes() -> isize {
+    LIVE_BYTES.with(std::cell::Cell::get)
+}
+
+/// Clients that come and go leave nothing behind in memory: once a key's
+/// last place is given back its entry is removed, so 20,000 clients that
+/// each took and gave back a place (through the layer, one after another)
+/// cost no more memory than the first few. Kept at zero, their entries
+/// would hold at least 40 bytes each (800 kB).
+#[tokio::test]
+async fn in_memory_a_key_without_places_held_takes_no_memory() {
+    let memory = InMemoryBackend::new();
+    let throttle = HttpThrottle::builder()
+        .uid("come-and-go")
+        .max_in_flight(2)
+        .backend(memory.clone())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/work", get(|| async { "done" }))
+        .route_layer(throttle.layer());
+    let client = |i: u32| {
+        let request = Request::get("/work")
+            .extension(ConnectInfo(SocketAddr::from((i.to_be_bytes(), 1))))
+            .body(Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let (status, _) = read(app.oneshot(request).await.unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    // Every shard's table and whatever the first requests set up.
+    for i in 0..2_000 {
+        client(0x0a00_0000 + i).await;
+    }
+    let before = live_bytes();
+    for i in 0..20_000 {
+        client(0x0b00_0000 + i).await;
+    }
+    let grown = live_bytes() - before;
+    assert!(
+        grown < 16 * 1024,
+        "20,000 clients gone left {grown} bytes behind"
+    );
+    // The one public count, of rate keys, never sees place entries.
+    assert!(memory.is_empty());
 }

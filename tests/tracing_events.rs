@@ -259,3 +259,103 @@ async fn a_known_outage_is_a_debug_event_per_request() {
             .all(|(_, text)| text.contains("the store is down")));
     }
 }
+
+/// A backend that fails while `down` is set (`"primary down"`), and
+/// otherwise decides in memory.
+#[derive(Clone)]
+struct Switchable {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    memory: InMemoryBackend,
+}
+
+impl traffik::backend::ThrottleBackend for Switchable {
+    fn prefix(&self) -> &str {
+        "switchable"
+    }
+    fn decide(
+        &self,
+        key: &traffik::key::Key<'_>,
+        quotas: &[traffik::Quota],
+        cost: u64,
+        op: traffik::backend::Op,
+    ) -> traffik::backend::BackendFuture {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return traffik::backend::BackendFuture::ready(Err(traffik::Error::backend(
+                "primary down",
+            )));
+        }
+        traffik::backend::ThrottleBackend::decide(&self.memory, key, quotas, cost, op)
+    }
+    fn reset(&self) -> traffik::backend::BoxFuture<Result<(), traffik::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// `FailureMode::fallback`: one warning when the fallback starts deciding
+/// (naming the throttle and the backend's error), none for the requests it
+/// decides after, one when the backend answers again, and the same pair for
+/// the next outage; meanwhile the fallback's own limits apply.
+#[tokio::test]
+async fn the_fallback_warns_once_when_it_starts_and_once_when_the_backend_answers_again() {
+    const STARTS: &str = "deciding on the fallback backend until it answers again";
+    const ENDS: &str = "traffik backend answers again; no longer deciding on the fallback backend";
+    let (recorder, _guard) = Recorder::install();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set_down = |value: bool| down.store(value, std::sync::atomic::Ordering::SeqCst);
+    let t = HttpThrottle::builder()
+        .uid("tr-fallback")
+        .limit(2)
+        .hours(1)
+        .backend(Switchable {
+            down: Arc::clone(&down),
+            memory: InMemoryBackend::new(),
+        })
+        .failure_mode(FailureMode::fallback(InMemoryBackend::new()))
+        .build()
+        .unwrap();
+    let app = Router::new().route("/f", get(ok).route_layer(t.layer()));
+    let warnings = || {
+        recorder
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(level, _)| *level == Level::WARN)
+            .map(|(_, text)| text.clone())
+            .collect::<Vec<_>>()
+    };
+
+    // The backend answers: one of its two hits used, no warning.
+    assert_eq!(statuses(&app, 1, || at("/f", PEER)).await, [200]);
+    assert!(warnings().is_empty(), "{:?}", warnings());
+
+    // It fails: the fallback's own 2 an hour, one warning for them all.
+    set_down(true);
+    assert_eq!(
+        statuses(&app, 4, || at("/f", PEER)).await,
+        [200, 200, 429, 429]
+    );
+    let logged = warnings();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains(STARTS), "{logged:?}");
+    assert!(logged[0].contains("throttle=\"tr-fallback\""), "{logged:?}");
+    assert!(logged[0].contains("primary down"), "{logged:?}");
+
+    // It answers again: its own count (one more hit left), one warning.
+    set_down(false);
+    assert_eq!(statuses(&app, 3, || at("/f", PEER)).await, [200, 429, 429]);
+    let logged = warnings();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(logged[1].contains(ENDS), "{logged:?}");
+    assert!(logged[1].contains("throttle=\"tr-fallback\""), "{logged:?}");
+
+    // The next outage warns again (the fallback's hits are still spent).
+    set_down(true);
+    assert_eq!(statuses(&app, 2, || at("/f", PEER)).await, [429, 429]);
+    set_down(false);
+    assert_eq!(statuses(&app, 1, || at("/f", PEER)).await, [429]);
+    let logged = warnings();
+    assert_eq!(logged.len(), 4, "{logged:?}");
+    assert!(logged[2].contains(STARTS), "{logged:?}");
+    assert!(logged[3].contains(ENDS), "{logged:?}");
+}

@@ -1,0 +1,131 @@
+//! A TCP proxy to the Redis server of a URL (`REDIS_URL` in the suites)
+//! that can go silent: from then on every connection through it, open or
+//! new, stays open but nothing passes any more, as when the server hangs or
+//! a NAT entry dies. What the clients sent meanwhile is kept, to count the
+//! commands that reached the "dead" server. Shared by the `in_flight` and
+//! `fallback` suites.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub struct SilentProxy {
+    url: String,
+    silent: Arc<AtomicBool>,
+    swallowed: Arc<Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentProxy {
+    /// A proxy to the server of `url` (`redis://[user:password@]host:port[/db]`),
+    /// whose own URL keeps `url`'s credentials and database. `None` when
+    /// `url` names no TCP server.
+    pub async fn start(url: &str) -> Option<SilentProxy> {
+        let client = redis::Client::open(url).ok()?;
+        let redis::ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr() else {
+            return None;
+        };
+        let target = format!("{host}:{port}");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let (scheme, rest) = url.split_once("://")?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let credentials = authority
+            .rsplit_once('@')
+            .map(|(credentials, _)| format!("{credentials}@"))
+            .unwrap_or_default();
+        let silent = Arc::new(AtomicBool::new(false));
+        let swallowed = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (silent, swallowed) = (Arc::clone(&silent), Arc::clone(&swallowed));
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let (silent, swallowed) = (Arc::clone(&silent), Arc::clone(&swallowed));
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        let (client_read, client_write) = client.into_split();
+                        if silent.load(Ordering::SeqCst) {
+                            // A dead server: the connection opens, nothing answers.
+                            pump(client_read, None, silent, swallowed).await;
+                            drop(client_write);
+                            return;
+                        }
+                        let Ok(server) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        let (server_read, server_write) = server.into_split();
+                        let dropped = Arc::new(Mutex::new(Vec::new()));
+                        tokio::spawn(pump(
+                            server_read,
+                            Some(client_write),
+                            Arc::clone(&silent),
+                            dropped,
+                        ));
+                        pump(client_read, Some(server_write), silent, swallowed).await;
+                    });
+                }
+            }
+        });
+        Some(SilentProxy {
+            url: format!("{scheme}://{credentials}{local}{path}"),
+            silent,
+            swallowed,
+            task,
+        })
+    }
+
+    /// The URL to connect through the proxy.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Nothing passes any more, on open connections and new ones.
+    pub fn go_silent(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+
+    /// How many `command`s (e.g. `"EVALSHA"`) clients sent since the proxy
+    /// went silent: the commands that reached the dead server.
+    pub fn swallowed(&self, command: &str) -> usize {
+        let needle = format!("${}\r\n{command}\r\n", command.len()).into_bytes();
+        let swallowed = self.swallowed.lock().unwrap();
+        swallowed
+            .windows(needle.len())
+            .filter(|window| window.eq_ignore_ascii_case(&needle))
+            .count()
+    }
+}
+
+impl Drop for SilentProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` until the proxy goes silent; from then on keeps
+/// what it reads in `swallowed` and passes nothing, keeping both open.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: Option<tokio::net::tcp::OwnedWriteHalf>,
+    silent: Arc<AtomicBool>,
+    swallowed: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        match &mut to {
+            Some(to) if !silent.load(Ordering::SeqCst) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            _ => swallowed.lock().unwrap().extend_from_slice(&buf[..n]),
+        }
+    }
+}
