@@ -159,10 +159,11 @@ impl WsMessage for axum::extract::ws::Message {
     }
 }
 
-/// `WsMessage` for a version of tungstenite's `Message`.
-#[cfg(any(feature = "tungstenite", feature = "tungstenite-0-28"))]
+/// `WsMessage` for a version of tungstenite's `Message`, under its feature
+/// (on the impl itself, so that docs.rs marks it).
 macro_rules! tungstenite_message {
-    ($tungstenite:ident) => {
+    ($tungstenite:ident, $feature:literal) => {
+        #[cfg(feature = $feature)]
         impl WsMessage for $tungstenite::Message {
             fn is_data(&self) -> bool {
                 matches!(self, Self::Text(_) | Self::Binary(_))
@@ -186,10 +187,8 @@ macro_rules! tungstenite_message {
     };
 }
 
-#[cfg(feature = "tungstenite")]
-tungstenite_message!(tungstenite);
-#[cfg(feature = "tungstenite-0-28")]
-tungstenite_message!(tungstenite028);
+tungstenite_message!(tungstenite, "tungstenite");
+tungstenite_message!(tungstenite028, "tungstenite-0-28");
 
 type NoticeFn = Arc<dyn Fn(&Throttled) -> String + Send + Sync>;
 
