@@ -1,9 +1,9 @@
 //! What the one-pipeline, typed-key redesign promises:
 //!
-//! * the in-memory backend never lets two keys whose texts differ share a
-//!   counter (a property test over random uids, identities, client
-//!   addresses and scopes), and keys of one kind share a counter exactly
-//!   when their texts are equal;
+//! * the in-memory backend lets two keys share a counter exactly when their
+//!   texts are equal, as Redis does (a property test over random uids,
+//!   identities, client addresses and scopes: a text identity that spells
+//!   a client address is that address);
 //! * a backend that wraps the `InMemoryBackend` and forwards the trait
 //!   counts exactly like it, through a `ThrottleLayer` and per-route
 //!   layers alike (nothing bypasses the wrapper);
@@ -76,21 +76,6 @@ impl KeySpec {
             IdentitySpec::Client(ip, bits) => Key::client(&self.uid, *ip, *bits, scope),
         }
     }
-
-    /// The kind of key: what its identity is (a text, a client address) and
-    /// where it counts (everywhere, an HTTP route, a WebSocket path).
-    fn kind(&self) -> (u8, u8) {
-        let identity = match self.identity {
-            IdentitySpec::Text(_) => 0,
-            IdentitySpec::Client(..) => 1,
-        };
-        let scope = match self.scope {
-            ScopeSpec::Shared => 0,
-            ScopeSpec::Http(..) => 1,
-            ScopeSpec::WebSocket(..) => 2,
-        };
-        (identity, scope)
-    }
 }
 
 /// Short texts over an alphabet that makes collisions likely: the key
@@ -131,7 +116,8 @@ fn client() -> impl proptest::strategy::Strategy<Value = IdentitySpec> {
 }
 
 fn identity() -> impl proptest::strategy::Strategy<Value = IdentitySpec> {
-    // Texts that are also the texts of client addresses.
+    // Texts that are also the texts of client addresses: they count with
+    // those addresses.
     let address_text = prop::sample::select(vec![
         "10.0.0.1",
         "10.0.0.0",
@@ -195,9 +181,10 @@ proptest! {
     })]
 
     /// Each key is hit once, in order, on a fresh backend at one hour per
-    /// hit: a hit is allowed exactly when no earlier key of the same kind
-    /// has the same text. So two keys whose texts differ never share a
-    /// counter, and two keys of one kind with one text always do.
+    /// hit: a hit is allowed exactly when no earlier key has the same text.
+    /// So two keys whose texts differ never share a counter, and two keys
+    /// with one text always do (a text identity and the client address it
+    /// spells included), as on Redis, which stores the text.
     #[test]
     fn keys_whose_texts_differ_never_share_a_counter(
         pool in prop::collection::vec(key_spec(), 1..12),
@@ -214,7 +201,7 @@ proptest! {
         let keys: Vec<Key<'_>> = specs.iter().map(|spec| spec.key()).collect();
         let texts: Vec<String> = keys.iter().map(|key| key.text(prefix)).collect();
         for (i, key) in keys.iter().enumerate() {
-            let shares = (0..i).find(|&j| texts[j] == texts[i] && specs[j].kind() == specs[i].kind());
+            let shares = (0..i).find(|&j| texts[j] == texts[i]);
             let decision = memory.decide(key, &quotas, 1, Op::Hit).unwrap().binding();
             prop_assert_eq!(
                 decision.allowed,
@@ -230,8 +217,7 @@ proptest! {
             prop_assert!(!again.allowed, "{}", texts[i]);
         }
         // Stored: one key per counter.
-        let mut counters: Vec<(&String, (u8, u8))> =
-            texts.iter().zip(specs.iter().map(|spec| spec.kind())).collect();
+        let mut counters: Vec<&String> = texts.iter().collect();
         counters.sort();
         counters.dedup();
         prop_assert_eq!(memory.len(), counters.len());
