@@ -7,9 +7,11 @@
 //! | `traffik_waiting_requests` | gauge | `throttle` | requests held now under [`Exceeded::Wait`](crate::Exceeded::Wait) |
 //! | `traffik_in_flight_requests` | gauge | `throttle` | in-flight places this app instance holds now (`.max_in_flight(n)`) |
 //! | `traffik_backend_seconds` | histogram | `backend` ([`ThrottleBackend::kind`](crate::backend::ThrottleBackend::kind): `redis`, `custom`…) | time to the answer of a backend that answers later (the in-memory backend, which answers at once, is not timed) |
+//! | `traffik_redis_breaker_open` | gauge | `prefix` (the Redis backend's key prefix) | 1 while a Redis backend's circuit breaker is open (Redis unreachable: hits fail at once), else 0; registered at `build()` when the breaker is on |
 //!
 //! Cardinality is bounded: a series per throttle and outcome, one per
-//! backend kind; no key, client address or route is a label. A throttle
+//! backend kind and per Redis backend; no key, client address or route is a
+//! label. A throttle
 //! registers its series with the recorder installed at its first decision:
 //! install the recorder at startup, before serving.
 
@@ -27,6 +29,8 @@ mod enabled {
     pub const IN_FLIGHT: &str = "traffik_in_flight_requests";
     /// `traffik_backend_seconds`.
     pub const BACKEND_SECONDS: &str = "traffik_backend_seconds";
+    /// `traffik_redis_breaker_open`.
+    pub const BREAKER_OPEN: &str = "traffik_redis_breaker_open";
 
     /// How a throttle decided one request.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,18 @@ mod enabled {
         ::metrics::histogram!(BACKEND_SECONDS, "backend" => kind).record(seconds);
     }
 
+    /// Sets whether the circuit breaker of the Redis backend of `prefix`
+    /// is open.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn breaker_open(prefix: &str, open: bool) {
+        describe();
+        ::metrics::gauge!(BREAKER_OPEN, "prefix" => prefix.to_owned()).set(if open {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
     /// Descriptions, for exporters that show them (Prometheus' `# HELP`).
     fn describe() {
         ::metrics::describe_counter!(
@@ -123,13 +139,19 @@ mod enabled {
             Unit::Seconds,
             "Time to a backend's answer, by backend kind (backends that answer later)."
         );
+        ::metrics::describe_gauge!(
+            BREAKER_OPEN,
+            Unit::Count,
+            "1 while a Redis backend's circuit breaker is open, by key prefix."
+        );
     }
 }
 
 #[cfg(feature = "metrics")]
-pub(crate) use enabled::{backend_seconds, Outcome, ThrottleMetrics};
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use enabled::{backend_seconds, breaker_open, Outcome, ThrottleMetrics};
 #[cfg(feature = "metrics")]
-pub use enabled::{BACKEND_SECONDS, DECISIONS, IN_FLIGHT, WAITING};
+pub use enabled::{BACKEND_SECONDS, BREAKER_OPEN, DECISIONS, IN_FLIGHT, WAITING};
 
 /// Without the feature: the same calls, doing nothing.
 #[cfg(not(feature = "metrics"))]
@@ -162,7 +184,12 @@ mod disabled {
 
     #[inline(always)]
     pub(crate) fn backend_seconds(_: &'static str, _: f64) {}
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) fn breaker_open(_: &str, _: bool) {}
 }
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) use disabled::{backend_seconds, Outcome, ThrottleMetrics};
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use disabled::{backend_seconds, breaker_open, Outcome, ThrottleMetrics};

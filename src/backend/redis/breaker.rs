@@ -65,8 +65,12 @@ pub(super) enum Outcome {
 
 impl Breaker {
     pub(super) fn new(name: impl Into<String>, pause: Duration) -> Breaker {
+        let name = name.into();
+        if !pause.is_zero() {
+            crate::metrics::breaker_open(&name, false);
+        }
         Breaker {
-            name: name.into(),
+            name,
             pause,
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
@@ -137,6 +141,7 @@ impl Breaker {
                 if self.open_until.load(Ordering::Acquire) != 0
                     && self.open_until.swap(0, Ordering::AcqRel) != 0
                 {
+                    crate::metrics::breaker_open(&self.name, false);
                     tracing::info!(
                         prefix = self.name.as_str(),
                         "traffik: Redis answers again; hits go to Redis"
@@ -155,6 +160,7 @@ impl Breaker {
                     self.open_until.swap(now + pause, Ordering::AcqRel)
                 };
                 if was == 0 {
+                    crate::metrics::breaker_open(&self.name, true);
                     // Once per outage; the hits it refuses log at DEBUG.
                     tracing::warn!(
                         prefix = self.name.as_str(),
