@@ -807,9 +807,12 @@ mod redis_backend {
         ];
         // The token bucket and the sliding window counter decide quotas
         // whose numbers pass 2^53 on exact integers: refunds too.
-        let exact: [&[&str]; 2] = [
+        let exact: [&[&str]; 3] = [
             &["1000003/day", "53375993/day"],
             &["1000003/86399999us", "3643/14610d"],
+            // A small rate that refuses while the exact one would allow:
+            // the exact rate reports what it holds (cost 0).
+            &["2/s", "1000003/day"],
         ];
         for strategy in STRATEGIES {
             let script = redis::Script::new(&format!("{prelude}\n{}\n{driver}", body(strategy)));

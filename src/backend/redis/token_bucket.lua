@@ -8,11 +8,11 @@ local BIG = 9007199254740992
 -- is exact: a product under 2^53 is, and one past it rounds to 2^53 or
 -- more): the same steps on exact integers. Remaining, reset and retry can
 -- pass 2^53 too, so all three go back as decimal strings. The cost is
--- read from ARGV[2], exact at any size.
-local function big(key, a, now, refunding)
+-- read from ARGV[2], exact at any size, unless the driver asks at cost 0.
+local function big(key, a, now, cost, refunding)
   local N = bignum()
   local of, cmp, mul, sub = N.of, N.cmp, N.mul, N.sub
-  local L, P, C, K = N.parse(a[1]), N.parse(a[2]), N.parse(a[3]), N.parse(ARGV[2])
+  local L, P, C, K = N.parse(a[1]), N.parse(a[2]), N.parse(a[3]), N.parse(cost == 0 and '0' or ARGV[2])
   local fullx = mul(C, P)
   local units, last = fullx, now
   local stored = load(key)
@@ -113,7 +113,7 @@ local function decide(key, a, now, cost)
   local limit, period, capacity = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
   local full = capacity * period
   if full >= BIG then
-    return big(key, a, now, false)
+    return big(key, a, now, cost, false)
   end
   local stored = load(key)
   local units, last = refilled(stored, limit, full, now)
@@ -137,7 +137,7 @@ local function refund(key, a, now, cost)
   local limit, period, capacity = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
   local full = capacity * period
   if full >= BIG then
-    return big(key, a, now, true)
+    return big(key, a, now, cost, true)
   end
   local stored = load(key)
   local units, last = refilled(stored, limit, full, now)
