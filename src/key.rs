@@ -279,14 +279,22 @@ fn spelled_address(text: &str) -> Option<KeyIdentity<'static>> {
     if text.is_empty() || text.len() > 43 || !text.bytes().all(address_bytes) {
         return None;
     }
-    let (ip, prefix) = match text.split_once('/') {
-        None => (text.parse::<IpAddr>().ok()?, 128),
-        Some((ip, prefix)) => (
-            IpAddr::V6(ip.parse().ok()?),
-            prefix.parse().ok().filter(|prefix| *prefix < 128)?,
-        ),
+    let identity = match text.split_once('/') {
+        // A whole address, as `Key::client` keeps it (IPv4-mapped and NAT64
+        // addresses become IPv4, so their IPv6 texts stay texts).
+        None => KeyIdentity::address(crate::identity::mask(text.parse().ok()?, 128), 128),
+        // A masked IPv6 network, as `Key::client` writes it: masked, not
+        // made IPv4 again (`64:ff9b::/64` is a network, not 0.0.0.0).
+        Some((ip, prefix)) => {
+            let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok().filter(|prefix| *prefix < 128)?;
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            KeyIdentity::Address {
+                ip: IpAddr::V6((u128::from(ip) & mask).into()),
+                prefix,
+            }
+        }
     };
-    let identity = KeyIdentity::address(crate::identity::mask(ip, prefix), prefix);
     let mut written = String::with_capacity(text.len());
     identity.write(&mut written).ok()?;
     (written == text).then_some(identity)
@@ -449,6 +457,9 @@ mod tests {
         assert_eq!(text("10.0.0.1"), client("10.0.0.1", 64));
         assert_eq!(text("2001:db8::/64"), client("2001:db8::5", 64));
         assert_eq!(text("2001:db8::1"), client("2001:db8::1", 128));
+        // A /64 inside the NAT64 prefix stays an IPv6 network.
+        assert_eq!(text("64:ff9b::/64"), client("64:ff9b::1:0:0:1", 64));
+        assert_eq!(text("::/0"), client("2001:db8::1", 0));
         // Texts no client key writes stay texts, and keep their text.
         for other in [
             "user-42",

@@ -297,7 +297,16 @@ impl Core {
             Soon::Now(identity) => identity,
             Soon::Later(future) => match future.await? {
                 Identity::Unlimited => return Ok(self.exempt(ask)),
-                Identity::Key(key) => KeyIdentity::text(&key).into_owned(),
+                Identity::Key(key) => {
+                    let address = match KeyIdentity::text(&key) {
+                        KeyIdentity::Address { ip, prefix } => Some((ip, prefix)),
+                        KeyIdentity::Text(_) => None,
+                    };
+                    match address {
+                        Some((ip, prefix)) => OwnedIdentity::Address { ip, prefix },
+                        None => OwnedIdentity::Text(key.into()),
+                    }
+                }
             },
         };
         let quotas = match input.quotas {

@@ -112,7 +112,17 @@ fn client() -> impl proptest::strategy::Strategy<Value = IdentitySpec> {
             128,
         )
     });
-    prop_oneof![v4, v6, mapped]
+    // Inside the NAT64 prefix 64:ff9b::/96 (an IPv4 address to a key), and
+    // beside it in its /64.
+    let nat64 = (
+        prop::sample::select(vec![
+            Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa00, 1),
+            Ipv6Addr::new(0x64, 0xff9b, 0, 0, 1, 0, 0, 1),
+        ]),
+        prop::sample::select(vec![64u8, 128]),
+    )
+        .prop_map(|(ip, bits)| IdentitySpec::Client(IpAddr::V6(ip), bits));
+    prop_oneof![v4, v6, mapped, nat64]
 }
 
 fn identity() -> impl proptest::strategy::Strategy<Value = IdentitySpec> {
@@ -124,6 +134,7 @@ fn identity() -> impl proptest::strategy::Strategy<Value = IdentitySpec> {
         "2001:db8:0:1::/64",
         "2001:db8::2",
         "::/0",
+        "64:ff9b::/64",
     ])
     .prop_map(|text| IdentitySpec::Text(text.to_owned()));
     prop_oneof![2 => part().prop_map(IdentitySpec::Text), 1 => address_text, 2 => client()]
