@@ -141,7 +141,7 @@ impl Breaker {
                 if self.open_until.load(Ordering::Acquire) != 0
                     && self.open_until.swap(0, Ordering::AcqRel) != 0
                 {
-                    crate::metrics::breaker_open(&self.name, false);
+                    self.show_state();
                     tracing::info!(
                         prefix = self.name.as_str(),
                         "traffik: Redis answers again; hits go to Redis"
@@ -160,7 +160,7 @@ impl Breaker {
                     self.open_until.swap(now + pause, Ordering::AcqRel)
                 };
                 if was == 0 {
-                    crate::metrics::breaker_open(&self.name, true);
+                    self.show_state();
                     // Once per outage; the hits it refuses log at DEBUG.
                     tracing::warn!(
                         prefix = self.name.as_str(),
@@ -175,6 +175,18 @@ impl Breaker {
         if probe {
             self.probing.store(false, Ordering::Release);
         }
+    }
+
+    /// Sets the `traffik_redis_breaker_open` gauge to the breaker's state,
+    /// read under the lock: of an opening and a closing that race, the
+    /// gauge ends on the state that stays.
+    fn show_state(&self) {
+        let _serialized = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let open = self.open_until.load(Ordering::Acquire) != 0;
+        crate::metrics::breaker_open(&self.name, open);
     }
 
     fn refusal(&self) -> Error {
