@@ -179,7 +179,7 @@ run_tests() {
         REDIS_CLUSTER_URLS="$(IFS=,; echo "${urls[*]}")" \
         cargo test --workspace --all-features --test redis --test redis_cluster \
             --test rates --test in_flight --test backends_agree --test dynamic_backend --test websocket \
-            --test redis_memory --test redis_failover "$@"
+            --test redis_memory --test redis_failover --test fallback --test metrics "$@"
 }
 
 case "${1:-}" in
