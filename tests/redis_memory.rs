@@ -7,15 +7,14 @@
 //! `CI=true`, where they fail.
 #![cfg(feature = "redis")]
 
+mod event_recorder;
 mod redis_servers;
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 
+use event_recorder::Recorder;
 use redis_servers::{info_field, Server};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::Level;
 use traffik::backend::RedisBackend;
 use traffik::{Error, FailureMode, HttpThrottle, Identity, Strategy};
 
@@ -161,48 +160,12 @@ async fn bytes_per_counter_by_strategy() {
 
 // ---------------------------------------------------------------- warning
 
-/// Records every event; spans are ignored.
-#[derive(Clone, Default)]
-struct Recorder {
-    events: Arc<Mutex<Vec<(Level, String)>>>,
-}
-
-struct Fields(String);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        self.events
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), fields.0));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
 /// The warnings about eviction logged while a backend is built on a server
 /// started with `args` (the current-thread runtime of `#[tokio::test]`
 /// polls the build on this thread).
 async fn eviction_warnings(args: &[&str]) -> Option<Vec<String>> {
     let server = server(args).await?;
-    let recorder = Recorder::default();
-    let guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(recorder.clone()));
+    let (recorder, guard) = Recorder::install();
     let redis = RedisBackend::connect(server.url()).await.unwrap();
     // A hit after the build: the warning is not repeated.
     let throttle = throttle(
@@ -213,11 +176,10 @@ async fn eviction_warnings(args: &[&str]) -> Option<Vec<String>> {
     );
     assert!(hit(&throttle, "a").await.unwrap());
     drop(guard);
-    let events = recorder.events.lock().unwrap().clone();
     Some(
-        events
+        recorder
+            .with("evict")
             .into_iter()
-            .filter(|(_, text)| text.contains("evict"))
             .map(|(level, text)| {
                 assert_eq!(level, Level::WARN, "{text}");
                 text
