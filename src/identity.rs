@@ -1,7 +1,7 @@
 //! Who a request comes from: [`Identity`], client address resolution and
 //! [`TrustedProxies`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::{Extensions, HeaderMap};
 use ipnet::IpNet;
@@ -446,16 +446,18 @@ pub fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
 #[inline]
 pub(crate) fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match canonical(ip) {
-        IpAddr::V6(v6) if prefix < 128 => {
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix))
-            };
-            IpAddr::V6((u128::from(v6) & mask).into())
-        }
-        other => other,
+        IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, prefix)),
+        v4 => v4,
     }
+}
+
+/// `ip` with only its first `prefix` bits kept (all of them from 128 on).
+#[inline]
+pub(crate) fn mask_v6(ip: Ipv6Addr, prefix: u8) -> Ipv6Addr {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0);
+    (u128::from(ip) & mask).into()
 }
 
 /// `64:ff9b::/96`, shifted down by 32 bits.
@@ -503,12 +505,9 @@ impl AddressIdentity {
     }
 
     /// The text of a client address's identity in keys
-    /// (`2001:db8:1:2::/64` for masked IPv6).
+    /// (`2001:db8:1:2::/64` for masked IPv6), as the key writes it.
     pub(crate) fn text(&self, ip: IpAddr) -> String {
-        match ip {
-            IpAddr::V6(_) if self.ipv6_prefix < 128 => format!("{ip}/{}", self.ipv6_prefix),
-            ip => ip.to_string(),
-        }
+        crate::key::KeyIdentity::address(ip, self.ipv6_prefix).to_string()
     }
 }
 

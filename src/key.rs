@@ -193,7 +193,7 @@ impl<'a> Key<'a> {
         out.write_char(':')?;
         write_escaped(out, self.throttle)?;
         out.write_char(':')?;
-        self.identity.write(out)?;
+        write!(out, "{}", self.identity)?;
         match self.scope.0 {
             ScopeKind::Shared => out.write_str(":http:*"),
             ScopeKind::Http { method, route } => {
@@ -230,16 +230,10 @@ impl<'a> Key<'a> {
     }
 }
 
-impl<'a> KeyIdentity<'a> {
-    /// An identifier's text: the client address it spells, when it is
-    /// exactly the text of an address key (see [`Key::new`]), else the text.
-    pub(crate) fn text(text: &'a str) -> Self {
-        spelled_address(text).unwrap_or(KeyIdentity::Text(text))
-    }
-
-    /// The identity's part of the key's text: a text as it is, an address
-    /// as `10.0.0.1`, or, masked IPv6, as `2001:db8::/64`.
-    fn write(&self, out: &mut impl fmt::Write) -> fmt::Result {
+/// The identity's part of the key's text: a text as it is, an address as
+/// `10.0.0.1`, or, masked IPv6, as `2001:db8::/64`.
+impl fmt::Display for KeyIdentity<'_> {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             KeyIdentity::Address {
                 ip: ip @ IpAddr::V6(_),
@@ -248,6 +242,14 @@ impl<'a> KeyIdentity<'a> {
             KeyIdentity::Address { ip, .. } => write!(out, "{ip}"),
             KeyIdentity::Text(text) => out.write_str(text),
         }
+    }
+}
+
+impl<'a> KeyIdentity<'a> {
+    /// An identifier's text: the client address it spells, when it is
+    /// exactly the text of an address key (see [`Key::new`]), else the text.
+    pub(crate) fn text(text: &'a str) -> Self {
+        spelled_address(text).unwrap_or(KeyIdentity::Text(text))
     }
 
     /// A client address, already masked (the prefix length matters for
@@ -286,18 +288,29 @@ fn spelled_address(text: &str) -> Option<KeyIdentity<'static>> {
         // A masked IPv6 network, as `Key::client` writes it: masked, not
         // made IPv4 again (`64:ff9b::/64` is a network, not 0.0.0.0).
         Some((ip, prefix)) => {
-            let ip: std::net::Ipv6Addr = ip.parse().ok()?;
             let prefix: u8 = prefix.parse().ok().filter(|prefix| *prefix < 128)?;
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            let ip = crate::identity::mask_v6(ip.parse().ok()?, prefix);
             KeyIdentity::Address {
-                ip: IpAddr::V6((u128::from(ip) & mask).into()),
+                ip: IpAddr::V6(ip),
                 prefix,
             }
         }
     };
-    let mut written = String::with_capacity(text.len());
-    identity.write(&mut written).ok()?;
-    (written == text).then_some(identity)
+    // Written back piece by piece against the text, without a copy.
+    let mut rest = ReadBack(text);
+    let same = fmt::Write::write_fmt(&mut rest, format_args!("{identity}")).is_ok();
+    (same && rest.0.is_empty()).then_some(identity)
+}
+
+/// A `fmt::Write` that checks what is written against the start of a text,
+/// consuming it, and fails at the first difference.
+struct ReadBack<'t>(&'t str);
+
+impl fmt::Write for ReadBack<'_> {
+    fn write_str(&mut self, piece: &str) -> fmt::Result {
+        self.0 = self.0.strip_prefix(piece).ok_or(fmt::Error)?;
+        Ok(())
+    }
 }
 
 impl<'a> Scope<'a> {
@@ -347,6 +360,17 @@ pub(crate) struct OwnedKey {
 pub(crate) enum OwnedIdentity {
     Address { ip: IpAddr, prefix: u8 },
     Text(Box<str>),
+}
+
+impl OwnedIdentity {
+    /// An identifier's text, owned: the client address it spells (see
+    /// [`Key::new`]), else the text itself, moved.
+    pub(crate) fn from_text(text: String) -> Self {
+        match KeyIdentity::text(&text) {
+            KeyIdentity::Address { ip, prefix } => OwnedIdentity::Address { ip, prefix },
+            KeyIdentity::Text(_) => OwnedIdentity::Text(text.into()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -297,16 +297,7 @@ impl Core {
             Soon::Now(identity) => identity,
             Soon::Later(future) => match future.await? {
                 Identity::Unlimited => return Ok(self.exempt(ask)),
-                Identity::Key(key) => {
-                    let address = match KeyIdentity::text(&key) {
-                        KeyIdentity::Address { ip, prefix } => Some((ip, prefix)),
-                        KeyIdentity::Text(_) => None,
-                    };
-                    match address {
-                        Some((ip, prefix)) => OwnedIdentity::Address { ip, prefix },
-                        None => OwnedIdentity::Text(key.into()),
-                    }
-                }
+                Identity::Key(key) => OwnedIdentity::from_text(key),
             },
         };
         let quotas = match input.quotas {
