@@ -190,14 +190,22 @@ impl Decisions {
     ///
     /// When `each` is empty.
     pub fn new(at: Duration, each: impl IntoIterator<Item = Decision>) -> Self {
-        let mut each: Vec<Decision> = each.into_iter().collect();
+        let mut each = each.into_iter();
+        if each.size_hint().1 == Some(1) {
+            // One rate: nothing to combine, no list to allocate.
+            let one = each
+                .next()
+                .expect("Decisions::new needs a decision per rate");
+            return Decisions::one(at, one);
+        }
+        let mut each: Vec<Decision> = each.collect();
         let binding = match each.as_slice() {
             [] => panic!("Decisions::new needs a decision per rate"),
             [one] => *one,
             many => combined(many),
         };
         if each.len() == 1 {
-            each.clear();
+            each = Vec::new();
         }
         Decisions { at, binding, each }
     }
