@@ -207,7 +207,11 @@ impl Server {
 
     fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        // The shell's own `kill`: a minimal system may have no kill binary.
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill {signal} {pid}")])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill {signal} {pid}");
     }
 }
@@ -216,8 +220,8 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
             // A paused server would not die from SIGKILL's wait otherwise.
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
+            let _ = Command::new("sh")
+                .args(["-c", &format!("kill -CONT {}", child.id())])
                 .status();
         }
         self.kill();
@@ -620,6 +624,27 @@ async fn burst_sequences_match_the_in_memory_backend() {
             );
         }
     }
+    redis.close().await.unwrap();
+}
+
+/// Rates of several strategies in one decision (only a direct call to the
+/// backend can ask it: a throttle has one strategy) are refused with a
+/// configuration error, not decided by the first rate's script.
+#[tokio::test]
+async fn rates_of_several_strategies_are_a_configuration_error() {
+    let Some(redis) = backend("mixed").await else {
+        return;
+    };
+    let quotas = [
+        quota("2/hour", Strategy::TokenBucket),
+        quota("3/day", Strategy::FixedWindow),
+    ];
+    let error = redis
+        .decide(&key_of("mixed"), &quotas, 1, Op::Hit)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error:?}");
+    assert!(error.to_string().contains("same Strategy"), "{error}");
     redis.close().await.unwrap();
 }
 

@@ -317,6 +317,12 @@ impl RedisBackend {
         let Some(strategy) = quotas.first().map(Quota::strategy) else {
             return BackendFuture::ready(Err(Error::configuration("a decision needs a rate")));
         };
+        // One script decides every rate: the strategy of the first.
+        if quotas.iter().any(|quota| quota.strategy() != strategy) {
+            return BackendFuture::ready(Err(Error::configuration(
+                "the Redis backend decides several rates with one strategy:                  give every Quota of one decision the same Strategy",
+            )));
+        }
         let cost = cost.max(1);
         let started = Instant::now();
         // The key's digest, computed once: looked up now, cached under later.
