@@ -263,8 +263,17 @@ pub(super) fn target_of(cmd: &Cmd) -> Target {
     let Some(name) = args.next() else {
         return Target::AnyMaster;
     };
-    let name = name.to_ascii_uppercase();
-    match name.as_slice() {
+    // Upper-cased on the stack (no command routed by name is longer).
+    let mut upper = [0u8; 12];
+    let Some(upper) = upper.get_mut(..name.len()) else {
+        return match args.next() {
+            Some(key) => Target::Slot(slot(key)),
+            None => Target::AnyMaster,
+        };
+    };
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+    match &*upper {
         b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
             let _script = args.next();
             let keys = args
