@@ -1,6 +1,6 @@
-//! README claims no other suite checks, driven through an axum `Router` with
-//! `tower::ServiceExt::oneshot` (the `common` helpers) and, where time
-//! matters, a `ManualClock` (never the wall clock):
+//! Claims of the README and the guide (docs/guide) that no other suite
+//! checks, driven through an axum `Router` with `tower::ServiceExt::oneshot`
+//! (the `common` helpers) and, where time matters, a `ManualClock` (never the wall clock):
 //!
 //! * legacy `X-RateLimit-*` headers: the most restrictive (lowest remaining)
 //!   of several throttles on one request wins, whatever their order;
