@@ -8,14 +8,12 @@
 #![cfg(feature = "redis")]
 
 mod redis_common;
+mod redis_servers;
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use redis_servers::{skip, unique, Server};
 
 use traffik::backend::{InMemoryBackend, Op, RedisBackend, ThrottleBackend};
 use traffik::key::{Key, Scope};
@@ -37,30 +35,6 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn skip(what: &str) {
-    if ci() {
-        panic!("CI=true but {what}");
-    }
-    // Written to the stderr handle itself: libtest captures eprintln!.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!!!! SKIPPED: {what} !!!!!!!!!!\n"
-    );
-}
-
-/// A prefix no other test (or run) uses.
-fn unique_prefix(test: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.write_u32(std::process::id());
-    format!("traffik-test-{test}-{:016x}", hasher.finish())
-}
-
 /// A non-persistent backend on `REDIS_URL` with a fresh prefix, or `None`
 /// (skipped) when no server answers.
 async fn backend(test: &str) -> Option<RedisBackend> {
@@ -75,7 +49,7 @@ async fn backend_with(
 ) -> Option<RedisBackend> {
     let url = redis_url();
     let builder = RedisBackend::builder(url.clone())
-        .prefix(unique_prefix(test))
+        .prefix(unique(test))
         .persistent(false);
     match configure(builder).build().await {
         Ok(backend) => Some(backend),
@@ -131,103 +105,6 @@ async fn hit(
     Ok(decisions.binding())
 }
 
-/// A `redis-server` child on a free loopback port, killed on drop.
-struct Server {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    /// Starts one, or `None` (skipped) when `redis-server` is not installed.
-    async fn start() -> Option<Server> {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut server = Server { port, child: None };
-        if !server.spawn() {
-            skip("redis-server is not installed (apt-get install redis-server)");
-            return None;
-        }
-        server.wait_ready().await;
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => {
-                self.child = Some(child);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.kill();
-        assert!(self.spawn(), "redis-server restarts");
-        self.wait_ready().await;
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        // The shell's own `kill`: a minimal system may have no kill binary.
-        let status = Command::new("sh")
-            .args(["-c", &format!("kill {signal} {pid}")])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} {pid}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // A paused server would not die from SIGKILL's wait otherwise.
-            let _ = Command::new("sh")
-                .args(["-c", &format!("kill -CONT {}", child.id())])
-                .status();
-        }
-        self.kill();
-    }
-}
-
 /// `calls` of `cmdstat_evalsha` in `INFO commandstats`.
 async fn evalsha_calls(url: &str) -> u64 {
     let mut conn = client_conn(url).await;
@@ -271,10 +148,7 @@ async fn until_answered(
 
 #[tokio::test]
 async fn connect_to_a_closed_port_fails_within_the_connect_timeout() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = redis_servers::free_port();
     let started = Instant::now();
     let result = RedisBackend::connect(format!("redis://127.0.0.1:{port}")).await;
     let elapsed = started.elapsed();
@@ -338,7 +212,7 @@ async fn defaults() {
     assert_eq!(redis.circuit_breaker(), Duration::from_millis(500));
     assert!(!redis.is_cluster());
     // The builder is a template: clones connect on their own.
-    let template = RedisBackend::builder(redis_url()).prefix(unique_prefix("template"));
+    let template = RedisBackend::builder(redis_url()).prefix(unique("template"));
     let copy = template.clone().persistent(false).build().await.unwrap();
     assert!(!copy.persistent());
     assert!(template.build().await.unwrap().persistent());
@@ -352,7 +226,7 @@ async fn from_an_existing_client() {
     drop(probe);
     let client = redis::Client::open(redis_url()).unwrap();
     let redis = RedisBackend::builder_with_client(client)
-        .prefix(unique_prefix("from-client"))
+        .prefix(unique("from-client"))
         .build()
         .await
         .unwrap();
@@ -1260,12 +1134,12 @@ async fn script_flush_is_recovered_from() {
 
 #[tokio::test]
 async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
-    let Some(mut server) = Server::start().await else {
+    let Some(mut server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let timeout = Duration::from_millis(300);
     let redis = RedisBackend::builder(server.url())
-        .prefix(unique_prefix("outage"))
+        .prefix(unique("outage"))
         .timeout(timeout)
         .build()
         .await
@@ -1327,12 +1201,12 @@ async fn an_outage_fails_fast_and_the_backend_recovers_by_itself() {
 
 #[tokio::test]
 async fn a_server_that_stops_answering_times_out() {
-    let Some(server) = Server::start().await else {
+    let Some(server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let timeout = Duration::from_millis(250);
     let redis = RedisBackend::builder(server.url())
-        .prefix(unique_prefix("paused"))
+        .prefix(unique("paused"))
         .timeout(timeout)
         .build()
         .await
@@ -1470,10 +1344,10 @@ async fn proxied(
     timeout: Duration,
     breaker: Duration,
 ) -> Option<(Server, Proxy, RedisBackend, Key<'static>, Quota)> {
-    let server = Server::start().await?;
+    let server = Server::start_or_skip(&[]).await?;
     let proxy = Proxy::start(server.port).await;
     let redis = RedisBackend::builder(proxy.url())
-        .prefix(unique_prefix(test))
+        .prefix(unique(test))
         .timeout(timeout)
         .connect_timeout(Duration::from_millis(500))
         .circuit_breaker(breaker)
@@ -1587,11 +1461,11 @@ async fn a_replacement_dropped_with_its_runtime_does_not_block_the_next() {
 /// is reopened by the client at once: it does not open the breaker.
 #[tokio::test]
 async fn one_lost_connection_does_not_open_the_breaker() {
-    let Some(server) = Server::start().await else {
+    let Some(server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let redis = RedisBackend::builder(server.url())
-        .prefix(unique_prefix("killed"))
+        .prefix(unique("killed"))
         .circuit_breaker(Duration::from_secs(30))
         .build()
         .await
@@ -1620,11 +1494,11 @@ async fn one_lost_connection_does_not_open_the_breaker() {
 /// pause a test hit finds the server back.
 #[tokio::test]
 async fn hits_fail_at_once_while_redis_is_unreachable() {
-    let Some(mut server) = Server::start().await else {
+    let Some(mut server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let redis = RedisBackend::builder(server.url())
-        .prefix(unique_prefix("breaker"))
+        .prefix(unique("breaker"))
         .timeout(Duration::from_millis(300))
         .circuit_breaker(Duration::from_secs(2))
         .build()
@@ -1669,11 +1543,11 @@ async fn hits_fail_at_once_while_redis_is_unreachable() {
 /// `circuit_breaker(Duration::ZERO)`: every hit asks Redis, as before.
 #[tokio::test]
 async fn a_zero_circuit_breaker_sends_every_hit_to_redis() {
-    let Some(mut server) = Server::start().await else {
+    let Some(mut server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let redis = RedisBackend::builder(server.url())
-        .prefix(unique_prefix("no-breaker"))
+        .prefix(unique("no-breaker"))
         .timeout(Duration::from_millis(300))
         .circuit_breaker(Duration::ZERO)
         .build()
@@ -1730,12 +1604,12 @@ async fn long_identities_are_counted_under_short_keys() {
 
 #[tokio::test]
 async fn the_deny_cache_spares_round_trips_until_retry_after() {
-    let Some(server) = Server::start().await else {
+    let Some(server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let url = server.url();
     let cached = RedisBackend::builder(url.clone())
-        .prefix(unique_prefix("deny"))
+        .prefix(unique("deny"))
         .deny_cache(true)
         .build()
         .await
@@ -1773,7 +1647,7 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
 
     // Without the cache (the default), every denial is a round trip.
     let plain = RedisBackend::builder(url.clone())
-        .prefix(unique_prefix("deny-off"))
+        .prefix(unique("deny-off"))
         .build()
         .await
         .unwrap();
@@ -1789,11 +1663,11 @@ async fn the_deny_cache_spares_round_trips_until_retry_after() {
 
 #[tokio::test]
 async fn the_documented_acl_is_enough() {
-    let Some(server) = Server::start().await else {
+    let Some(server) = Server::start_or_skip(&[]).await else {
         return;
     };
     let mut admin = client_conn(&server.url()).await;
-    let prefix = unique_prefix("acl");
+    let prefix = unique("acl");
     let mut setuser = redis::cmd("ACL");
     setuser
         .arg("SETUSER")

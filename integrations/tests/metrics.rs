@@ -10,6 +10,8 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/redis_servers/mod.rs"]
+mod redis_servers;
 
 use std::time::Duration;
 
@@ -291,17 +293,6 @@ async fn no_recorder_no_problem() {
     assert_eq!(send(&app, at("/m", PEER)).await.status, 429);
 }
 
-/// A `redis-server` of this test's own on `port` (no persistence), or
-/// `None` when there is no `redis-server` to run.
-fn redis_server(port: u16) -> Option<std::process::Child> {
-    std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .ok()
-}
-
 /// Decides until `done` says the answer is the awaited one (5 s at most).
 async fn decide_until(
     redis: &traffik::backend::RedisBackend,
@@ -331,37 +322,19 @@ async fn the_redis_circuit_breaker_is_a_gauge() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(mut server) = redis_server(port) else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but redis-server cannot be run");
-        }
-        eprintln!("\n!!!!!!!!!! SKIPPED: redis-server cannot be run !!!!!!!!!!\n");
+    let Some(mut server) = redis_servers::Server::start_or_skip(&[]).await else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
     let prefix = format!("traffik-test-metrics-breaker-{}", std::process::id());
-    let mut redis = None;
-    for _ in 0..100 {
-        let built = traffik::backend::RedisBackend::builder(url.clone())
-            .prefix(prefix.clone())
-            .persistent(false)
-            .timeout(Duration::from_millis(500))
-            .connect_timeout(Duration::from_millis(500))
-            .circuit_breaker(Duration::from_millis(200))
-            .build()
-            .await;
-        if let Ok(built) = built {
-            redis = Some(built);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let redis = redis.expect("the test's redis-server answers");
+    let redis = traffik::backend::RedisBackend::builder(server.url())
+        .prefix(prefix.clone())
+        .persistent(false)
+        .timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .circuit_breaker(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
     let breaker = |open: f64| {
         let snapshot = snapshot(&snapshotter);
         let labels = [("prefix", prefix.as_str())];
@@ -370,8 +343,7 @@ async fn the_redis_circuit_breaker_is_a_gauge() {
     };
     breaker(0.0);
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     decide_until(
         &redis,
         |answer| matches!(answer, Err(traffik::Error::Backend(e)) if e.is_known_outage()),
@@ -379,9 +351,7 @@ async fn the_redis_circuit_breaker_is_a_gauge() {
     .await;
     breaker(1.0);
 
-    let mut server = redis_server(port).expect("redis-server starts again");
+    server.restart().await;
     decide_until(&redis, |answer| answer.is_ok()).await;
     breaker(0.0);
-    server.kill().unwrap();
-    server.wait().unwrap();
 }

@@ -1,5 +1,6 @@
 //! `redis-server` processes of a test's own, on free loopback ports, killed
-//! on drop (shared by the `redis_failover` and `redis_memory` suites).
+//! on drop (shared by the `redis`, `redis_failover` and `redis_memory`
+//! suites, and by `integrations/tests/metrics.rs`).
 #![allow(dead_code)]
 
 use std::collections::hash_map::RandomState;
@@ -79,6 +80,7 @@ pub struct Server {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl Server {
@@ -88,23 +90,38 @@ impl Server {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique(&format!("redis-{port}")));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Server {
+            port,
+            child: None,
+            dir,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        };
+        server.spawn();
+        server.wait_ready().await;
+        server
+    }
+
+    /// [`start`](Server::start), or `None` (skipped, or failed under
+    /// `CI=true`) when `redis-server` is not installed.
+    pub async fn start_or_skip(args: &[&str]) -> Option<Server> {
+        if !installed() {
+            return None;
+        }
+        Some(Server::start(args).await)
+    }
+
+    fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&dir)
-            .args(args)
+            .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        let server = Server {
-            port,
-            child: Some(child),
-            dir,
-        };
-        server.wait_ready().await;
-        server
+        self.child = Some(child);
     }
 
     pub fn url(&self) -> String {
@@ -149,10 +166,36 @@ impl Server {
             let _ = child.wait();
         }
     }
+
+    /// Starts it again on the same port, after a [`kill`](Server::kill)
+    /// (or kills it first), and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) through the shell's own `kill`: a
+    /// minimal system may have no kill binary.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill {signal} {pid}")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped server (`-STOP`) would not die of SIGKILL's wait
+            // otherwise.
+            let _ = Command::new("sh")
+                .args(["-c", &format!("kill -CONT {}", child.id())])
+                .status();
+        }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
