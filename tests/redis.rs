@@ -8,11 +8,12 @@
 #![cfg(feature = "redis")]
 
 mod redis_common;
+mod redis_proxy;
 mod redis_servers;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use redis_proxy::SilentProxy;
 use redis_servers::{skip, unique, Server};
 
 use traffik::backend::{InMemoryBackend, Op, RedisBackend, ThrottleBackend};
@@ -1239,113 +1240,16 @@ async fn a_server_that_stops_answering_times_out() {
     until_answered(&redis, &key, &q, Duration::from_secs(5), |_| {}).await;
 }
 
-/// A TCP proxy to a server on `127.0.0.1:port` that can black-hole the
-/// connections it carries: their sockets stay open but nothing passes any
-/// more, as with a dead NAT entry or L4 proxy. Connections made after that
-/// pass again.
-struct Proxy {
-    port: u16,
-    /// Connections of an older epoch are black-holed.
-    epoch: std::sync::Arc<AtomicU64>,
-    accepted: std::sync::Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Proxy {
-        use std::sync::Arc;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let epoch = Arc::new(AtomicU64::new(0));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (epoch, accepted) = (Arc::clone(&epoch), Arc::clone(&accepted));
-            async move {
-                loop {
-                    let Ok((client, _)) = listener.accept().await else {
-                        return;
-                    };
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    let mine = epoch.load(Ordering::SeqCst);
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    else {
-                        continue;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(Proxy::pump(
-                        client_read,
-                        server_write,
-                        Arc::clone(&epoch),
-                        mine,
-                    ));
-                    tokio::spawn(Proxy::pump(
-                        server_read,
-                        client_write,
-                        Arc::clone(&epoch),
-                        mine,
-                    ));
-                }
-            }
-        });
-        Proxy {
-            port,
-            epoch,
-            accepted,
-            task,
-        }
-    }
-
-    /// Copies `from` to `to` while the connection's epoch is current; then
-    /// reads and drops everything, keeping both sockets open.
-    async fn pump(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        epoch: std::sync::Arc<AtomicU64>,
-        mine: u64,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if epoch.load(Ordering::SeqCst) == mine && to.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn black_hole_open_connections(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A server of its own behind a [`Proxy`], and a backend through the proxy
+/// A server of its own behind a [`SilentProxy`], and a backend through the proxy
 /// with `timeout` and no circuit breaker unless `breaker`; its key has had
 /// one hit. `None` (skipped) without `redis-server`.
 async fn proxied(
     test: &str,
     timeout: Duration,
     breaker: Duration,
-) -> Option<(Server, Proxy, RedisBackend, Key<'static>, Quota)> {
+) -> Option<(Server, SilentProxy, RedisBackend, Key<'static>, Quota)> {
     let server = Server::start_or_skip(&[]).await?;
-    let proxy = Proxy::start(server.port).await;
+    let proxy = SilentProxy::start(&server.url()).await.unwrap();
     let redis = RedisBackend::builder(proxy.url())
         .prefix(unique(test))
         .timeout(timeout)

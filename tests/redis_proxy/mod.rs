@@ -1,12 +1,13 @@
 //! A TCP proxy to the Redis server of a URL (`REDIS_URL` in the suites)
 //! that can go silent: from then on every connection through it, open or
-//! new, stays open but nothing passes any more, as when the server hangs or
-//! a NAT entry dies. What the clients sent meanwhile is kept, to count the
-//! commands that reached the "dead" server. Shared by the `in_flight` and
-//! `fallback` suites.
+//! new, stays open but nothing passes any more, as when the server hangs. It
+//! can also black-hole only the connections open now, as when a NAT entry
+//! dies: new ones pass. What the clients sent into silence is kept, to count
+//! the commands that reached the "dead" server. Shared by the `redis`,
+//! `in_flight` and `fallback` suites.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct SilentProxy {
     url: String,
     silent: Arc<AtomicBool>,
+    /// Connections opened before the current epoch pass nothing.
+    epoch: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
     swallowed: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -38,18 +42,27 @@ impl SilentProxy {
             .map(|(credentials, _)| format!("{credentials}@"))
             .unwrap_or_default();
         let silent = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
         let swallowed = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
-            let (silent, swallowed) = (Arc::clone(&silent), Arc::clone(&swallowed));
+            let (silent, epoch) = (Arc::clone(&silent), Arc::clone(&epoch));
+            let (accepted, swallowed) = (Arc::clone(&accepted), Arc::clone(&swallowed));
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    let (silent, swallowed) = (Arc::clone(&silent), Arc::clone(&swallowed));
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let mine = epoch.load(Ordering::SeqCst);
+                    let (silent, epoch) = (Arc::clone(&silent), Arc::clone(&epoch));
+                    let passing = move || {
+                        !silent.load(Ordering::SeqCst) && epoch.load(Ordering::SeqCst) == mine
+                    };
+                    let swallowed = Arc::clone(&swallowed);
                     let target = target.clone();
                     tokio::spawn(async move {
                         let (client_read, client_write) = client.into_split();
-                        if silent.load(Ordering::SeqCst) {
+                        if !passing() {
                             // A dead server: the connection opens, nothing answers.
-                            pump(client_read, None, silent, swallowed).await;
+                            pump(client_read, None, passing, swallowed).await;
                             drop(client_write);
                             return;
                         }
@@ -61,10 +74,10 @@ impl SilentProxy {
                         tokio::spawn(pump(
                             server_read,
                             Some(client_write),
-                            Arc::clone(&silent),
+                            passing.clone(),
                             dropped,
                         ));
-                        pump(client_read, Some(server_write), silent, swallowed).await;
+                        pump(client_read, Some(server_write), passing, swallowed).await;
                     });
                 }
             }
@@ -72,6 +85,8 @@ impl SilentProxy {
         Some(SilentProxy {
             url: format!("{scheme}://{credentials}{local}{path}"),
             silent,
+            epoch,
+            accepted,
             swallowed,
             task,
         })
@@ -85,6 +100,16 @@ impl SilentProxy {
     /// Nothing passes any more, on open connections and new ones.
     pub fn go_silent(&self) {
         self.silent.store(true, Ordering::SeqCst);
+    }
+
+    /// Nothing passes any more on the connections open now; new ones pass.
+    pub fn black_hole_open_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// How many `command`s (e.g. `"EVALSHA"`) clients sent since the proxy
@@ -105,12 +130,12 @@ impl Drop for SilentProxy {
     }
 }
 
-/// Copies `from` to `to` until the proxy goes silent; from then on keeps
-/// what it reads in `swallowed` and passes nothing, keeping both open.
+/// Copies `from` to `to` while the connection is `passing`; from then on
+/// keeps what it reads in `swallowed` and passes nothing, keeping both open.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: Option<tokio::net::tcp::OwnedWriteHalf>,
-    silent: Arc<AtomicBool>,
+    passing: impl Fn() -> bool,
     swallowed: Arc<Mutex<Vec<u8>>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -120,7 +145,7 @@ async fn pump(
             Ok(n) => n,
         };
         match &mut to {
-            Some(to) if !silent.load(Ordering::SeqCst) => {
+            Some(to) if passing() => {
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
