@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use hashbrown::HashTable;
+use smallvec::{smallvec, SmallVec};
 
 use super::places::PlaceEntry;
 use super::stored::{is_stored_form, stored_copy, Counts, StoredKey};
@@ -52,10 +53,17 @@ pub(super) struct StatesEntry {
     expires: u64,
 }
 
+/// The states of a key new to the table, decided before it is stored: on
+/// the stack for one rate (the common case), so that a hit or a peek on a
+/// new key allocates nothing but its entry (about 190 fewer instructions a
+/// new key: callgrind of `memory_per_key 20000 --strategy=gcra`, 83.1M →
+/// 79.3M).
+type NewStates = SmallVec<[State; 1]>;
+
 /// A table entry: a key, the states of its rates, and when they expire.
 pub(super) trait Entry: Sized {
     fn table(map: &mut ShardMap) -> &mut HashTable<Self>;
-    fn new(key: StoredKey, states: Vec<State>, expires: u64) -> Self;
+    fn new(key: StoredKey, states: NewStates, expires: u64) -> Self;
     fn key(&self) -> &[u8];
     fn expires(&self) -> u64;
     /// Decides on the entry's states, keeping what the decision commits.
@@ -67,7 +75,7 @@ impl Entry for WordEntry {
     fn table(map: &mut ShardMap) -> &mut HashTable<Self> {
         &mut map.words
     }
-    fn new(key: StoredKey, states: Vec<State>, expires: u64) -> Self {
+    fn new(key: StoredKey, states: NewStates, expires: u64) -> Self {
         WordEntry {
             key,
             words: states[0].words().unwrap_or_default(),
@@ -98,10 +106,10 @@ impl Entry for StatesEntry {
     fn table(map: &mut ShardMap) -> &mut HashTable<Self> {
         &mut map.states
     }
-    fn new(key: StoredKey, states: Vec<State>, expires: u64) -> Self {
+    fn new(key: StoredKey, states: NewStates, expires: u64) -> Self {
         StatesEntry {
             key,
-            states: states.into(),
+            states: states.into_vec().into_boxed_slice(),
             expires,
         }
     }
@@ -178,7 +186,7 @@ impl Shared {
                 self.give_back(reserved);
                 return Ok(entry.decide(quotas, now, cost, op));
             }
-            let mut states = vec![State::new(); quotas.len()];
+            let mut states: NewStates = smallvec![State::new(); quotas.len()];
             let (decisions, expires) = strategy::decide_micros(quotas, &mut states, now, cost, op);
             let Some(expires) = expires.filter(|&expires| expires > now && op == Op::Hit) else {
                 self.give_back(reserved);
