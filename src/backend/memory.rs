@@ -26,8 +26,6 @@ mod stored;
 mod table;
 
 pub use builder::InMemoryBackendBuilder;
-#[cfg(feature = "redis")]
-pub(crate) use places::PLACE_RETRY;
 use stored::Counts;
 use table::{Shard, ShardMap};
 

@@ -302,3 +302,22 @@ impl<T> std::fmt::Debug for BackendFuture<T> {
         }
     }
 }
+
+/// The answer to a request for an in-flight place, at `at` microseconds:
+/// taken (`remaining` of `max` places left) or refused, told to retry in a
+/// second (`Retry-After: 1`): a place frees when a request ends, which no
+/// clock foretells.
+pub(crate) fn place_decision(at: u64, taken: bool, max: u64, remaining: u64) -> Decisions {
+    let decision = crate::Decision {
+        allowed: taken,
+        limit: max,
+        remaining,
+        reset_after: Duration::ZERO,
+        retry_after: if taken {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        },
+    };
+    Decisions::one(Duration::from_micros(at), decision)
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{BackendFuture, BoxFuture, ThrottleBackend, Uids};
 use crate::key::Key;
-use crate::strategy::{Decisions, Op, STRATEGIES};
+use crate::strategy::{Op, STRATEGIES};
 use crate::{Decision, Error, Quota, Strategy};
 use breaker::Breaker;
 use connection::{Current, Opener, Target};
@@ -453,18 +453,7 @@ impl ThrottleBackend for RedisBackend {
                     ))
                 }
             };
-            let decision = Decision {
-                allowed,
-                limit: max,
-                remaining,
-                reset_after: Duration::ZERO,
-                retry_after: if allowed {
-                    Duration::ZERO
-                } else {
-                    super::memory::PLACE_RETRY
-                },
-            };
-            Ok(Decisions::one(Duration::from_micros(at), decision))
+            Ok(super::place_decision(at, allowed, max, remaining))
         })
     }
 

@@ -1,17 +1,10 @@
 //! In-flight places (`.max_in_flight(n)`): how many requests of a key are
 //! in progress, in each shard beside its counters.
 
-use std::time::Duration;
-
 use super::stored::{is_stored_form, stored_copy, Counts, StoredKey};
 use super::Shared;
 use crate::key::Key;
 use crate::strategy::Decisions;
-use crate::Decision;
-
-/// The wait a request refused an in-flight place is told (`Retry-After: 1`):
-/// a place frees when a request ends, which no clock foretells.
-pub(crate) const PLACE_RETRY: Duration = Duration::from_secs(1);
 
 /// The places of one key held now.
 pub(super) struct PlaceEntry {
@@ -44,18 +37,8 @@ impl Shared {
             }
             None => None,
         };
-        let decision = Decision {
-            allowed: held.is_some(),
-            limit: max,
-            remaining: held.map_or(0, |held| max - held),
-            reset_after: Duration::ZERO,
-            retry_after: if held.is_some() {
-                Duration::ZERO
-            } else {
-                PLACE_RETRY
-            },
-        };
-        Decisions::one(Duration::from_micros(now), decision)
+        let remaining = held.map_or(0, |held| max - held);
+        crate::backend::place_decision(now, held.is_some(), max, remaining)
     }
 
     /// Gives back a place of `key`.
