@@ -51,7 +51,8 @@ pub(super) fn storage_key_tagged(prefix: &str, key: &str, tag: &str) -> String {
     // goes after the closing brace, where no short key's stored form has
     // anything but the tag (`{prefix}:{rest}:{tag}` always has `}:` before
     // its tag): a short key cannot be written to equal a long one's.
-    let mut stored = String::with_capacity(prefix.len() + rest.len().min(256) + tag.len() + 48);
+    let mut stored =
+        String::with_capacity(prefix.len() + rest.len().min(MAX_STORED_KEY) + tag.len() + 48);
     stored.push_str(prefix);
     stored.push_str(":{");
     if rest.len() > MAX_STORED_KEY {
