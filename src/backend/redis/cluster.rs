@@ -24,13 +24,12 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{
-    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult,
-    Value,
+    Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError,
+    RedisFuture, RedisResult, Value,
 };
 use tokio::sync::Notify;
 
-use node::{Flight, Node};
-use routing::{target_of, Target};
+use node::Node;
 pub(super) use slot_map::slot;
 use slot_map::{refresh_task, Topology, SLOTS, UNSERVED};
 
@@ -166,29 +165,19 @@ impl ConnectionLike for Cluster {
         Box::pin(self.router.execute(cmd))
     }
 
+    /// traffik sends no pipeline through the cluster (a script is one
+    /// command; the `ASKING` pair goes to a node's own connection).
     fn req_packed_commands<'a>(
         &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
+        _pipeline: &'a Pipeline,
+        _offset: usize,
+        _count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            // The whole pipeline goes where its first command on a key goes
-            // (its keys must share a slot); redirects are not followed.
-            let target = pipeline
-                .cmd_iter()
-                .map(target_of)
-                .find(|target| matches!(target, Target::Slot(_)))
-                .unwrap_or(Target::AnyMaster);
-            let node = match target {
-                Target::Slot(slot) => self.router.master_of(slot)?,
-                _ => self.router.any_master()?,
-            };
-            let (mut conn, generation) = node.connection(&self.router).await?;
-            let flight = Flight::new(&self.router, &node, generation);
-            let reply = conn.req_packed_commands(pipeline, offset, count).await;
-            flight.land(&reply);
-            reply
+        Box::pin(async {
+            Err(RedisError::from((
+                ErrorKind::Client,
+                "traffik's Redis Cluster connection sends commands one at a time, not pipelines",
+            )))
         })
     }
 
